@@ -1,0 +1,255 @@
+"""Tiny offline tokenizers and models for tests, docs and the demo.
+
+No model hub is reachable from our machines, so everything a test or the demo needs is built
+here in seconds, seeded, and saved with ``save_pretrained`` so it loads with ``from_pretrained``
+exactly like a hub checkpoint.
+
+Tokenizers (all byte-level BPE trained on the same few lines, digits split one per token as in
+Llama/Qwen, so arithmetic is learnable):
+
+- ``chatml``: ChatML-style chat template, EOS ``<|endoftext|>``, a separate pad token. The chat
+  template ends every turn with ``<|im_end|>``, which is *not* the EOS token: conversational
+  rows must be trained on the template's end-of-turn token.
+- ``no_template``: no chat template; adds a BOS token like Llama tokenizers do.
+- ``non_prefix``: a template that rewrites earlier turns (it drops ``<think>...</think>`` blocks
+  from assistant turns before the last user message, as Qwen3's does), so rendering a
+  conversation turn by turn is not prefix-preserving.
+- ``pad_is_eos``: ChatML template and pad token == EOS token.
+
+Models: tiny ``llama``, ``qwen2`` and ``gpt2`` causal LMs, and sequence classifiers
+(``llama`` / ``qwen2`` backbones with one output, and a ``bert`` encoder).
+
+Build once, reuse: :func:`fixture_path` caches built fixtures on disk (atomically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+# Bump when any fixture below changes, so cached copies are rebuilt.
+FIXTURE_VERSION = "1"
+
+TOKENIZER_KINDS = ("chatml", "no_template", "non_prefix", "pad_is_eos")
+CAUSAL_LM_ARCHS = ("llama", "qwen2", "gpt2")
+CLASSIFIER_ARCHS = ("llama", "qwen2", "bert")
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|bos|>", "<|im_start|>", "<|im_end|>"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Like Qwen3's template: reasoning inside <think>...</think> is dropped from assistant turns that
+# come before the last user message. Rendering a conversation turn by turn is then not
+# prefix-preserving: an earlier turn's text changes once a later user turn exists.
+NON_PREFIX_TEMPLATE = (
+    "{% set ns = namespace(last_user=-1) %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for message in messages %}"
+    "{% set content = message['content'] %}"
+    "{% if message['role'] == 'assistant' and loop.index0 < ns.last_user and '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1].lstrip() %}"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ content }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "What is 47+38? 85",
+    "What is 12+9? 21",
+    "What is 3+4? The answer is 7.",
+    "Compute 120+31 and answer with the number only.",
+    "user assistant system tool",
+    "You are a helpful assistant. Answer briefly.",
+    "Hello! How are you today? I am fine, thank you.",
+    "The quick brown fox jumps over the lazy dog.",
+    "<think>Add the tens, then the ones, and carry.</think> The answer is 58.",
+    "Please think step by step before you answer the question.",
+    "Yes no maybe correct wrong right answer question number sum",
+    "Once upon a time there was a small model that learned to add.",
+]
+
+
+def build_tokenizer(kind: str = "chatml"):
+    """Build one of the fixture tokenizers (see module docstring) in memory.
+
+    Deterministic: the same ``kind`` always gives the same vocabulary and ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {TOKENIZER_KINDS}")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_CORPUS * 4, trainer)
+
+    kwargs = {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
+    if kind == "no_template":
+        bos_id = backend.token_to_id("<|bos|>")
+        backend.post_processor = processors.TemplateProcessing(
+            single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos_id)]
+        )
+        kwargs["bos_token"] = "<|bos|>"
+    if kind == "pad_is_eos":
+        kwargs["pad_token"] = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    if kind in ("chatml", "pad_is_eos"):
+        tokenizer.chat_template = CHATML_TEMPLATE
+    elif kind == "non_prefix":
+        tokenizer.chat_template = NON_PREFIX_TEMPLATE
+    return tokenizer
+
+
+def _causal_lm_config(arch: str, vocab_size: int, size: dict, tokenizer):
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    hidden, layers, heads = size["hidden_size"], size["num_layers"], size["num_heads"]
+    common = {
+        "vocab_size": vocab_size,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if arch == "gpt2":
+        return GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=heads, n_positions=size["max_positions"], **common
+        )
+    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    return config_cls(
+        hidden_size=hidden,
+        intermediate_size=size.get("intermediate_size", 4 * hidden),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=size.get("num_kv_heads", heads),
+        max_position_embeddings=size["max_positions"],
+        tie_word_embeddings=size.get("tie_word_embeddings", True),
+        **common,
+    )
+
+
+TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "max_positions": 512}
+SMALL = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "max_positions": 512}
+SIZES = {"tiny": TINY, "small": SMALL}
+
+
+def build_causal_lm(arch: str = "llama", tokenizer=None, size: str | dict = "tiny", seed: int = 0):
+    """A randomly initialised causal LM (``llama``, ``qwen2`` or ``gpt2``) sized for ``tokenizer``.
+
+    ``size`` is ``"tiny"`` (~0.1M params: unit tests), ``"small"`` (~0.8M: learning tests and the
+    demo) or a dict with ``hidden_size``, ``num_layers``, ``num_heads``, ``max_positions`` and
+    optionally ``intermediate_size``, ``num_kv_heads``, ``tie_word_embeddings``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if arch not in CAUSAL_LM_ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {CAUSAL_LM_ARCHS}")
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    spec = SIZES[size] if isinstance(size, str) else size
+    config = _causal_lm_config(arch, len(tokenizer), spec, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_sequence_classifier(arch: str = "llama", tokenizer=None, seed: int = 0, num_labels: int = 1):
+    """A randomly initialised sequence classifier with ``num_labels`` outputs (a reward model).
+
+    ``llama`` and ``qwen2`` score the last non-pad token (causal backbones); ``bert`` is an
+    encoder that scores its first token.
+    """
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    if arch not in CLASSIFIER_ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {CLASSIFIER_ARCHS}")
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    if arch == "bert":
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TINY["hidden_size"],
+            num_hidden_layers=TINY["num_layers"],
+            num_attention_heads=TINY["num_heads"],
+            intermediate_size=4 * TINY["hidden_size"],
+            max_position_embeddings=TINY["max_positions"],
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    else:
+        config = _causal_lm_config(arch, len(tokenizer), TINY, tokenizer)
+    config.num_labels = num_labels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("POSTTRAIN_FIXTURES")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posttrain" / "fixtures"
+
+
+def fixture_path(name: str) -> Path:
+    """Path of a saved fixture, building it on first use.
+
+    ``name`` is ``"tokenizer-<kind>"``, ``"<arch>"`` / ``"<arch>-small"`` (a causal LM with the
+    ``chatml`` tokenizer saved beside it) or ``"classifier-<arch>"``. The directory loads with
+    ``AutoTokenizer.from_pretrained`` and ``AutoModelFor*.from_pretrained``. Built into a
+    temporary directory and renamed, so concurrent test workers never see half a fixture.
+    """
+    key = hashlib.sha1(f"{FIXTURE_VERSION}:{name}".encode()).hexdigest()[:8]
+    target = _cache_root() / f"{name}-{key}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        _build_fixture(name, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first; theirs is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _build_fixture(name: str, directory: Path) -> None:
+    if name.startswith("tokenizer-"):
+        build_tokenizer(name.removeprefix("tokenizer-")).save_pretrained(directory)
+        return
+    tokenizer = build_tokenizer("chatml")
+    if name.startswith("classifier-"):
+        model = build_sequence_classifier(name.removeprefix("classifier-"), tokenizer)
+    else:
+        arch, _, size = name.partition("-")
+        model = build_causal_lm(arch, tokenizer, size=size or "tiny")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
