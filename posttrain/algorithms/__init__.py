@@ -1,0 +1,1 @@
+"""One small module per algorithm; each says in its docstring where it departs from its paper."""

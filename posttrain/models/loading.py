@@ -1,0 +1,82 @@
+"""Loading models and tokenizers (a path, a hub name, or an object the caller already built)
+and wrapping them with LoRA adapters through peft."""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def load_tokenizer(source, fallback_source=None):
+    """A tokenizer object from ``source`` (object or path), else from ``fallback_source``.
+
+    A tokenizer without a pad token gets its EOS as pad: our batches weigh the loss explicitly,
+    so an EOS that doubles as pad is still trained on.
+    """
+    from transformers import AutoTokenizer
+
+    if source is None:
+        source = fallback_source
+    if source is None:
+        raise ValueError("no tokenizer given and the model was passed as an object; pass tokenizer=...")
+    tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else source
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def set_chat_template(tokenizer, template: str | None) -> None:
+    """Replace the tokenizer's chat template with ``template`` (Jinja text or a file path)."""
+    if not template:
+        return
+    from pathlib import Path
+
+    path = Path(template)
+    tokenizer.chat_template = path.read_text() if "{" not in template and path.is_file() else template
+
+
+def load_causal_lm(source, *, model_dtype: str = "float32", attn_implementation: str | None = "sdpa"):
+    """A causal LM from a path/hub name, or ``source`` itself when it is already a model."""
+    from transformers import AutoModelForCausalLM
+
+    if not isinstance(source, str):
+        return source
+    if model_dtype not in _DTYPES:
+        raise ValueError(f"model_dtype must be one of {sorted(_DTYPES)}, got {model_dtype!r}")
+    kwargs = {"dtype": _DTYPES[model_dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+def apply_lora(model, config, task_type: str = "CAUSAL_LM"):
+    """Wrap ``model`` with LoRA adapters from the ``lora_*`` fields of a TrainConfig."""
+    from peft import LoraConfig, get_peft_model
+
+    target = config.lora_target_modules
+    lora_config = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=target if isinstance(target, str) else list(target),
+        task_type=task_type,
+    )
+    return get_peft_model(model, lora_config)
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is a dependency, but keep the check harmless without it
+        return False
+    return isinstance(model, PeftModel)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

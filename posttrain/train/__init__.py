@@ -1,0 +1,1 @@
+"""The one training loop (on accelerate) and what it needs: checkpoints, metrics, logging."""

@@ -1,0 +1,105 @@
+"""Checkpoints written atomically: a checkpoint directory either exists complete or not at all.
+
+Layout: ``<output_dir>/checkpoints/checkpoint-<step>/`` holding accelerate's state (model,
+optimizer, every registered object such as the LR scheduler, and each process's RNG states)
+plus ``trainer_state.json`` (step, epoch, position in the epoch). Everything is first written
+to a ``.tmp-`` directory and renamed into place, so a run killed mid-save leaves the previous
+checkpoint intact and no half-written one that resume could pick up.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from posttrain.train.state import STATE_FILE, TrainState
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _CHECKPOINT.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume_path(resume_from, output_dir) -> Path | None:
+    """``None``/``False`` -> no resume; ``"latest"``/``True`` -> newest checkpoint in
+    ``output_dir`` (None if there is none yet); anything else is a checkpoint path."""
+    if resume_from in (None, False, "", "none"):
+        return None
+    if resume_from in (True, "latest", "true"):
+        return latest_checkpoint(output_dir)
+    path = Path(resume_from)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"resume_from_checkpoint={resume_from!r} is not a checkpoint (no {STATE_FILE})")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, keep: int) -> Path:
+    """Write a checkpoint for ``state.step`` atomically and delete all but the newest ``keep``."""
+    root = checkpoints_dir(output_dir)
+    final = root / f"checkpoint-{state.step}"
+    staging = root / f"{_TMP_PREFIX}checkpoint-{state.step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state.save(staging)
+        if final.exists():  # a re-run of the same step: replace it, never merge
+            shutil.rmtree(final)
+        staging.rename(final)
+        _rotate(output_dir, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def remove_stale_staging(output_dir: str | Path) -> None:
+    """Delete half-written checkpoints left by a run that was killed while saving."""
+    root = checkpoints_dir(output_dir)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith(_TMP_PREFIX):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _rotate(output_dir, keep: int) -> None:
+    if keep <= 0:
+        return
+    for path in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def save_pretrained_atomic(model, tokenizer, directory: str | Path) -> Path:
+    """``save_pretrained`` of model and tokenizer into ``directory``, via a staging directory."""
+    directory = Path(directory)
+    staging = directory.with_name(_TMP_PREFIX + directory.name)
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    if directory.exists():
+        shutil.rmtree(directory)
+    staging.rename(directory)
+    return directory

@@ -1,0 +1,352 @@
+"""The one training loop, on accelerate. Every algorithm is a subclass that supplies data and an
+objective; none copies the loop.
+
+A subclass provides:
+
+- :meth:`Trainer.build_batch_source`: rows -> a :class:`BatchSource` (map-style dataset, item
+  lengths, collate function);
+- :meth:`Trainer.wrap_model`: the module to train (e.g. the LM wrapped to return token log-probs);
+- :meth:`Trainer.count_units`: how many loss units (tokens, pairs, ...) a micro-batch holds;
+- :meth:`Trainer.compute_loss`: ``(summed loss, metrics)`` for a micro-batch.
+
+The loop divides each micro-batch's *summed* loss by the number of units in the whole
+accumulated batch across all processes, so batch 8 x accumulation 1 and batch 2 x accumulation
+4 take the same optimizer step (DESIGN.md "Loss normalisation").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from posttrain.config import TrainConfig, config_from_dict, config_to_dict
+from posttrain.models.loading import apply_lora, count_parameters, load_causal_lm, load_tokenizer
+from posttrain.train.checkpoint import (
+    latest_checkpoint,
+    remove_stale_staging,
+    resolve_resume_path,
+    save_checkpoint,
+    save_pretrained_atomic,
+)
+from posttrain.train.metrics import Metric, MetricAccumulator
+from posttrain.train.optim import build_optimizer, build_scheduler
+from posttrain.train.reporting import RunReporter
+from posttrain.train.sampler import EpochBatchSampler
+from posttrain.train.state import TrainState
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/Inf. Raised before the optimizer step, so the weights
+    and every checkpoint on disk are from the last good step."""
+
+
+@dataclass
+class BatchSource:
+    """What the loop needs to batch a dataset."""
+
+    dataset: Sequence
+    lengths: list[int]
+    collate_fn: Callable
+    group_by_length: bool = False
+
+
+class Trainer:
+    """Base trainer: model/tokenizer loading, the optimisation loop, evaluation, checkpoints."""
+
+    config_class: type = TrainConfig
+
+    def __init__(self, model=None, config=None, *, train_dataset=None, eval_dataset=None, tokenizer=None, callbacks=(), **overrides):
+        self.config = self._resolve_config(config, overrides)
+        cfg = self.config
+        self.accelerator = self._build_accelerator(cfg)
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)
+        self.reporter = RunReporter(self.accelerator, cfg.output_dir, progress_bar=cfg.progress_bar)
+        model = model if model is not None else cfg.model
+        if model is None:
+            raise ValueError("no model given: pass model=... (a path, hub name or model object) or set config.model")
+        self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, model if isinstance(model, str) else None)
+        self.model = self.load_model(model)
+        self.callbacks = list(callbacks)
+        train_rows, eval_rows = self._dataset_rows(train_dataset, eval_dataset)
+        self.train_source = self.build_batch_source(train_rows, "train")
+        self.eval_source = self.build_batch_source(eval_rows, "eval") if eval_rows is not None else None
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ hooks for subclasses
+
+    def load_model(self, model):
+        """The model to train: loaded when given as a path, LoRA applied when asked."""
+        cfg = self.config
+        model = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.use_lora:
+            model = apply_lora(model, cfg)
+        return model
+
+    def build_batch_source(self, rows, split: str) -> BatchSource:
+        raise TypeError(f"{type(self).__name__} must define build_batch_source")
+
+    def wrap_model(self, model) -> torch.nn.Module:
+        return model
+
+    def count_units(self, batch) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} must define count_units")
+
+    def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
+        raise TypeError(f"{type(self).__name__} must define compute_loss")
+
+    def count_tokens(self, batch) -> int:
+        return int(batch.get("num_tokens", 0)) if isinstance(batch, dict) else 0
+
+    # ------------------------------------------------------------------ set-up
+
+    def _resolve_config(self, config, overrides):
+        if config is None:
+            return config_from_dict(self.config_class, overrides)
+        if overrides:
+            merged = {**dataclasses.asdict(config), **overrides}
+            return config_from_dict(type(config), merged)
+        return config
+
+    @staticmethod
+    def _build_accelerator(cfg):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        precision = cfg.mixed_precision
+        if precision == "auto":
+            precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        return Accelerator(
+            mixed_precision=precision,
+            log_with=list(cfg.report_to) or None,
+            project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+        )
+
+    def _dataset_rows(self, train_dataset, eval_dataset):
+        from posttrain.data.loading import load_rows, split_rows
+
+        cfg = self.config
+        train = load_rows(train_dataset if train_dataset is not None else cfg.train_data, "train_data")
+        evaluation = eval_dataset if eval_dataset is not None else cfg.eval_data
+        evaluation = load_rows(evaluation, "eval_data") if evaluation is not None else None
+        if evaluation is None and cfg.eval_fraction > 0:
+            train, evaluation = split_rows(train, cfg.eval_fraction, cfg.seed)
+        return train, evaluation
+
+    def _dataloader(self, source: BatchSource, batch_size: int, *, shuffle: bool):
+        sampler = EpochBatchSampler(
+            source.lengths,
+            batch_size,
+            seed=self.config.seed,
+            shuffle=shuffle,
+            group_by_length=source.group_by_length and shuffle,
+        )
+        loader = DataLoader(
+            source.dataset,
+            batch_sampler=sampler,
+            collate_fn=source.collate_fn,
+            num_workers=self.config.dataloader_num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        return loader, sampler
+
+    def total_steps(self, micro_batches_per_epoch: int) -> int:
+        cfg = self.config
+        if cfg.max_steps > 0:
+            return cfg.max_steps
+        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch / cfg.gradient_accumulation_steps))
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> TrainState:
+        """Train until ``max_steps`` / ``num_epochs``; returns the final :class:`TrainState`."""
+        cfg, acc = self.config, self.accelerator
+        module = self.wrap_model(self.model)
+        loader, sampler = self._dataloader(self.train_source, cfg.per_device_train_batch_size, shuffle=True)
+        optimizer = build_optimizer(module, cfg)
+        module, optimizer, loader = acc.prepare(module, optimizer, loader)
+        self.module = module
+        state = TrainState(total_steps=self.total_steps(len(loader)))
+        # Not prepared by accelerate, which would step it once per process per step.
+        scheduler = build_scheduler(optimizer, cfg, state.total_steps)
+        acc.register_for_checkpointing(scheduler)
+        state = self._maybe_resume(state)
+        self.state = state
+        self._write_run_files()
+        if cfg.report_to:
+            acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg))
+        trainable, total = count_parameters(module)
+        self.reporter.print(
+            f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
+            f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
+        )
+        self.reporter.start(state.total_steps, state.step)
+        metrics = MetricAccumulator()
+        stream = self._micro_batches(loader, sampler, state)
+        last_log = (time.perf_counter(), state.tokens_seen)
+        try:
+            module.train()
+            while state.step < state.total_steps:
+                window = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
+                self._optimizer_step(module, optimizer, scheduler, window, state, metrics)
+                self.reporter.advance(state.step)
+                last_log = self._after_step(module, state, metrics, scheduler, last_log)
+        finally:
+            self.reporter.close()
+        self._finish()
+        return state
+
+    def _micro_batches(self, loader, sampler, state: TrainState) -> Iterator:
+        """An endless stream of micro-batches that keeps ``state`` at the exact data position."""
+        while True:
+            sampler.start_epoch(state.epoch)
+            epoch_loader = self.accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+            for batch in epoch_loader:
+                state.batches_in_epoch += 1
+                yield batch
+            state.epoch += 1
+            state.batches_in_epoch = 0
+
+    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
+        cfg, acc = self.config, self.accelerator
+        local = torch.tensor(
+            [float(sum(self.count_units(b) for b in window)), float(sum(self.count_tokens(b) for b in window))],
+            device=acc.device,
+        )
+        units, tokens = acc.reduce(local, reduction="sum").tolist()
+        # DDP averages gradients over processes, so multiply back by the process count.
+        scale = acc.num_processes / max(units, 1.0)
+        window_loss = torch.zeros((), device=acc.device)
+        for index, batch in enumerate(window):
+            last = index == len(window) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(module):
+                loss_sum, batch_metrics = self.compute_loss(module, batch)
+                acc.backward(loss_sum * scale)
+            window_loss += loss_sum.detach().float()
+            metrics.update(batch_metrics)
+        if not torch.isfinite(window_loss):
+            self._stop_non_finite("loss", window_loss.item(), state)
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = acc.clip_grad_norm_(module.parameters(), max_norm)
+        if grad_norm is not None and not torch.isfinite(grad_norm) and acc.mixed_precision != "fp16":
+            self._stop_non_finite("gradient norm", float(grad_norm), state)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens_seen += int(tokens)
+        if grad_norm is not None:
+            metrics.update({"grad_norm": Metric.mean(grad_norm)})
+
+    def _stop_non_finite(self, what: str, value: float, state: TrainState) -> None:
+        checkpoint = latest_checkpoint(self.config.output_dir)
+        raise NonFiniteLossError(
+            f"{what} is {value} at step {state.step + 1} (epoch {state.epoch}); the optimizer step was not taken "
+            f"and the run stopped. Last good checkpoint: {checkpoint or 'none written'}. "
+            "Try a lower learning_rate, max_grad_norm > 0, bf16 instead of fp16, or check the data of this step."
+        )
+
+    def _after_step(self, module, state, metrics, scheduler, last_log):
+        cfg = self.config
+        final = state.step == state.total_steps
+        if cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final):
+            values = metrics.compute(self.accelerator)
+            now = time.perf_counter()
+            elapsed = max(now - last_log[0], 1e-9)
+            values.update(
+                {
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "epoch": state.epoch + state.batches_in_epoch / max(len(self.train_source.lengths) / self.config.per_device_train_batch_size / self.accelerator.num_processes, 1),
+                    "tokens_seen": float(state.tokens_seen),
+                    "tokens_per_second": (state.tokens_seen - last_log[1]) / elapsed,
+                }
+            )
+            self.reporter.log(state.step, values)
+            last_log = (now, state.tokens_seen)
+        if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final):
+            self.reporter.log(state.step, self.evaluate())
+        if cfg.save_steps and state.step % cfg.save_steps == 0 and not final:
+            save_checkpoint(self.accelerator, cfg.output_dir, state, cfg.save_total_limit)
+        for callback in self.callbacks:
+            callback(self, state)
+        return last_log
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Metrics over the whole evaluation set, prefixed ``eval/``."""
+        if self.eval_source is None:
+            return {}
+        if not hasattr(self, "_eval_loader"):
+            loader, _ = self._dataloader(self.eval_source, self.config.per_device_eval_batch_size, shuffle=False)
+            self._eval_loader = self.accelerator.prepare(loader)
+        module = getattr(self, "module", None) or self.accelerator.prepare(self.wrap_model(self.model))
+        was_training = module.training
+        module.eval()
+        metrics = MetricAccumulator()
+        for batch in self._eval_loader:
+            _, batch_metrics = self.compute_loss(module, batch)
+            metrics.update(batch_metrics)
+        module.train(was_training)
+        return {f"eval/{name}": value for name, value in metrics.compute(self.accelerator).items()}
+
+    # ------------------------------------------------------------------ resume, files, end
+
+    def _maybe_resume(self, state: TrainState) -> TrainState:
+        cfg, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            remove_stale_staging(cfg.output_dir)
+        acc.wait_for_everyone()
+        path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir)
+        if path is None:
+            return state
+        acc.load_state(str(path))
+        resumed = TrainState.load(path)
+        if resumed.total_steps != state.total_steps:
+            raise ValueError(
+                f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
+                f"{state.total_steps}; resume with the same data, batch size and schedule options"
+            )
+        self.reporter.print(f"resumed from {path} at step {resumed.step}")
+        return resumed
+
+    def _write_run_files(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        out = Path(self.config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(_flat_config(self.config), sort_keys=False))
+
+    def _finish(self) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if self.config.save_final_model and acc.is_main_process:
+            path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, Path(self.config.output_dir) / "final")
+            self.reporter.print(f"saved model and tokenizer to {path}")
+        if self.config.report_to:
+            acc.end_training()
+
+    def unwrapped_model(self):
+        """The Hugging Face (or peft) model being trained, without accelerate's wrappers."""
+        return self.model
+
+
+def _flat_config(config) -> dict:
+    """Config values trackers accept (scalars and strings)."""
+    flat = {}
+    for key, value in config_to_dict(config).items():
+        flat[key] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    return flat

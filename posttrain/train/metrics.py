@@ -1,0 +1,108 @@
+"""Metrics accumulated on device and reduced across processes only when they are read.
+
+An objective reports each metric as a *sum and a count* (``Metric.mean(total, count)``), or as
+an extreme (``Metric.max`` / ``Metric.min``). Averaging sums over micro-batches, steps and
+processes gives exact means — a mean of per-batch means would weigh a batch of 3 loss tokens
+like a batch of 3,000.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Metric:
+    """One metric observation: ``kind`` is ``mean`` (value = sum, count = weight), ``max`` or ``min``."""
+
+    kind: str
+    value: torch.Tensor
+    count: torch.Tensor | float = 1.0
+
+    @staticmethod
+    def mean(total, count=1.0) -> Metric:
+        return Metric("mean", _detach(total), _detach(count))
+
+    @staticmethod
+    def max(value) -> Metric:
+        return Metric("max", _detach(value))
+
+    @staticmethod
+    def min(value) -> Metric:
+        return Metric("min", _detach(value))
+
+
+def _detach(x):
+    return x.detach().float() if isinstance(x, torch.Tensor) else torch.tensor(float(x))
+
+
+class MetricAccumulator:
+    """Running totals of :class:`Metric` observations."""
+
+    def __init__(self):
+        self._values: dict[str, Metric] = {}
+
+    def update(self, metrics: dict[str, Metric]) -> None:
+        for name, metric in metrics.items():
+            seen = self._values.get(name)
+            if seen is None:
+                self._values[name] = Metric(metric.kind, metric.value.clone(), _as_tensor(metric.count))
+            elif metric.kind == "mean":
+                seen.value = seen.value + metric.value.to(seen.value.device)
+                seen.count = seen.count + _as_tensor(metric.count).to(seen.value.device)
+            elif metric.kind == "max":
+                seen.value = torch.maximum(seen.value, metric.value.to(seen.value.device))
+            else:
+                seen.value = torch.minimum(seen.value, metric.value.to(seen.value.device))
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def compute(self, accelerator=None) -> dict[str, float]:
+        """Reduce across processes (when ``accelerator`` has several), return plain floats and
+        reset. Means with a zero total count are left out."""
+        values = self._values
+        self._values = {}
+        if accelerator is not None and accelerator.num_processes > 1:
+            values = _reduce_across_processes(values, accelerator)
+        out = {}
+        for name in sorted(values):
+            metric = values[name]
+            if metric.kind == "mean":
+                count = float(_as_tensor(metric.count))
+                if count > 0:
+                    out[name] = float(metric.value) / count
+            else:
+                out[name] = float(metric.value)
+        return out
+
+
+def _as_tensor(count) -> torch.Tensor:
+    return count if isinstance(count, torch.Tensor) else torch.tensor(float(count))
+
+
+def _reduce_across_processes(values: dict[str, Metric], accelerator) -> dict[str, Metric]:
+    """Processes may have seen different metric names (e.g. a turn index only one had), so the
+    names are unioned first; a missing mean contributes 0/0, a missing extreme is ignored."""
+    from accelerate.utils import gather_object
+
+    kinds: dict[str, str] = {}
+    for names in gather_object([[(n, m.kind) for n, m in values.items()]]):
+        kinds.update(dict(names))
+    device = accelerator.device
+    reduced = {}
+    for name in sorted(kinds):
+        kind = kinds[name]
+        metric = values.get(name)
+        if kind == "mean":
+            local = torch.stack([metric.value, _as_tensor(metric.count)]) if metric else torch.zeros(2)
+            total = accelerator.reduce(local.to(device).float(), reduction="sum")
+            reduced[name] = Metric("mean", total[0], total[1])
+        else:
+            fill = float("-inf") if kind == "max" else float("inf")
+            local = metric.value if metric else torch.tensor(fill)
+            gathered = accelerator.gather(local.to(device).float().reshape(1))
+            reduced[name] = Metric(kind, gathered.max() if kind == "max" else gathered.min())
+    return reduced
