@@ -178,6 +178,7 @@ class Trainer:
         optimizer = build_optimizer(module, cfg)
         module, optimizer, loader = acc.prepare(module, optimizer, loader)
         self.module = module
+        self._batches_per_epoch = max(len(loader), 1)
         state = TrainState(total_steps=self.total_steps(len(loader)))
         # Not prepared by accelerate, which would step it once per process per step.
         scheduler = build_scheduler(optimizer, cfg, state.total_steps)
@@ -268,7 +269,7 @@ class Trainer:
             values.update(
                 {
                     "learning_rate": scheduler.get_last_lr()[0],
-                    "epoch": state.epoch + state.batches_in_epoch / max(len(self.train_source.lengths) / self.config.per_device_train_batch_size / self.accelerator.num_processes, 1),
+                    "epoch": state.epoch + state.batches_in_epoch / self._batches_per_epoch,
                     "tokens_seen": float(state.tokens_seen),
                     "tokens_per_second": (state.tokens_seen - last_log[1]) / elapsed,
                 }
