@@ -1,0 +1,137 @@
+"""The training loop: loss normalisation under accumulation (must-show 4), exact resume
+(must-show 5), NaN stops, checkpoint rotation and the final save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from posttrain import SFTConfig, SFTTrainer
+from posttrain.tasks import ArithmeticTask
+from posttrain.train import loop
+from posttrain.train.loop import NonFiniteLossError
+
+
+def _rows():
+    # 1- to 3-turn conversations: micro-batches hold very different numbers of loss tokens, which
+    # is exactly where averaging per micro-batch would give a different gradient.
+    task = ArithmeticTask(seed=1)
+    return task.conversations("train", 3, turns=1) + task.conversations("train", 3, turns=3) + task.conversations("train", 2, turns=2)
+
+
+def _config(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path),
+        learning_rate=1e-2,
+        loss_mode="assistant",
+        group_by_length=False,
+        progress_bar=False,
+        logging_steps=0,
+        save_final_model=False,
+        lr_scheduler="constant",
+        max_length=None,
+    )
+    values.update(overrides)
+    return SFTConfig(**values)
+
+
+def _first_step_gradients(monkeypatch, model_path, tmp_path, batch, accumulation):
+    captured = {}
+    original = loop.build_optimizer
+
+    def recording_optimizer(module, cfg):
+        optimizer = original(module, cfg)
+        step = optimizer.step
+
+        def record_then_step(*args, **kwargs):
+            if not captured:
+                captured.update({n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
+            return step(*args, **kwargs)
+
+        optimizer.step = record_then_step
+        return optimizer
+
+    monkeypatch.setattr(loop, "build_optimizer", recording_optimizer)
+    config = _config(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1, max_grad_norm=0.0)
+    SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train()
+    return captured
+
+
+def test_accumulation_matches_one_big_batch(monkeypatch, model_path, tmp_path):
+    big = _first_step_gradients(monkeypatch, model_path, tmp_path / "a", batch=8, accumulation=1)
+    small = _first_step_gradients(monkeypatch, model_path, tmp_path / "b", batch=2, accumulation=4)
+    assert big.keys() == small.keys() and len(big) > 10
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], atol=1e-5, rtol=0, msg=name)
+    assert sum(g.abs().sum() for g in big.values()) > 0
+
+
+def _final_weights(path):
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step):
+    def callback(trainer, state):
+        if state.step == step:
+            raise _Killed
+
+    return callback
+
+
+def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path):
+    common = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_epochs=2, save_steps=2, save_final_model=True)
+    # 8 rows / (2 x 2) = 2 steps per epoch, 4 steps in all: the kill and the resume cross an epoch.
+    SFTTrainer(model_path("llama"), _config(tmp_path / "full", **common), train_dataset=_rows()).train()
+    expected = _final_weights(tmp_path / "full" / "final")
+
+    interrupted = _config(tmp_path / "cut", **common)
+    with pytest.raises(_Killed):
+        SFTTrainer(model_path("llama"), interrupted, train_dataset=_rows(), callbacks=[_kill_at(3)]).train()
+    checkpoints = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-2"]  # step 3 was trained but not saved; it is redone
+    resumed = _config(tmp_path / "cut", resume_from_checkpoint="latest", **common)
+    state = SFTTrainer(model_path("llama"), resumed, train_dataset=_rows()).train()
+    assert (state.step, state.epoch, state.batches_in_epoch) == (4, 1, 4)  # end of the second epoch
+    actual = _final_weights(tmp_path / "cut" / "final")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-7, rtol=0, msg=name)
+    # and training did move the weights
+    start = _final_weights(model_path("llama"))
+    assert any(not torch.equal(start[n], expected[n]) for n in expected)
+
+
+def test_checkpoints_rotate_and_are_complete(model_path, tmp_path):
+    config = _config(tmp_path, per_device_train_batch_size=2, max_steps=4, save_steps=1, save_total_limit=2)
+    SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["checkpoint-2", "checkpoint-3"]  # step 4 is the end: the final save covers it
+    assert (tmp_path / "checkpoints" / "checkpoint-3" / "trainer_state.json").exists()
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / "checkpoints").iterdir())
+
+
+def test_nan_loss_stops_before_the_step(model_path, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(model_path("llama"))
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:] = float("nan")
+    trainer = SFTTrainer(model, _config(tmp_path, per_device_train_batch_size=4, max_steps=3), train_dataset=_rows(), tokenizer=model_path("llama"))
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 1"):
+        trainer.train()
+
+
+def test_final_model_and_tokenizer_load(model_path, tmp_path):
+    config = _config(tmp_path, per_device_train_batch_size=4, max_steps=1, save_final_model=True, logging_steps=1)
+    SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train()
+    final = Path(tmp_path) / "final"
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(final).chat_template
+    assert AutoModelForCausalLM.from_pretrained(final) is not None
+    assert (Path(tmp_path) / "config.yaml").exists() and (Path(tmp_path) / "metrics.jsonl").exists()
