@@ -92,14 +92,29 @@ def _rotate(output_dir, keep: int) -> None:
 
 
 def save_pretrained_atomic(model, tokenizer, directory: str | Path) -> Path:
-    """``save_pretrained`` of model and tokenizer into ``directory``, via a staging directory."""
+    """``save_pretrained`` of model and tokenizer into ``directory``, via a staging directory.
+
+    A previous save is moved aside (not deleted) before the rename, so at every instant either
+    the old or the new complete model sits at ``directory`` or beside it under a ``.tmp-`` name.
+    """
+    from transformers.utils import logging as hf_logging
+
     directory = Path(directory)
     staging = directory.with_name(_TMP_PREFIX + directory.name)
+    previous = directory.with_name(_TMP_PREFIX + "old-" + directory.name)
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(staging)
+    shutil.rmtree(previous, ignore_errors=True)
+    bars_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars would break the Rich console
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    finally:
+        if bars_enabled:
+            hf_logging.enable_progress_bar()
     if directory.exists():
-        shutil.rmtree(directory)
+        directory.rename(previous)
     staging.rename(directory)
+    shutil.rmtree(previous, ignore_errors=True)
     return directory

@@ -1,0 +1,33 @@
+"""The ``posttrain`` command line: a YAML config plus key=value overrides."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from posttrain.cli import main
+from posttrain.tasks import ArithmeticTask
+
+
+def test_sft_and_inspect_from_yaml(model_path, tmp_path, capsys):
+    data = tmp_path / "conversations.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in ArithmeticTask().conversations("train", 20, turns=2)))
+    config = tmp_path / "sft.yaml"
+    output = tmp_path / "run"
+    config.write_text(yaml.safe_dump({"model": model_path("llama"), "train_data": str(data), "loss_mode": "assistant", "output_dir": str(output), "max_steps": 2}))
+
+    assert main(["inspect", "--config", str(config), "--rows", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert "<|im_end|>" in shown and "loss_mode assistant" in shown
+
+    assert main(["sft", "--config", str(config), "learning_rate=1e-3", "logging_steps=1", "progress_bar=false"]) == 0
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2] and "loss/turn_1" in lines[0]
+    assert (output / "final" / "config.json").exists()
+    assert yaml.safe_load((output / "config.yaml").read_text())["learning_rate"] == 1e-3
+
+
+def test_help_config_lists_options(capsys):
+    assert main(["sft", "--help-config"]) == 0
+    assert "turn_weights" in capsys.readouterr().out
