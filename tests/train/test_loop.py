@@ -135,3 +135,15 @@ def test_final_model_and_tokenizer_load(model_path, tmp_path):
     assert AutoTokenizer.from_pretrained(final).chat_template
     assert AutoModelForCausalLM.from_pretrained(final) is not None
     assert (Path(tmp_path) / "config.yaml").exists() and (Path(tmp_path) / "metrics.jsonl").exists()
+
+
+def test_lora_trains_only_adapters(model_path, tmp_path):
+    config = _config(tmp_path, per_device_train_batch_size=4, max_steps=3, use_lora=True, lora_r=4, save_final_model=True)
+    trainer = SFTTrainer(model_path("llama"), config, train_dataset=_rows())
+    base = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    lora_b = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(after[n], base[n]) for n in base)
+    assert lora_b and any(not torch.equal(after[n], lora_b[n]) for n in lora_b)  # B starts at 0 and moved
+    assert (tmp_path / "final" / "adapter_config.json").exists()
