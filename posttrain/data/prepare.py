@@ -71,7 +71,7 @@ def prepare_lm_data(rows, tokenizer, options: LMDataOptions, *, num_proc: int | 
     def tokenize_batch(batch: dict, indices: list[int]) -> dict:
         out = {name: [] for name in _features()}
         for position, index in enumerate(indices):
-            row = _clean_row({key: values[position] for key, values in batch.items()})
+            row = clean_row({key: values[position] for key, values in batch.items()})
             examples, report = tokenize_row(row, index, tokenizer, data_format, loss_mode, options)
             stats = report.as_dict()
             placeholders = examples or [{"input_ids": [], "loss_weights": [], "turn_index": [], "row": index}]
@@ -101,7 +101,7 @@ def prepare_lm_data(rows, tokenizer, options: LMDataOptions, *, num_proc: int | 
     return PreparedLMData(kept, report, data_format, loss_mode)
 
 
-def _clean_row(row: dict) -> dict:
+def clean_row(row: dict) -> dict:
     """Undo Arrow's schema unification: in a ``datasets.Dataset`` every message carries every
     key seen in any message (``tool_calls: None`` on a plain user turn). Chat templates test
     ``is defined``, so those ``None`` keys would change the rendering; drop them."""
