@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so ``import posttrain`` stays cheap)::
 
-    from posttrain import SFTTrainer, SFTConfig
+    from posttrain import SFTTrainer, SFTConfig, RewardTrainer, DPOTrainer, KTOTrainer
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SFTTrainer": "posttrain.algorithms.sft",
     "SFTConfig": "posttrain.algorithms.sft",
+    "RewardTrainer": "posttrain.algorithms.reward",
+    "RewardConfig": "posttrain.algorithms.reward",
+    "DPOTrainer": "posttrain.algorithms.dpo",
+    "DPOConfig": "posttrain.algorithms.dpo",
+    "KTOTrainer": "posttrain.algorithms.kto",
+    "KTOConfig": "posttrain.algorithms.kto",
     "TrainConfig": "posttrain.config",
     "load_config": "posttrain.config",
 }

@@ -1,6 +1,6 @@
 """``posttrain <command> --config file.yaml key=value ...``
 
-Commands: ``sft`` (train), ``inspect`` (show which tokens get loss), ``demo`` (the embedded
+Commands: ``sft``, ``rm``, ``dpo``, ``kto`` (train), ``inspect`` (show which tokens get loss), ``demo`` (the embedded
 default: SFT on the arithmetic task, before/after accuracy). Every training command takes a
 YAML config and ``key=value`` overrides of any option; ``--help-config`` lists the options.
 """
@@ -13,6 +13,9 @@ import sys
 # command -> (module, trainer class, config class); imported lazily so `posttrain --help` is fast.
 TRAINERS = {
     "sft": ("posttrain.algorithms.sft", "SFTTrainer", "SFTConfig"),
+    "rm": ("posttrain.algorithms.reward", "RewardTrainer", "RewardConfig"),
+    "dpo": ("posttrain.algorithms.dpo", "DPOTrainer", "DPOConfig"),
+    "kto": ("posttrain.algorithms.kto", "KTOTrainer", "KTOConfig"),
 }
 
 

@@ -107,6 +107,10 @@ class Trainer:
     def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         raise TypeError(f"{type(self).__name__} must define compute_loss")
 
+    def before_accumulation(self, module, window: list) -> None:
+        """Called with all micro-batches of an optimizer step before any of them is trained on
+        (KTO estimates its KL reference point over the whole accumulated batch here)."""
+
     def count_tokens(self, batch) -> int:
         return int(batch.get("num_tokens", 0)) if isinstance(batch, dict) else 0
 
@@ -230,6 +234,7 @@ class Trainer:
         # DDP averages gradients over processes, so multiply back by the process count.
         scale = acc.num_processes / max(units, 1.0)
         window_loss = torch.zeros((), device=acc.device)
+        self.before_accumulation(module, window)
         for index, batch in enumerate(window):
             last = index == len(window) - 1
             with contextlib.nullcontext() if last else acc.no_sync(module):

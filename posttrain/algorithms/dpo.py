@@ -1,0 +1,150 @@
+"""Direct Preference Optimization and its loss family (sigmoid, robust, hinge, IPO, SimPO).
+
+Each step forwards chosen and rejected completions of the micro-batch as ONE padded batch of
+``2B`` rows (one pass through the weights, one set of kernel launches), sums the log-probs of
+the completion tokens of each row, and hands them with the reference log-probs to
+:func:`posttrain.losses.preference.preference_loss`. The loss is a sum over pairs divided by the
+number of pairs in the whole accumulated batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posttrain.algorithms.reference import ReferenceConfig, ReferenceTrainer, attach_reference, sequence_logps, stack_reference
+from posttrain.config import option
+from posttrain.data.collate import collate_padded
+from posttrain.data.preference import prepare_preference_pairs
+from posttrain.data.tokenize import LMDataOptions
+from posttrain.losses.preference import PreferenceLogps, preference_loss
+from posttrain.models.causal_lm import TokenLogProbs
+from posttrain.models.loading import set_chat_template
+from posttrain.train.loop import BatchSource
+from posttrain.train.metrics import Metric
+
+
+@dataclass
+class PreferenceDataConfig(ReferenceConfig):
+    """Tokenization options of completion-scored data (DPO, KTO)."""
+
+    max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
+    overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
+    add_eos: bool = option(True, "Append EOS to string completions when missing (never doubled).")
+    chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
+    chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
+    pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this.")
+
+    def data_options(self) -> LMDataOptions:
+        return LMDataOptions(
+            max_length=self.max_length,
+            loss_mode="completion",
+            overlong=self.overlong,
+            add_eos=self.add_eos,
+            chat_template_kwargs=dict(self.chat_template_kwargs),
+        )
+
+
+@dataclass
+class DPOConfig(PreferenceDataConfig):
+    """DPO options (plus everything in TrainConfig and the reference options)."""
+
+    learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
+    beta: float = option(0.1, "Strength of the KL anchor to the reference (SimPO: the reward scale, typically 2-10).")
+    loss_type: object = option("sigmoid", "Loss name or list of names: sigmoid, robust, hinge, ipo, simpo.")
+    loss_weights: list | None = option(None, "One weight per loss_type when several are combined (default 1 each).")
+    label_smoothing: float = option(0.0, "Assumed label-flip rate for sigmoid (conservative DPO) and robust.")
+    simpo_gamma: float = option(0.5, "SimPO target reward margin.")
+    ipo_length_normalize: bool = option(True, "IPO on per-token mean log-ratios (recommended by its authors).")
+
+    def loss_types(self) -> list[str]:
+        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+
+
+class PairCollator:
+    """Pairs -> one padded batch of ``2B`` rows (all chosen, then all rejected) plus the
+    precomputed reference log-probs ``(2B,)`` in the same order when the items carry them."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: list[dict]) -> dict:
+        rows = [item["chosen"] for item in items] + [item["rejected"] for item in items]
+        sequences = collate_padded(rows, self.pad_token_id, self.pad_to_multiple_of)
+        batch = {"sequences": sequences, "pairs": len(items), "num_tokens": sequences["num_tokens"]}
+        reference = stack_reference(items)
+        if reference is not None:
+            batch["ref_logps"] = torch.cat([reference[:, 0], reference[:, 1]])
+        return batch
+
+
+class DPOTrainer(ReferenceTrainer):
+    """``DPOTrainer(model, config=DPOConfig(...), train_dataset=..., eval_dataset=...).train()``
+    or ``DPOTrainer(model, train_dataset=rows, beta=0.1)``. Rows are preference pairs: ``chosen``,
+    ``rejected`` and an optional ``prompt`` (strings or message lists)."""
+
+    config_class = DPOConfig
+
+    def build_batch_source(self, rows, split: str) -> BatchSource:
+        cfg = self.config
+        set_chat_template(self.tokenizer, cfg.chat_template)
+        prepared = prepare_preference_pairs(rows, self.tokenizer, cfg.data_options())
+        self.reporter.print(f"[bold]{split} data[/] ({prepared.data_format}):")
+        for line in prepared.lines():
+            self.reporter.print(f"  {line}")
+        items = attach_reference(prepared.items, self.precompute_reference(prepared.items, split))
+        lengths = [len(i["chosen"]["input_ids"]) + len(i["rejected"]["input_ids"]) for i in items]
+        return BatchSource(items, lengths, PairCollator(self.tokenizer.pad_token_id, cfg.pad_to_multiple_of))
+
+    def reference_sequences(self, item: dict) -> list:
+        return [item["chosen"], item["rejected"]]
+
+    def wrap_model(self, model) -> torch.nn.Module:
+        return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
+
+    def count_units(self, batch) -> torch.Tensor:
+        return torch.tensor(float(batch["pairs"]))
+
+    def pair_logps(self, module, batch) -> PreferenceLogps:
+        """Policy (and, unless every loss is reference-free, reference) log-probs of a batch."""
+        sequences, pairs = batch["sequences"], batch["pairs"]
+        stats = module(sequences["input_ids"], sequences["position_ids"])
+        policy = sequence_logps(stats.logps, sequences["loss_weights"])
+        lengths = (sequences["loss_weights"] > 0).sum(dim=1)
+        reference = None
+        if any(name != "simpo" for name in self.config.loss_types()):
+            reference = self.reference_logps(module, batch, sequences)
+        return PreferenceLogps(
+            policy_chosen=policy[:pairs],
+            policy_rejected=policy[pairs:],
+            ref_chosen=None if reference is None else reference[:pairs],
+            ref_rejected=None if reference is None else reference[pairs:],
+            chosen_lengths=lengths[:pairs],
+            rejected_lengths=lengths[pairs:],
+        )
+
+    def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
+        cfg = self.config
+        logps = self.pair_logps(module, batch)
+        losses, chosen_rewards, rejected_rewards = preference_loss(
+            logps,
+            cfg.loss_types(),
+            cfg.loss_weights,
+            beta=cfg.beta,
+            label_smoothing=cfg.label_smoothing,
+            gamma=cfg.simpo_gamma,
+            ipo_length_normalize=cfg.ipo_length_normalize,
+        )
+        pairs = batch["pairs"]
+        metrics = {
+            "loss": Metric.mean(losses.sum(), pairs),
+            "rewards/chosen": Metric.mean(chosen_rewards.sum(), pairs),
+            "rewards/rejected": Metric.mean(rejected_rewards.sum(), pairs),
+            "rewards/accuracies": Metric.mean((chosen_rewards > rejected_rewards).float().sum(), pairs),
+            "rewards/margins": Metric.mean((chosen_rewards - rejected_rewards).sum(), pairs),
+            "logps/chosen": Metric.mean(logps.policy_chosen.sum(), pairs),
+            "logps/rejected": Metric.mean(logps.policy_rejected.sum(), pairs),
+        }
+        return losses.sum(), metrics

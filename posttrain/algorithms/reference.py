@@ -1,0 +1,211 @@
+"""The reference policy of DPO and KTO, in three interchangeable forms.
+
+- ``model``: a frozen copy of the starting weights (or ``ref_model``), run next to the policy.
+- ``adapters_disabled``: with LoRA, the policy itself with its adapters switched off. The
+  reference *is* the frozen base, so no second copy of the weights is held in memory.
+- ``precomputed``: reference log-probs of every training sequence computed once before training
+  (with whichever of the two above would otherwise be used), cached on disk under a key made of
+  the reference weights and the exact token ids, then read from the batch. A rerun, a second
+  epoch or a new output directory reuses the file; any change to the weights, data, template or
+  max_length changes the key.
+
+All three give the same numbers (tested); they differ in memory and compute only.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from posttrain.config import TrainConfig, option
+from posttrain.data.collate import collate_padded
+from posttrain.data.example import TokenizedExample
+from posttrain.models.causal_lm import TokenLogProbs
+from posttrain.models.loading import apply_lora, is_peft_model, load_causal_lm
+from posttrain.ops import masked_sum
+from posttrain.train.loop import Trainer
+
+REFERENCE_MODES = ("auto", "model", "adapters_disabled", "precomputed")
+
+
+@dataclass
+class ReferenceConfig(TrainConfig):
+    """Options shared by every trainer with a reference policy (DPO, KTO)."""
+
+    reference_mode: str = option("auto", "Reference policy: auto (adapters_disabled with LoRA, else model), model (a frozen copy), adapters_disabled (LoRA only: the policy without adapters, no second copy), precomputed (log-probs computed once and cached on disk).")
+    ref_model: str | None = option(None, "Path of the reference model; default: the starting weights of the policy.")
+    precompute_source: str = option("auto", "What computes the log-probs in precomputed mode: auto, model or adapters_disabled.")
+    ref_logps_cache_dir: str | None = option(None, "Directory for cached reference log-probs (default: $POSTTRAIN_CACHE/ref_logps or ~/.cache/posttrain/ref_logps).")
+
+
+def sequence_logps(token_logps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Summed log-prob of each row's trained tokens: ``(N, T), (N, T) -> (N,)``."""
+    return masked_sum(token_logps, (weights > 0), dim=1)
+
+
+def _cache_dir(configured: str | None) -> Path:
+    if configured:
+        return Path(configured)
+    root = os.environ.get("POSTTRAIN_CACHE") or Path.home() / ".cache" / "posttrain"
+    return Path(root) / "ref_logps"
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap fingerprint of every tensor of ``model``: name, shape, dtype, and a strided
+    sample of 64 values plus the sum (changing any trained weight changes the sum)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 64)].float().cpu()
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{flat.float().sum().item():.9e}".encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def sequences_fingerprint(sequences: Sequence[Sequence[TokenizedExample]]) -> str:
+    """Fingerprint of the exact token ids and trained positions of every sequence."""
+    digest = hashlib.sha256()
+    for group in sequences:
+        for example in group:
+            digest.update(len(example["input_ids"]).to_bytes(4, "little"))
+            digest.update(torch.tensor(example["input_ids"], dtype=torch.int64).numpy().tobytes())
+            digest.update(bytes(1 if w else 0 for w in example["loss_weights"]))
+    return digest.hexdigest()
+
+
+class ReferenceTrainer(Trainer):
+    """A :class:`~posttrain.train.loop.Trainer` whose objective compares the policy with a
+    reference. Subclasses list, per dataset item, the sequences that need reference log-probs
+    (:meth:`reference_sequences`) and read them with :meth:`reference_logps`."""
+
+    def load_model(self, model):
+        cfg = self.config
+        if cfg.reference_mode not in REFERENCE_MODES:
+            raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, got {cfg.reference_mode!r}")
+        base = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
+        lora = cfg.use_lora or is_peft_model(base)
+        mode = cfg.reference_mode
+        if mode == "auto":
+            mode = "adapters_disabled" if lora else "model"
+        source = cfg.precompute_source if mode == "precomputed" else mode
+        if source == "auto":
+            source = "adapters_disabled" if lora else "model"
+        if source == "adapters_disabled" and not lora:
+            raise ValueError("reference 'adapters_disabled' needs LoRA (use_lora=true or a peft model); use 'model' otherwise")
+        self.reference_mode, self._reference_source = mode, source
+        self.ref_model = None
+        if source == "model":
+            if cfg.ref_model is not None:
+                self.ref_model = load_causal_lm(cfg.ref_model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
+            else:
+                self.ref_model = copy.deepcopy(base)
+            self.ref_model.eval().requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.use_lora and not is_peft_model(base):
+            base = apply_lora(base, cfg)
+        self._ref_logps_module = None
+        return base
+
+    def train(self):
+        self.release_reference_copy()
+        return super().train()
+
+    # ------------------------------------------------------------------ computing
+
+    def _reference_module(self) -> TokenLogProbs:
+        if self._ref_logps_module is None:
+            module = TokenLogProbs(self.ref_model, chunk_size=self.config.logits_chunk_size)
+            self._ref_logps_module = self.accelerator.prepare_model(module, evaluation_mode=True)
+        return self._ref_logps_module
+
+    @torch.no_grad()
+    def compute_reference(self, input_ids, position_ids, weights, policy_module=None) -> torch.Tensor:
+        """Reference log-probs ``(N,)`` of a collated batch of sequences, with the live
+        reference (copy, or the policy with adapters disabled)."""
+        if self._reference_source == "model":
+            stats = self._reference_module()(input_ids, position_ids)
+        else:
+            module = policy_module if policy_module is not None else TokenLogProbs(self.model, chunk_size=self.config.logits_chunk_size)
+            with self.model.disable_adapter():
+                stats = module(input_ids, position_ids)
+        return sequence_logps(stats.logps, weights).float()
+
+    def reference_logps(self, module, batch, sequence_batch: dict) -> torch.Tensor:
+        """Reference log-probs of ``sequence_batch`` (``(N,)``): read from ``batch["ref_logps"]``
+        in precomputed mode, computed otherwise."""
+        if self.reference_mode == "precomputed":
+            return batch["ref_logps"].to(sequence_batch["input_ids"].device)
+        return self.compute_reference(sequence_batch["input_ids"], sequence_batch["position_ids"], sequence_batch["loss_weights"], module)
+
+    # ------------------------------------------------------------------ precomputing
+
+    def reference_sequences(self, item: dict) -> list[TokenizedExample]:
+        raise TypeError(f"{type(self).__name__} must define reference_sequences")
+
+    def precompute_reference(self, items: list[dict], split: str) -> torch.Tensor | None:
+        """In precomputed mode, ``(len(items), k)`` reference log-probs of every item's
+        sequences, loaded from the cache or computed and cached; None in other modes."""
+        if self.reference_mode != "precomputed":
+            return None
+        groups = [self.reference_sequences(item) for item in items]
+        key_source = self.ref_model if self.ref_model is not None else self.model
+        key = hashlib.sha256(
+            f"{weights_fingerprint(key_source)}|{self._reference_source}|{sequences_fingerprint(groups)}".encode()
+        ).hexdigest()[:32]
+        path = _cache_dir(self.config.ref_logps_cache_dir) / f"{key}.pt"
+        if path.exists():
+            values = torch.load(path)
+            self.reporter.print(f"{split}: reference log-probs read from cache {path}")
+            return values
+        values = self._compute_all(groups)
+        if self.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+            torch.save(values, staging)
+            staging.replace(path)
+        self.reporter.print(f"{split}: computed reference log-probs for {len(items)} items, cached in {path}")
+        return values
+
+    def _compute_all(self, groups: list[list[TokenizedExample]]) -> torch.Tensor:
+        if self._reference_source == "model":
+            self.ref_model.to(self.accelerator.device)
+        else:
+            self.model.to(self.accelerator.device)
+        flat = [example for group in groups for example in group]
+        out = []
+        size = self.config.per_device_eval_batch_size
+        for start in range(0, len(flat), size):
+            batch = collate_padded(flat[start : start + size], self.tokenizer.pad_token_id)
+            device = self.accelerator.device
+            out.append(self.compute_reference(batch["input_ids"].to(device), batch["position_ids"].to(device), batch["loss_weights"].to(device)).cpu())
+        return torch.cat(out).reshape(len(groups), -1)
+
+    def release_reference_copy(self) -> None:
+        """Free the frozen copy once precomputing made it unnecessary."""
+        if self.reference_mode == "precomputed":
+            self.ref_model = None
+            self._ref_logps_module = None
+
+
+def attach_reference(items: list[dict], values: torch.Tensor | None) -> list[dict]:
+    """Copy precomputed ``values[i]`` into ``items[i]["ref_logps"]`` (no-op when None)."""
+    if values is not None:
+        for item, row in zip(items, values):
+            item["ref_logps"] = row
+    return items
+
+
+def stack_reference(items: Sequence[dict]) -> torch.Tensor | None:
+    """``(B, k)`` precomputed reference log-probs of a batch of items, or None."""
+    if "ref_logps" not in items[0]:
+        return None
+    return torch.stack([item["ref_logps"] for item in items])
+
