@@ -114,7 +114,7 @@ class DPOTrainer(ReferenceTrainer):
         policy = sequence_logps(stats.logps, sequences["loss_weights"])
         lengths = (sequences["loss_weights"] > 0).sum(dim=1)
         reference = None
-        if any(name != "simpo" for name in self.config.loss_types()):
+        if any(name not in ("simpo", "nll") for name in self.config.loss_types()):
             reference = self.reference_logps(module, batch, sequences)
         return PreferenceLogps(
             policy_chosen=policy[:pairs],

@@ -142,12 +142,23 @@ def simpo_loss(logps: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5)
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
+def nll_loss(logps: PreferenceLogps) -> LossOutput:
+    """Per-token negative log-likelihood of the chosen completion, ``-log pi(w) / |w|``: the
+    term RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization") adds to DPO so the
+    chosen answer's likelihood does not fall while the margin grows. Rewards are 0; combine it
+    with a pairwise loss, e.g. ``loss_type=["sigmoid", "nll"]``."""
+    chosen_lengths, _ = _lengths(logps, "nll")
+    zeros = torch.zeros_like(logps.policy_chosen).detach()
+    return -logps.policy_chosen / chosen_lengths, zeros, zeros
+
+
 PREFERENCE_LOSSES: dict[str, Callable[..., LossOutput]] = {
     "sigmoid": sigmoid_loss,
     "robust": robust_loss,
     "hinge": hinge_loss,
     "ipo": ipo_loss,
     "simpo": simpo_loss,
+    "nll": nll_loss,
 }
 
 

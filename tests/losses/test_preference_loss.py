@@ -91,7 +91,17 @@ def test_simpo_hand_values_ignores_reference():
     _close(PREFERENCE_LOSSES["simpo"](logps, beta=2.0, gamma=0.5)[0], [_nls(2.5), _nls(-1.3)])
 
 
-@pytest.mark.parametrize("name", sorted(PREFERENCE_LOSSES))
+def test_nll_hand_values():
+    # -log pi(chosen) / |chosen|: pair 0: 1 / 2 = 0.5, pair 1: 4 / 4 = 1.0; rewards are zero
+    losses, chosen, rejected = PREFERENCE_LOSSES["nll"](_logps())
+    _close(losses, [0.5, 1.0])
+    _close(chosen, [0.0, 0.0])
+    # combined with DPO it adds to the sigmoid loss pair by pair
+    combined = preference_loss(_logps(), ["sigmoid", "nll"], [1.0, 0.5], beta=BETA)[0]
+    _close(combined, [_nls(BETA * 1.5) + 0.25, _nls(BETA * -1.0) + 0.5])
+
+
+@pytest.mark.parametrize("name", sorted(set(PREFERENCE_LOSSES) - {"nll"}))
 def test_gradient_raises_chosen_and_lowers_rejected(name):
     logps = _logps(requires_grad=True)
     losses, chosen, rejected = preference_loss(logps, [name], beta=BETA if name != "simpo" else 2.0)
