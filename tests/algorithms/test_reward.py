@@ -162,3 +162,61 @@ def test_lora_trains_adapters_and_head_only(tmp_path, chatml):
         ours = trainer.wrap_model(trainer.model)(batch["input_ids"], batch["attention_mask"])
         theirs = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- it learns
+#
+# Held-out pairs of the arithmetic task. ArithmeticTask.preference_pairs (right answer vs a
+# plausible slip: off by one or ten, swapped digits, dropped carry) is NOT learnable by these
+# tiny random backbones in a test's budget: 3000 steps x 32 pairs (~60 s) reached 0.60 held-out
+# accuracy on classifier-llama, 10000 steps 0.52 on classifier-bert, and starting from an SFT'd
+# llama-small (99% exact match) 300 steps reached 0.59 -- the reward at one position would have
+# to recompute the sum. The pairs below keep the task's prompts and train/test split but reject
+# an echo of one of the operands: the model must compare the completion with the prompt, and
+# what it learns must carry over to problems it never saw.
+
+
+def _echo_pairs(task: ArithmeticTask, split: str, n: int) -> list[dict]:
+    """``n`` rows ``{"prompt": "What is 47+38?", "chosen": " 85", "rejected": " 47"}`` (or
+    ``" 38"``, alternating), skipping problems whose answer equals an operand (an operand of 0)."""
+    rows = []
+    for i, p in enumerate(task.problems(split, 2 * n)):
+        if 0 not in (p.a, p.b):
+            rows.append({"prompt": p.question, "chosen": f" {p.answer}", "rejected": f" {(p.a, p.b)[i % 2]}"})
+    return rows[:n]
+
+
+def _pairwise_accuracy(scorer: RewardScorer, rows: list[dict]) -> float:
+    prompts = [row["prompt"] for row in rows]
+    chosen = scorer.score(prompts, [row["chosen"] for row in rows])
+    rejected = scorer.score(prompts, [row["rejected"] for row in rows])
+    return (chosen > rejected).float().mean().item()
+
+
+# Measured on 2 cores (held-out accuracy after training, seeds 1 / 2 / 42 of the data order):
+# llama 1e-3 x 300 steps 0.965 / 0.995 / 0.995 in ~6 s; bert 5e-4 x 800 steps 0.965 / 0.97 /
+# 0.965 in ~15 s (post-LN BERT at 1e-3 or 2e-3 was faster but fell to 0.76-0.84 on one seed).
+@pytest.mark.parametrize(
+    ("arch", "tokenizer_kind", "learning_rate", "steps"),
+    [("llama", None, 1e-3, 300), ("bert", "no_template", 5e-4, 800)],  # causal; encoder without chat template
+)
+def test_reward_model_learns_held_out_preferences(arch, tokenizer_kind, learning_rate, steps, tmp_path, model_path, tokenizers):
+    task = ArithmeticTask(seed=0)
+    train, held_out = _echo_pairs(task, "train", steps * 32), _echo_pairs(task, "test", 200)
+    assert not {row["prompt"] for row in train} & {row["prompt"] for row in held_out}
+    config = _config(
+        tmp_path, learning_rate=learning_rate, max_steps=steps, per_device_train_batch_size=32, max_length=64,
+        warmup_ratio=0.05, per_device_eval_batch_size=100,
+    )
+    tokenizer = tokenizers[tokenizer_kind] if tokenizer_kind else None
+    trainer = RewardTrainer(model_path(f"classifier-{arch}"), config, train_dataset=train, eval_dataset=held_out, tokenizer=tokenizer)
+    scorer = trainer.scorer(batch_size=100)
+    before = _pairwise_accuracy(scorer, held_out)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    after = _pairwise_accuracy(scorer, held_out)
+    assert after >= 0.9, (before, after, seconds)
+    assert after - before >= 0.3, (before, after)
+    # the loop's evaluation (2B-row batches, summed metrics) agrees with the scorer
+    assert trainer.evaluate()["eval/accuracy"] == pytest.approx(after, abs=1e-6)
