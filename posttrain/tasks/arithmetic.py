@@ -110,6 +110,18 @@ def wrong_answers(problem: Problem) -> list[int]:
     return sorted(c for c in candidates if c is not None and c >= 0 and c != answer)
 
 
+def _is_picked(index: int, fraction: float) -> bool:
+    """Whether row ``index`` is one of the ``fraction`` picked rows: exactly
+    ``floor(k * fraction)`` of the first ``k`` rows are, for every ``k``, so any contiguous batch
+    holds close to that share."""
+    return int((index + 1) * fraction) > int(index * fraction)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
 class ArithmeticTask:
     """Seeded generator of arithmetic rows in every data format ``posttrain`` trains on.
 
@@ -209,16 +221,30 @@ class ArithmeticTask:
         return f" {value}"
 
     def prompt_completion(
-        self, split: str, n: int | None = None, conversational: bool = False, system: str | None = None
+        self,
+        split: str,
+        n: int | None = None,
+        conversational: bool = False,
+        system: str | None = None,
+        slip_rate: float = 0.0,
     ) -> list[dict]:
         """Rows ``{"prompt": "What is 47+38?", "completion": " 85"}`` (no EOS; see module doc).
 
         ``conversational=True`` gives message lists: prompt ``[system?, user]``, completion
         ``[assistant]``.
+
+        ``slip_rate`` makes the demonstrations noisy the way a careless annotator would: that
+        share of rows (spread evenly, see :meth:`unpaired`) answers one too high (``" 86"``). SFT
+        on ``slip_rate=0.6`` gives a model that has learned to add but whose greedy answer is
+        usually the slip -- the start from which preference learning has something to fix.
         """
+        _check_fraction("slip_rate", slip_rate)
         return [
-            {"prompt": self._prompt(p, conversational, system), "completion": self._completion(p.answer, conversational)}
-            for p in self.problems(split, n)
+            {
+                "prompt": self._prompt(p, conversational, system),
+                "completion": self._completion(p.answer + int(_is_picked(i, slip_rate)), conversational),
+            }
+            for i, p in enumerate(self.problems(split, n))
         ]
 
     def conversations(
@@ -273,11 +299,10 @@ class ArithmeticTask:
         Exactly ``floor(k * desirable_fraction)`` of the first ``k`` rows are desirable, for
         every ``k``: labels are spread evenly, so any contiguous batch is close to the fraction.
         """
-        if not 0.0 <= desirable_fraction <= 1.0:
-            raise ValueError(f"desirable_fraction must be in [0, 1], got {desirable_fraction}")
+        _check_fraction("desirable_fraction", desirable_fraction)
         rows = []
         for i, p in enumerate(self.problems(split, n)):
-            label = int((i + 1) * desirable_fraction) > int(i * desirable_fraction)
+            label = _is_picked(i, desirable_fraction)
             value = p.answer if label else self.wrong_answer(p, split, i)
             rows.append(
                 {

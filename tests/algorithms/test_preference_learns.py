@@ -1,15 +1,28 @@
-"""Issue 3 must-show 4 (partly): DPO and KTO started from an SFT checkpoint learn the held-out
-preference signal, without wrecking the model's greedy accuracy.
+"""Issue 3 must-show 4: DPO and KTO, started from an SFT checkpoint, raise held-out implicit-reward
+accuracy and greedy exact-match accuracy.
 
-The SFT start is the demo recipe stopped early (1200 steps: ~15% held-out exact match on this
-machine), so there is room to improve. What is asserted is what we have measured to hold; raising
-greedy exact match itself with DPO/KTO on this task is still open (see the issue notes).
+The SFT start learns from noisy demonstrations: the demo recipe on rows of which 60% answer one
+too high (``ArithmeticTask.prompt_completion(slip_rate=0.6)``). It learns to add, but its greedy
+answer is mostly the slip (~21% exact match on this machine, ~73% answer+1). Preference data --
+the task's right answer against varied plausible slips (off by one or ten, swapped digits,
+dropped carry) -- is what tells it which of the behaviours it knows is wanted: measured here,
+DPO and KTO take it to ~92% in 100 steps.
+
+What we measured and keep in mind when reading these tests:
+- Rejected answers must vary. DPO against the model's own systematic slip only (answer+1) reached
+  99.5% implicit-reward accuracy and dropped greedy accuracy to 0.5%: the mass went to answer-1,
+  which no pair penalised.
+- Longer or hotter runs over-optimise: DPO at lr 3e-5 gave 91.5% after 100 steps, 85% after 200;
+  KTO at lr 1e-4 72%. Hence a low learning rate and few steps.
+- From a clean but early-stopped SFT checkpoint (16.5%, mid-way through the capability's
+  sharp transition) DPO and KTO did not raise greedy accuracy: they select among behaviours the
+  model has, they do not teach a new one faster than SFT.
 """
 
 from __future__ import annotations
 
 import pytest
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.algorithms.dpo import DPOConfig, DPOTrainer
 from posttrain.algorithms.kto import KTOConfig, KTOTrainer
@@ -18,27 +31,30 @@ from posttrain.demo import DEMO_ROWS, demo_config
 from posttrain.tasks import ArithmeticTask, exact_match_accuracy
 
 TASK = ArithmeticTask(seed=0)
+HELD_OUT = TASK.prompt_only("test", 200)
 
 
 @pytest.fixture(scope="module")
 def sft_start(tmp_path_factory, model_path):
+    """(path, held-out greedy accuracy) of the demo SFT recipe run on 60%-slipped rows (~70 s)."""
     output = tmp_path_factory.mktemp("sft-start")
-    config = demo_config(str(output), steps=1200, progress_bar=False, logging_steps=0)
-    SFTTrainer(model_path("llama-small"), config, train_dataset=TASK.prompt_completion("train", DEMO_ROWS)).train()
+    config = demo_config(str(output), progress_bar=False, logging_steps=0)
+    rows = TASK.prompt_completion("train", DEMO_ROWS, slip_rate=0.6)
+    SFTTrainer(model_path("llama-small"), config, train_dataset=rows).train()
     path = str(output / "final")
-    model = AutoModelForCausalLM.from_pretrained(path)
-    from transformers import AutoTokenizer
-
-    accuracy = exact_match_accuracy(TASK, model, AutoTokenizer.from_pretrained(path), TASK.prompt_only("test", 200)).accuracy
-    return path, accuracy
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    start = exact_match_accuracy(TASK, model, tokenizer, HELD_OUT)
+    # the start must leave room to improve and must have learned the format (stops with EOS)
+    assert start.accuracy <= 0.5 and start.eos_rate >= 0.95, start
+    return path, start.accuracy
 
 
 def _common(tmp_path):
     return dict(
         output_dir=str(tmp_path),
-        learning_rate=1e-4,
+        learning_rate=3e-5,
         per_device_train_batch_size=16,
-        max_steps=150,
+        max_steps=100,
         beta=0.1,
         lr_scheduler="constant_with_warmup",
         warmup_steps=10,
@@ -51,25 +67,25 @@ def _common(tmp_path):
 
 def test_dpo_learns_held_out_preferences(sft_start, tmp_path):
     path, start_accuracy = sft_start
-    trainer = DPOTrainer(path, DPOConfig(**_common(tmp_path)), train_dataset=TASK.preference_pairs("train", 2400), eval_dataset=TASK.preference_pairs("test", 200))
+    trainer = DPOTrainer(path, DPOConfig(**_common(tmp_path)), train_dataset=TASK.preference_pairs("train", 1600), eval_dataset=TASK.preference_pairs("test", 200))
     before = trainer.evaluate()
     assert before["eval/rewards/accuracies"] == 0.0  # policy == reference: every implicit reward is 0
     trainer.train()
     after = trainer.evaluate()
-    assert after["eval/rewards/accuracies"] >= 0.6
+    assert after["eval/rewards/accuracies"] >= 0.55  # measured 0.65; most slips were already unlikely
     assert after["eval/rewards/margins"] > 0
-    greedy = exact_match_accuracy(TASK, trainer.model, trainer.tokenizer, TASK.prompt_only("test", 200))
-    assert greedy.accuracy >= start_accuracy - 0.05 and greedy.eos_rate >= 0.95
+    greedy = exact_match_accuracy(TASK, trainer.model, trainer.tokenizer, HELD_OUT)
+    assert greedy.accuracy >= start_accuracy + 0.3 and greedy.eos_rate >= 0.95, (start_accuracy, greedy.accuracy)
 
 
 def test_kto_learns_held_out_preferences(sft_start, tmp_path):
     path, start_accuracy = sft_start
-    trainer = KTOTrainer(path, KTOConfig(**_common(tmp_path)), train_dataset=TASK.unpaired("train", 2400), eval_dataset=TASK.unpaired("test", 200))
+    trainer = KTOTrainer(path, KTOConfig(**_common(tmp_path)), train_dataset=TASK.unpaired("train", 1600), eval_dataset=TASK.unpaired("test", 200))
     before = trainer.evaluate()
     assert before["eval/rewards/chosen"] == before["eval/rewards/rejected"] == 0.0
     trainer.train()
     after = trainer.evaluate()
     # desirable completions end up with a higher implicit reward than undesirable ones
-    assert after["eval/rewards/chosen"] - after["eval/rewards/rejected"] > 0.05
-    greedy = exact_match_accuracy(TASK, trainer.model, trainer.tokenizer, TASK.prompt_only("test", 200))
-    assert greedy.accuracy >= start_accuracy - 0.05 and greedy.eos_rate >= 0.95
+    assert after["eval/rewards/chosen"] - after["eval/rewards/rejected"] > 0.015, after  # measured 0.037
+    greedy = exact_match_accuracy(TASK, trainer.model, trainer.tokenizer, HELD_OUT)
+    assert greedy.accuracy >= start_accuracy + 0.3 and greedy.eos_rate >= 0.95, (start_accuracy, greedy.accuracy)
