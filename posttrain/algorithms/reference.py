@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 
 from posttrain.config import TrainConfig, option
 from posttrain.data.collate import collate_padded
@@ -161,10 +162,13 @@ class ReferenceTrainer(Trainer):
             f"{weights_fingerprint(key_source)}|{self._reference_source}|{sequences_fingerprint(groups)}".encode()
         ).hexdigest()[:32]
         path = _cache_dir(self.config.ref_logps_cache_dir) / f"{key}.pt"
-        if path.exists():
-            values = torch.load(path)
+        # The main process decides and shares what it read, so every process takes the same
+        # branch (the collective calls below would hang otherwise), even without a shared disk.
+        cached = [torch.load(path) if self.accelerator.is_main_process and path.exists() else None]
+        cached = broadcast_object_list(cached)
+        if cached[0] is not None:
             self.reporter.print(f"{split}: reference log-probs read from cache {path}")
-            return values
+            return cached[0]
         values = self._compute_all(groups)
         if self.accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,18 +179,21 @@ class ReferenceTrainer(Trainer):
         return values
 
     def _compute_all(self, groups: list[list[TokenizedExample]]) -> torch.Tensor:
-        if self._reference_source == "model":
-            self.ref_model.to(self.accelerator.device)
-        else:
-            self.model.to(self.accelerator.device)
+        """``(len(groups), k)`` reference log-probs; each process computes a contiguous share of
+        the sequences and all processes receive every value."""
+        device = self.accelerator.device
+        (self.ref_model if self._reference_source == "model" else self.model).to(device)
         flat = [example for group in groups for example in group]
+        with self.accelerator.split_between_processes(list(range(len(flat)))) as mine:
+            shard = [flat[i] for i in mine]
         out = []
         size = self.config.per_device_eval_batch_size
-        for start in range(0, len(flat), size):
-            batch = collate_padded(flat[start : start + size], self.tokenizer.pad_token_id)
-            device = self.accelerator.device
-            out.append(self.compute_reference(batch["input_ids"].to(device), batch["position_ids"].to(device), batch["loss_weights"].to(device)).cpu())
-        return torch.cat(out).reshape(len(groups), -1)
+        for start in range(0, len(shard), size):
+            batch = collate_padded(shard[start : start + size], self.tokenizer.pad_token_id)
+            inputs = (batch["input_ids"].to(device), batch["position_ids"].to(device), batch["loss_weights"].to(device))
+            out.extend(self.compute_reference(*inputs).cpu().tolist())
+        # gather_object concatenates the processes' lists in rank order: the original order
+        return torch.tensor(gather_object(out), dtype=torch.float32).reshape(len(groups), -1)
 
     def release_reference_copy(self) -> None:
         """Free the frozen copy once precomputing made it unnecessary."""

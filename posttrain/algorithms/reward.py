@@ -29,7 +29,7 @@ from posttrain.data.preference import prepare_preference_pairs
 from posttrain.data.prepare import column_names, first_row
 from posttrain.data.tokenize import LMDataOptions
 from posttrain.losses.reward import bradley_terry_loss
-from posttrain.models.loading import _DTYPES, apply_lora, set_chat_template
+from posttrain.models.loading import apply_lora, load_sequence_classifier, set_chat_template
 from posttrain.models.reward import RewardModule, check_reward_head, default_add_eos, padded_batch, require_chat_template
 from posttrain.train.loop import BatchSource, Trainer
 from posttrain.train.metrics import Metric
@@ -84,16 +84,8 @@ class RewardTrainer(Trainer):
         super().__init__(model, config, **kwargs)
 
     def load_model(self, model):
-        from transformers import AutoModelForSequenceClassification
-
         cfg = self.config
-        if isinstance(model, str):
-            if cfg.model_dtype not in _DTYPES:
-                raise ValueError(f"model_dtype must be one of {sorted(_DTYPES)}, got {cfg.model_dtype!r}")
-            kwargs = {"num_labels": 1, "dtype": _DTYPES[cfg.model_dtype]}
-            if cfg.attn_implementation:
-                kwargs["attn_implementation"] = cfg.attn_implementation
-            model = AutoModelForSequenceClassification.from_pretrained(model, **kwargs)
+        model = load_sequence_classifier(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
         check_reward_head(model)
         if getattr(model.config, "pad_token_id", None) is None:
             # Only so the saved model also batches under Hugging Face's own pooling; ours

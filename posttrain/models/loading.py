@@ -38,18 +38,33 @@ def set_chat_template(tokenizer, template: str | None) -> None:
     tokenizer.chat_template = path.read_text() if "{" not in template and path.is_file() else template
 
 
+def _from_pretrained(auto_class, source: str, model_dtype: str, attn_implementation: str | None, **kwargs):
+    if model_dtype not in _DTYPES:
+        raise ValueError(f"model_dtype must be one of {sorted(_DTYPES)}, got {model_dtype!r}")
+    kwargs["dtype"] = _DTYPES[model_dtype]
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return auto_class.from_pretrained(source, **kwargs)
+
+
 def load_causal_lm(source, *, model_dtype: str = "float32", attn_implementation: str | None = "sdpa"):
     """A causal LM from a path/hub name, or ``source`` itself when it is already a model."""
     from transformers import AutoModelForCausalLM
 
     if not isinstance(source, str):
         return source
-    if model_dtype not in _DTYPES:
-        raise ValueError(f"model_dtype must be one of {sorted(_DTYPES)}, got {model_dtype!r}")
-    kwargs = {"dtype": _DTYPES[model_dtype]}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return _from_pretrained(AutoModelForCausalLM, source, model_dtype, attn_implementation)
+
+
+def load_sequence_classifier(source, *, model_dtype: str = "float32", attn_implementation: str | None = "sdpa"):
+    """A one-output sequence classifier (a reward model) from a path/hub name, or ``source``
+    itself when it is already a model. A causal-LM checkpoint gets a new, randomly initialised
+    score head."""
+    from transformers import AutoModelForSequenceClassification
+
+    if not isinstance(source, str):
+        return source
+    return _from_pretrained(AutoModelForSequenceClassification, source, model_dtype, attn_implementation, num_labels=1)
 
 
 def apply_lora(model, config, task_type: str = "CAUSAL_LM"):

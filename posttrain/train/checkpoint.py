@@ -91,8 +91,11 @@ def _rotate(output_dir, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def save_pretrained_atomic(model, tokenizer, directory: str | Path) -> Path:
+def save_pretrained_atomic(model, tokenizer, directory: str | Path, state_dict: dict | None = None) -> Path:
     """``save_pretrained`` of model and tokenizer into ``directory``, via a staging directory.
+
+    ``state_dict`` (keys as in ``model.state_dict()``) replaces the model's own tensors, e.g.
+    full weights gathered from FSDP shards; None saves the model as it is in memory.
 
     A previous save is moved aside (not deleted) before the rename, so at every instant either
     the old or the new complete model sits at ``directory`` or beside it under a ``.tmp-`` name.
@@ -107,7 +110,7 @@ def save_pretrained_atomic(model, tokenizer, directory: str | Path) -> Path:
     bars_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Writing model shards" bars would break the Rich console
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **({} if state_dict is None else {"state_dict": state_dict}))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
     finally:

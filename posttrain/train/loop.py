@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -132,11 +133,22 @@ class Trainer:
         precision = cfg.mixed_precision
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        return Accelerator(
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        accelerator = Accelerator(
+            # accelerate runs several CPU processes as one job (gloo) only when told cpu=True; without
+            # it each process of `torchrun` / `accelerate launch` on a CPU machine trains alone.
+            cpu=launched > 1 and not _has_accelerator_device(),
             mixed_precision=precision,
             log_with=list(cfg.report_to) or None,
             project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
         )
+        if launched != accelerator.num_processes:
+            raise RuntimeError(
+                f"launched as {launched} processes (WORLD_SIZE) but accelerate sees {accelerator.num_processes}: each "
+                "process would train alone on the whole data and overwrite the others' outputs. Launch with "
+                "`accelerate launch` after `accelerate config`, or check the distributed environment variables."
+            )
+        return accelerator
 
     def _dataset_rows(self, train_dataset, eval_dataset):
         from posttrain.data.loading import load_rows, split_rows
@@ -339,15 +351,45 @@ class Trainer:
     def _finish(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        if self.config.save_final_model and acc.is_main_process:
-            path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, Path(self.config.output_dir) / "final")
-            self.reporter.print(f"saved model and tokenizer to {path}")
+        if self.config.save_final_model:
+            state_dict = self._full_state_dict()  # every process takes part in the gather
+            if acc.is_main_process:
+                final = Path(self.config.output_dir) / "final"
+                path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, final, state_dict=state_dict)
+                self.reporter.print(f"saved model and tokenizer to {path}")
         if self.config.report_to:
             acc.end_training()
+
+    def _full_state_dict(self) -> dict | None:
+        """The trained model's complete weights, keyed as in ``self.model.state_dict()``.
+
+        Through ``accelerator.get_state_dict``, which gathers FSDP / DeepSpeed ZeRO-3 shards (a
+        collective call: every process must make it); a process's own module holds only its
+        shard there. None when nothing was trained (the model in memory is then complete)."""
+        module = getattr(self, "module", None)
+        if module is None:
+            return None
+        full = self.accelerator.get_state_dict(module)
+        wrapper = self.accelerator.unwrap_model(module)
+        if wrapper is self.model:
+            return full
+        # wrap_model put the Hugging Face model under an attribute: drop that key prefix
+        name = next((name for name, child in wrapper.named_children() if child is self.model), None)
+        if name is None:
+            raise RuntimeError(f"{type(wrapper).__name__} does not hold the trained model as a direct child; cannot save it")
+        prefix = name + "."
+        return {key[len(prefix) :]: value for key, value in full.items() if key.startswith(prefix)}
 
     def unwrapped_model(self):
         """The Hugging Face (or peft) model being trained, without accelerate's wrappers."""
         return self.model
+
+
+def _has_accelerator_device() -> bool:
+    """Whether this machine has a GPU-like device that accelerate would run on (not only CPUs)."""
+    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
+
+    return torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available()
 
 
 def _flat_config(config) -> dict:

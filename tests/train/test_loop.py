@@ -128,12 +128,19 @@ def test_nan_loss_stops_before_the_step(model_path, tmp_path):
 
 def test_final_model_and_tokenizer_load(model_path, tmp_path):
     config = _config(tmp_path, per_device_train_batch_size=4, max_steps=1, save_final_model=True, logging_steps=1)
-    SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train()
+    trainer = SFTTrainer(model_path("llama"), config, train_dataset=_rows())
+    trainer.train()
     final = Path(tmp_path) / "final"
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(final).chat_template
-    assert AutoModelForCausalLM.from_pretrained(final) is not None
+    # the saved weights are the trained ones (gathered through accelerate's get_state_dict)
+    saved, start = _final_weights(final), _final_weights(model_path("llama"))
+    trained = trainer.model.state_dict()
+    assert saved.keys() == trained.keys()
+    for name, value in saved.items():
+        torch.testing.assert_close(value, trained[name], atol=0, rtol=0, msg=name)
+    assert any(not torch.equal(saved[n], start[n]) for n in saved)
     assert (Path(tmp_path) / "config.yaml").exists() and (Path(tmp_path) / "metrics.jsonl").exists()
 
 
@@ -146,4 +153,9 @@ def test_lora_trains_only_adapters(model_path, tmp_path):
     after = dict(trainer.model.named_parameters())
     assert all(torch.equal(after[n], base[n]) for n in base)
     assert lora_b and any(not torch.equal(after[n], lora_b[n]) for n in lora_b)  # B starts at 0 and moved
-    assert (tmp_path / "final" / "adapter_config.json").exists()
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path("llama")), tmp_path / "final")
+    reloaded_b = dict(reloaded.named_parameters())
+    for name in lora_b:
+        torch.testing.assert_close(reloaded_b[name], after[name], atol=0, rtol=0, msg=name)

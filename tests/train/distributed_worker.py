@@ -1,0 +1,53 @@
+"""Trains SFT, DPO (precomputed reference) and KTO for a few steps with a given per-process
+batch; run by tests/train/test_distributed.py once in-process and once under
+``torchrun --nproc_per_node 2``. Not a test module itself (no ``test_`` prefix).
+
+    python -m torch.distributed.run --nproc_per_node 2 distributed_worker.py OUT BATCH MODEL
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from posttrain import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+from posttrain.tasks import ArithmeticTask
+
+ALGORITHMS = ("sft", "dpo", "kto")
+STEPS = 3
+
+
+def _common(output_dir: Path, batch: int) -> dict:
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch,
+        max_steps=STEPS,
+        lr_scheduler="constant",
+        max_grad_norm=0.0,
+        logging_steps=1,
+        progress_bar=False,
+        save_final_model=True,
+        seed=3,
+        # Adam turns a gradient of ~1e-9 into a full lr-sized step of its sign, so the last-bit
+        # differences of a two-process all-reduce would show up as 1e-5 weight differences;
+        # a larger epsilon keeps such near-zero gradients from moving weights at all.
+        adam_epsilon=1e-6,
+    )
+
+
+def run_all(output_dir: str, batch: int, model: str) -> None:
+    """Train each algorithm into ``output_dir/<algorithm>``; 16 rows, so 2 x 4 and 1 x 8 rows
+    per step walk the same data."""
+    out = Path(output_dir)
+    task = ArithmeticTask(seed=1)
+    # 1- and 3-turn conversations: processes hold different numbers of loss tokens, so a
+    # per-process average would differ from the global one.
+    sft_rows = task.conversations("train", 8, turns=1) + task.conversations("train", 8, turns=3)
+    SFTTrainer(model, SFTConfig(**_common(out / "sft", batch), learning_rate=1e-3, loss_mode="assistant"), train_dataset=sft_rows).train()
+    dpo = DPOConfig(**_common(out / "dpo", batch), learning_rate=1e-3, reference_mode="precomputed", ref_logps_cache_dir=str(out / "cache"))
+    DPOTrainer(model, dpo, train_dataset=task.preference_pairs("train", 16)).train()
+    KTOTrainer(model, KTOConfig(**_common(out / "kto", batch), learning_rate=1e-3), train_dataset=task.unpaired("train", 16)).train()
+
+
+if __name__ == "__main__":
+    run_all(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,61 @@
+"""Data parallelism through accelerate, on CPU: two processes with 4 rows each train exactly as
+one process with 8 rows (same global batch), for SFT (loss normalised by the loss tokens of all
+processes), DPO with reference log-probs precomputed in shards and gathered, and KTO (the KL
+reference point z0 is averaged over all processes). The final model is gathered with
+``accelerator.get_state_dict`` and saved once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from distributed_worker import ALGORITHMS, STEPS, run_all
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def _metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, model_path):
+    model = model_path("llama")
+    one, two = tmp_path_factory.mktemp("one-process"), tmp_path_factory.mktemp("two-processes")
+    run_all(str(one), 8, model)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(two), "4", model]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return one, two, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_two_processes_match_one_with_the_same_global_batch(runs, algorithm, model_path):
+    one, two, log = runs
+    assert "2 process(es)" in log
+    expected, actual = _weights(one / algorithm / "final"), _weights(two / algorithm / "final")
+    start = _weights(Path(model_path("llama")))
+    assert any(not torch.equal(expected[n], start[n]) for n in expected)  # training moved the weights
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0, msg=name)
+    for ours, theirs in zip(_metrics(two / algorithm), _metrics(one / algorithm), strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
+    assert len(_metrics(two / algorithm)) == STEPS
+
+
+def test_reference_log_probs_are_cached_once_for_both_processes(runs):
+    _, two, log = runs
+    assert len(list((two / "cache").glob("*.pt"))) == 1
+    assert log.count("computed reference log-probs") == 1  # printed by the main process only
