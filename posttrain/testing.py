@@ -160,7 +160,7 @@ SIZES = {"tiny": TINY, "small": SMALL}
 def build_causal_lm(arch: str = "llama", tokenizer=None, size: str | dict = "tiny", seed: int = 0):
     """A randomly initialised causal LM (``llama``, ``qwen2`` or ``gpt2``) sized for ``tokenizer``.
 
-    ``size`` is ``"tiny"`` (~0.1M params: unit tests), ``"small"`` (~0.8M: learning tests and the
+    ``size`` is ``"tiny"`` (~0.1M params: unit tests), ``"small"`` (~1.0M: learning tests and the
     demo) or a dict with ``hidden_size``, ``num_layers``, ``num_heads``, ``max_positions`` and
     optionally ``intermediate_size``, ``num_kv_heads``, ``tie_word_embeddings``.
     """

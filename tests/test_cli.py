@@ -31,3 +31,26 @@ def test_sft_and_inspect_from_yaml(model_path, tmp_path, capsys):
 def test_help_config_lists_options(capsys):
     assert main(["sft", "--help-config"]) == 0
     assert "turn_weights" in capsys.readouterr().out
+
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return str(path)
+
+
+def test_inspect_preference_and_unpaired_rows(model_path, tmp_path, capsys):
+    task = ArithmeticTask(seed=0)
+    pairs = _jsonl(tmp_path / "pairs.jsonl", task.preference_pairs("train", 3))
+    unpaired = _jsonl(tmp_path / "unpaired.jsonl", task.unpaired("train", 3))
+    first = task.preference_pairs("train", 1)[0]
+    for algorithm, data, model, expected in [
+        ("dpo", pairs, "llama", ["chosen: ", "rejected: ", first["rejected"].strip()]),
+        ("rm", pairs, "classifier-llama", ["chosen: ", "rejected: "]),
+        ("kto", unpaired, "llama", ["desirable", "undesirable"]),
+    ]:
+        args = ["inspect", "--algorithm", algorithm, f"model={model_path(model)}", f"train_data={data}", "--rows", "2"]
+        assert main(args) == 0, algorithm
+        shown = capsys.readouterr().out
+        assert all(text in shown for text in expected), (algorithm, shown)
+        # the causal backbones get an EOS after each completion (the encoder default is covered in test_reward)
+        assert "<|endoftext|>" in shown, algorithm

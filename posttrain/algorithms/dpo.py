@@ -10,6 +10,7 @@ number of pairs in the whole accumulated batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -25,9 +26,15 @@ from posttrain.train.loop import BatchSource
 from posttrain.train.metrics import Metric
 
 
+# Losses that read only the policy's log-probs.
+REFERENCE_FREE_LOSSES = ("simpo", "nll")
+
+
 @dataclass
 class PreferenceDataConfig(ReferenceConfig):
     """Tokenization options of completion-scored data (DPO, KTO)."""
+
+    data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares: preference pairs
 
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
     overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
@@ -52,7 +59,7 @@ class DPOConfig(PreferenceDataConfig):
 
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
     beta: float = option(0.1, "Strength of the KL anchor to the reference (SimPO: the reward scale, typically 2-10).")
-    loss_type: object = option("sigmoid", "Loss name or list of names: sigmoid, robust, hinge, ipo, simpo.")
+    loss_type: object = option("sigmoid", "Loss name or list of names: sigmoid, robust, hinge, ipo, simpo, nll (the chosen sequences' NLL, as in RPO; combine with a weight). With only simpo/nll no reference is kept.")
     loss_weights: list | None = option(None, "One weight per loss_type when several are combined (default 1 each).")
     label_smoothing: float = option(0.0, "Assumed label-flip rate for sigmoid (conservative DPO) and robust.")
     simpo_gamma: float = option(0.5, "SimPO target reward margin.")
@@ -101,6 +108,9 @@ class DPOTrainer(ReferenceTrainer):
     def reference_sequences(self, item: dict) -> list:
         return [item["chosen"], item["rejected"]]
 
+    def needs_reference(self) -> bool:
+        return any(name not in REFERENCE_FREE_LOSSES for name in self.config.loss_types())
+
     def wrap_model(self, model) -> torch.nn.Module:
         return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
 
@@ -113,9 +123,7 @@ class DPOTrainer(ReferenceTrainer):
         stats = module(sequences["input_ids"], sequences["position_ids"])
         policy = sequence_logps(stats.logps, sequences["loss_weights"])
         lengths = (sequences["loss_weights"] > 0).sum(dim=1)
-        reference = None
-        if any(name not in ("simpo", "nll") for name in self.config.loss_types()):
-            reference = self.reference_logps(module, batch, sequences)
+        reference = self.reference_logps(module, batch, sequences) if self.needs_reference() else None
         return PreferenceLogps(
             policy_chosen=policy[:pairs],
             policy_rejected=policy[pairs:],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -36,6 +37,8 @@ PARTNER_SEARCH = 16
 @dataclass
 class KTOConfig(PreferenceDataConfig):
     """KTO options (plus everything in TrainConfig and the reference options)."""
+
+    data_kind: ClassVar[str] = "unpaired"
 
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
     beta: float = option(0.1, "Scale of the log-ratio, as in DPO.")

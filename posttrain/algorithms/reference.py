@@ -93,6 +93,10 @@ class ReferenceTrainer(Trainer):
         base = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
         lora = cfg.use_lora or is_peft_model(base)
         mode = cfg.reference_mode
+        if not self.needs_reference():
+            # reference-free objective (e.g. SimPO): no frozen copy, no precomputed log-probs
+            self.reference_mode, self._reference_source, self.ref_model, self._ref_logps_module = "none", None, None, None
+            return self._finish_policy(base)
         if mode == "auto":
             mode = "adapters_disabled" if lora else "model"
         source = cfg.precompute_source if mode == "precomputed" else mode
@@ -108,12 +112,21 @@ class ReferenceTrainer(Trainer):
             else:
                 self.ref_model = copy.deepcopy(base)
             self.ref_model.eval().requires_grad_(False)
+        self._ref_logps_module = None
+        return self._finish_policy(base)
+
+    def _finish_policy(self, base):
+        cfg = self.config
         if cfg.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.use_lora and not is_peft_model(base):
             base = apply_lora(base, cfg)
-        self._ref_logps_module = None
         return base
+
+    def needs_reference(self) -> bool:
+        """Whether the objective reads reference log-probs at all (DPO with only reference-free
+        losses does not)."""
+        return True
 
     def train(self):
         self.release_reference_copy()

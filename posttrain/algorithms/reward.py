@@ -20,6 +20,7 @@ Departures from the common recipe, on purpose:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -39,6 +40,8 @@ from posttrain.train.metrics import Metric
 class RewardConfig(TrainConfig):
     """Reward-model options (plus everything in TrainConfig). Batch sizes count pairs."""
 
+    data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares
+
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW); 1e-5 suits full fine-tuning of pretrained backbones, tiny models from scratch want ~1e-3.")
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
     overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
@@ -47,6 +50,20 @@ class RewardConfig(TrainConfig):
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's; needed for conversational rows when the tokenizer has none.")
     chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
     pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this.")
+
+    def data_options(self, model=None) -> LMDataOptions:
+        """How pairs are tokenized; ``add_eos=None`` is decided by the backbone: ``model`` (a
+        loaded model) or else the configured model path."""
+        add_eos = self.add_eos
+        if add_eos is None:
+            add_eos = default_add_eos(model if model is not None else self.model)
+        return LMDataOptions(
+            max_length=self.max_length,
+            loss_mode="completion",
+            overlong=self.overlong,
+            add_eos=add_eos,
+            chat_template_kwargs=dict(self.chat_template_kwargs),
+        )
 
 
 class RewardPairCollator:
@@ -99,14 +116,7 @@ class RewardTrainer(Trainer):
         return model
 
     def data_options(self) -> LMDataOptions:
-        cfg = self.config
-        return LMDataOptions(
-            max_length=cfg.max_length,
-            loss_mode="completion",
-            overlong=cfg.overlong,
-            add_eos=default_add_eos(self.model) if cfg.add_eos is None else cfg.add_eos,
-            chat_template_kwargs=dict(cfg.chat_template_kwargs),
-        )
+        return self.config.data_options(self.model)
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
         cfg = self.config

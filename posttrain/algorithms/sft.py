@@ -113,8 +113,12 @@ class SFTTrainer(Trainer):
         return BatchSource(_Items(prepared.examples, units), unit_lengths, collate, group_by_length=cfg.group_by_length and mode == "padded")
 
     def wrap_model(self, model) -> torch.nn.Module:
-        if self.config.packing or self.config.padding_free:
-            check_packing_isolation(model)
+        cfg = self.config
+        if cfg.packing or cfg.padding_free:
+            # Probe the batch shape training will use: FlashAttention-2 separates examples by
+            # position ids only in one-row batches, which is what padding-free batches are.
+            one_row = (cfg.padding_free and not cfg.packing) or cfg.per_device_train_batch_size == cfg.per_device_eval_batch_size == 1
+            check_packing_isolation(model, batch_rows=1 if one_row else 2)
         return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
 
     def count_units(self, batch) -> torch.Tensor:

@@ -68,29 +68,71 @@ def inspect_rows(rows, tokenizer, options: LMDataOptions, *, start: int = 0, cou
     console = console or Console(highlight=False)
     prepared = prepare_lm_data(rows, tokenizer, options, desc="tokenizing for inspect")
     console.print(f"[bold]format[/] {prepared.data_format}   [bold]loss_mode[/] {prepared.loss_mode}")
-    legend = Text()
-    legend.append("trained", style=TRAINED).append("  ").append("weighted", style=WEIGHTED).append("  ")
-    legend.append("not trained", style=UNTRAINED).append("  ").append("special token", style=SPECIAL)
-    console.print(legend)
+    console.print(_legend())
     for line in prepared.report.lines():
         console.print(f"  {line}")
     shown = []
     for index in range(start, min(start + count, len(prepared.examples))):
         example = prepared.examples[index]
-        trained = sum(1 for w in example["loss_weights"] if w)
-        console.rule(f"example {index} (row {example['row']}): {len(example['input_ids'])} tokens, {trained} trained")
-        console.print(render_example(tokenizer, example))
+        _show(console, tokenizer, f"example {index} (row {example['row']})", example)
         shown.append(example)
     return shown
 
 
+def _legend() -> Text:
+    legend = Text()
+    legend.append("trained", style=TRAINED).append("  ").append("weighted", style=WEIGHTED).append("  ")
+    legend.append("not trained", style=UNTRAINED).append("  ").append("special token", style=SPECIAL)
+    return legend
+
+
+def _show(console: Console, tokenizer, title: str, example: dict) -> None:
+    trained = sum(1 for w in example["loss_weights"] if w)
+    console.rule(f"{title}: {len(example['input_ids'])} tokens, {trained} trained")
+    console.print(render_example(tokenizer, example))
+
+
+def inspect_preference_rows(rows, tokenizer, options: LMDataOptions, *, paired: bool = True, start: int = 0, count: int = 3, console: Console | None = None):
+    """Like :func:`inspect_rows` for preference pairs (``paired=True``: chosen then rejected) or
+    unpaired KTO rows (with their label). The trained tokens are each side's completion, whose
+    log-probs DPO and KTO compare; a reward model reads its score at the last token. Returns the
+    items shown."""
+    from posttrain.data.preference import prepare_preference_pairs, prepare_unpaired
+
+    console = console or Console(highlight=False)
+    prepared = (prepare_preference_pairs if paired else prepare_unpaired)(rows, tokenizer, options)
+    console.print(f"[bold]format[/] {prepared.data_format}")
+    console.print(_legend())
+    for line in prepared.lines():
+        console.print(f"  {line}")
+    shown = prepared.items[start : start + count]
+    for offset, item in enumerate(shown):
+        index = start + offset
+        if paired:
+            margin = "" if item["margin"] is None else f", margin {item['margin']:g}"
+            _show(console, tokenizer, f"pair {index} (row {item['row']}{margin}) chosen", item["chosen"])
+            _show(console, tokenizer, f"pair {index} (row {item['row']}) rejected", item["rejected"])
+        else:
+            label = "desirable" if item["label"] else "undesirable"
+            _show(console, tokenizer, f"example {index} (row {item['row']}, {label})", item["example"])
+    return shown
+
+
 def inspect_config(config, *, split: str = "train", start: int = 0, count: int = 3, console: Console | None = None):
-    """``posttrain inspect``: load the tokenizer and data a training config names and show them."""
+    """``posttrain inspect``: load the tokenizer and data a training config names and show them
+    as that config's trainer would prepare them (SFT rows, preference pairs or unpaired rows)."""
     from posttrain.data.loading import load_rows
     from posttrain.models.loading import load_tokenizer, set_chat_template
 
     tokenizer = load_tokenizer(config.tokenizer, config.model)
     set_chat_template(tokenizer, getattr(config, "chat_template", None))
     source = config.train_data if split == "train" else config.eval_data
+    if source is None:
+        raise ValueError(f"the config names no {split}_data to inspect")
     rows = load_rows(source, f"{split}_data")
-    return inspect_rows(rows, tokenizer, config.data_options(), start=start, count=count, console=console)
+    kind = getattr(config, "data_kind", "lm")
+    if kind == "lm":
+        return inspect_rows(rows, tokenizer, config.data_options(), start=start, count=count, console=console)
+    return inspect_preference_rows(
+        rows, tokenizer, config.data_options(), paired=kind == "pairs", start=start, count=count, console=console
+    )

@@ -121,9 +121,15 @@ class RewardModule(nn.Module):
         return pooled_rewards(self.model, input_ids, attention_mask)
 
 
-def default_add_eos(model: nn.Module) -> bool:
+def default_add_eos(model: nn.Module | str) -> bool:
     """Causal backbones read the reward at the last token, so sequences end with EOS as in
-    training a policy; encoders pool over everything and need no EOS."""
+    training a policy; encoders pool over everything and need no EOS. ``model`` may be a path:
+    the architecture is then built on the meta device (no weights read)."""
+    if isinstance(model, str):
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model, num_labels=1))
     return pooling_of(model) == LAST_TOKEN
 
 

@@ -79,3 +79,17 @@ def test_precomputed_reference_is_cached(model_path, tmp_path):
     other = AutoModelForCausalLM.from_pretrained(model_path("qwen2"))
     third = DPOTrainer(other, config, train_dataset=rows, tokenizer=model_path("llama"))
     assert third.train_source.dataset[3]["ref_logps"].tolist() != first.train_source.dataset[3]["ref_logps"].tolist()
+
+
+@pytest.mark.parametrize("mode", ["auto", "precomputed"])
+def test_reference_free_losses_keep_no_reference(model_path, tmp_path, mode):
+    rows = ArithmeticTask(seed=2).preference_pairs("train", 8)
+    config = DPOConfig(output_dir=str(tmp_path / "run"), loss_type=["simpo", "nll"], loss_weights=[1.0, 0.2], reference_mode=mode, beta=2.0,
+                       progress_bar=False, logging_steps=0, per_device_train_batch_size=4, max_steps=2, save_final_model=False)
+    trainer = DPOTrainer(model_path("llama"), config, train_dataset=rows)
+    assert trainer.reference_mode == "none" and trainer.ref_model is None
+    assert "ref_logps" not in trainer.train_source.dataset[0]
+    assert not (tmp_path / "cache").exists()  # nothing precomputed
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
