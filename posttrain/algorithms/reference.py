@@ -28,7 +28,7 @@ from posttrain.config import TrainConfig, option
 from posttrain.data.collate import collate_padded
 from posttrain.data.example import TokenizedExample
 from posttrain.models.causal_lm import TokenLogProbs
-from posttrain.models.loading import apply_lora, is_peft_model, load_causal_lm
+from posttrain.models.loading import apply_lora, enable_activation_checkpointing, is_peft_model, load_causal_lm
 from posttrain.ops import masked_sum
 from posttrain.train.loop import Trainer
 
@@ -118,7 +118,7 @@ class ReferenceTrainer(Trainer):
     def _finish_policy(self, base):
         cfg = self.config
         if cfg.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(base)
         if cfg.use_lora and not is_peft_model(base):
             base = apply_lora(base, cfg)
         return base

@@ -30,7 +30,7 @@ from posttrain.data.preference import prepare_preference_pairs
 from posttrain.data.prepare import column_names, first_row
 from posttrain.data.tokenize import LMDataOptions
 from posttrain.losses.reward import bradley_terry_loss
-from posttrain.models.loading import apply_lora, load_sequence_classifier, set_chat_template
+from posttrain.models.loading import apply_lora, enable_activation_checkpointing, load_sequence_classifier, set_chat_template
 from posttrain.models.reward import RewardModule, check_reward_head, default_add_eos, padded_batch, require_chat_template
 from posttrain.train.loop import BatchSource, Trainer
 from posttrain.train.metrics import Metric
@@ -109,7 +109,7 @@ class RewardTrainer(Trainer):
             # reads lengths from the attention mask.
             model.config.pad_token_id = self.tokenizer.pad_token_id
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         if cfg.use_lora:
             # SEQ_CLS makes peft train the new reward head in full beside the adapters.
             model = apply_lora(model, cfg, task_type="SEQ_CLS")

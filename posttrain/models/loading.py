@@ -67,6 +67,16 @@ def load_sequence_classifier(source, *, model_dtype: str = "float32", attn_imple
     return _from_pretrained(AutoModelForSequenceClassification, source, model_dtype, attn_implementation, num_labels=1)
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward, non-reentrant (works with frozen inputs, as under LoRA).
+    transformers 5.23 renamed ``gradient_checkpointing_enable``; older releases only have it."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def apply_lora(model, config, task_type: str = "CAUSAL_LM"):
     """Wrap ``model`` with LoRA adapters from the ``lora_*`` fields of a TrainConfig."""
     from peft import LoraConfig, get_peft_model

@@ -30,7 +30,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from posttrain.config import TrainConfig, config_from_dict, config_to_dict
-from posttrain.models.loading import apply_lora, count_parameters, load_causal_lm, load_tokenizer
+from posttrain.models.loading import apply_lora, count_parameters, enable_activation_checkpointing, load_causal_lm, load_tokenizer
 from posttrain.train.checkpoint import (
     latest_checkpoint,
     remove_stale_staging,
@@ -91,7 +91,7 @@ class Trainer:
         cfg = self.config
         model = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         if cfg.use_lora:
             model = apply_lora(model, cfg)
         return model

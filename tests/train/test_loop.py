@@ -69,8 +69,8 @@ def test_accumulation_matches_one_big_batch(monkeypatch, model_path, tmp_path):
     assert sum(g.abs().sum() for g in big.values()) > 0
 
 
-@pytest.mark.parametrize("layout", [{"packing": True}, {"padding_free": True}])
-def test_packed_and_padding_free_training_matches_padded(monkeypatch, model_path, tmp_path, layout):
+@pytest.mark.parametrize("layout", [{"packing": True}, {"padding_free": True}, {"gradient_checkpointing": True}])
+def test_packed_padding_free_and_checkpointed_training_match_padded(monkeypatch, model_path, tmp_path, layout):
     # All 8 rows in one micro-batch in every layout (at most 8 packed rows of 256 tokens), so the
     # first step sees the same tokens whatever their order: the gradients must agree.
     padded = _first_step_gradients(monkeypatch, model_path, tmp_path / "padded", batch=8, accumulation=1, max_length=256)
