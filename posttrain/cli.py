@@ -44,18 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--start", type=int, default=0, help="index of the first row to show")
     inspect.add_argument("--split", choices=("train", "eval"), default="train")
     inspect.add_argument("--algorithm", choices=tuple(TRAINERS), default="sft", help="whose data options to use")
-    demo = commands.add_parser("demo", help="SFT a tiny model on the built-in arithmetic task; show before/after accuracy")
-    demo.add_argument("--output-dir", default="outputs/demo")
-    demo.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's tuned value)")
+    demo = commands.add_parser("demo", help="train a tiny model on the built-in arithmetic task; show before/after accuracy")
+    demo.add_argument(
+        "--algorithm", choices=("sft", "dpo", "kto"), default="sft",
+        help="sft: SFT from scratch; dpo/kto: SFT on noisy demonstrations, then preference learning",
+    )
+    demo.add_argument("--output-dir", default=None, help="default: outputs/demo (sft) or outputs/demo-<algorithm>")
+    demo.add_argument("--steps", type=int, default=None, help="SFT optimizer steps (default: the demo's tuned value)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from posttrain.demo import run_demo
+        from posttrain.demo import run_demo, run_preference_demo
 
-        run_demo(output_dir=args.output_dir, steps=args.steps)
+        if args.algorithm == "sft":
+            run_demo(output_dir=args.output_dir or "outputs/demo", steps=args.steps)
+        else:
+            output_dir = args.output_dir or f"outputs/demo-{args.algorithm}"
+            run_preference_demo(args.algorithm, output_dir=output_dir, sft_steps=args.steps)
         return 0
     command = args.algorithm if args.command == "inspect" else args.command
     trainer_cls, config_cls = _trainer_classes(command)

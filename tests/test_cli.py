@@ -54,3 +54,12 @@ def test_inspect_preference_and_unpaired_rows(model_path, tmp_path, capsys):
         assert all(text in shown for text in expected), (algorithm, shown)
         # the causal backbones get an EOS after each completion (the encoder default is covered in test_reward)
         assert "<|endoftext|>" in shown, algorithm
+
+
+def test_preference_demo_runs_both_stages(tmp_path, capsys):
+    # wiring only (a few steps); tests/algorithms/test_preference_learns.py checks that it learns
+    args = ["demo", "--algorithm", "kto", "--steps", "5", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert "after SFT" in shown and "after KTO" in shown
+    assert (tmp_path / "sft" / "final").is_dir() and (tmp_path / "kto" / "final").is_dir()

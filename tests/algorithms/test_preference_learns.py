@@ -24,10 +24,10 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from posttrain.algorithms.dpo import DPOConfig, DPOTrainer
-from posttrain.algorithms.kto import KTOConfig, KTOTrainer
+from posttrain.algorithms.dpo import DPOTrainer
+from posttrain.algorithms.kto import KTOTrainer
 from posttrain.algorithms.sft import SFTTrainer
-from posttrain.demo import DEMO_ROWS, demo_config
+from posttrain.demo import DEMO_ROWS, PREFERENCE_SLIP_RATE, demo_config, preference_config
 from posttrain.tasks import ArithmeticTask, exact_match_accuracy
 
 TASK = ArithmeticTask(seed=0)
@@ -39,7 +39,7 @@ def sft_start(tmp_path_factory, model_path):
     """(path, held-out greedy accuracy) of the demo SFT recipe run on 60%-slipped rows (~70 s)."""
     output = tmp_path_factory.mktemp("sft-start")
     config = demo_config(str(output), progress_bar=False, logging_steps=0)
-    rows = TASK.prompt_completion("train", DEMO_ROWS, slip_rate=0.6)
+    rows = TASK.prompt_completion("train", DEMO_ROWS, slip_rate=PREFERENCE_SLIP_RATE)
     SFTTrainer(model_path("llama-small"), config, train_dataset=rows).train()
     path = str(output / "final")
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -49,25 +49,14 @@ def sft_start(tmp_path_factory, model_path):
     return path, start.accuracy
 
 
-def _common(tmp_path):
-    return dict(
-        output_dir=str(tmp_path),
-        learning_rate=3e-5,
-        per_device_train_batch_size=16,
-        max_steps=100,
-        beta=0.1,
-        lr_scheduler="constant_with_warmup",
-        warmup_steps=10,
-        max_length=64,
-        progress_bar=False,
-        logging_steps=0,
-        save_final_model=False,
-    )
+def _config(algorithm, tmp_path):
+    # the preference demo's recipe: 100 steps x 16 rows, lr 3e-5, beta 0.1
+    return preference_config(algorithm, str(tmp_path), progress_bar=False, logging_steps=0, save_final_model=False)
 
 
 def test_dpo_learns_held_out_preferences(sft_start, tmp_path):
     path, start_accuracy = sft_start
-    trainer = DPOTrainer(path, DPOConfig(**_common(tmp_path)), train_dataset=TASK.preference_pairs("train", 1600), eval_dataset=TASK.preference_pairs("test", 200))
+    trainer = DPOTrainer(path, _config("dpo", tmp_path), train_dataset=TASK.preference_pairs("train", 1600), eval_dataset=TASK.preference_pairs("test", 200))
     before = trainer.evaluate()
     assert before["eval/rewards/accuracies"] == 0.0  # policy == reference: every implicit reward is 0
     trainer.train()
@@ -80,7 +69,7 @@ def test_dpo_learns_held_out_preferences(sft_start, tmp_path):
 
 def test_kto_learns_held_out_preferences(sft_start, tmp_path):
     path, start_accuracy = sft_start
-    trainer = KTOTrainer(path, KTOConfig(**_common(tmp_path)), train_dataset=TASK.unpaired("train", 1600), eval_dataset=TASK.unpaired("test", 200))
+    trainer = KTOTrainer(path, _config("kto", tmp_path), train_dataset=TASK.unpaired("train", 1600), eval_dataset=TASK.unpaired("test", 200))
     before = trainer.evaluate()
     assert before["eval/rewards/chosen"] == before["eval/rewards/rejected"] == 0.0
     trainer.train()
