@@ -55,3 +55,14 @@ def test_score_is_exact_match_after_stripping():
     assert ArithmeticTask.score(" 85 ", "85") == 1.0
     assert ArithmeticTask.score("85 apples", "85") == 0.0
     assert ArithmeticTask.score([{"role": "assistant", "content": "85"}], "85") == 1.0
+
+
+def test_echo_pairs_reject_an_operand():
+    task = ArithmeticTask(seed=4)
+    rows, problems = task.preference_pairs("train", 200, rejected="echo"), task.problems("train", 200)
+    for row, p in zip(rows, problems):
+        assert int(row["chosen"]) == p.answer and int(row["rejected"]) != p.answer
+        assert int(row["rejected"]) in (p.a, p.b) or (p.a == p.b == 0)
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in task.preference_pairs("train", 200)]
+    zero = ArithmeticTask._echo(Problem(0, "+", 0), 0)
+    assert zero is None and ArithmeticTask._echo(Problem(0, "+", 7), 1) == 0  # 7 is the answer: echo the 0

@@ -268,15 +268,28 @@ class ArithmeticTask:
         return rows
 
     def preference_pairs(
-        self, split: str, n: int | None = None, conversational: bool = False, system: str | None = None
+        self,
+        split: str,
+        n: int | None = None,
+        conversational: bool = False,
+        system: str | None = None,
+        rejected: str = "slip",
     ) -> list[dict]:
-        """Rows ``{"prompt", "chosen", "rejected"}``: the right answer against a plausible wrong one.
+        """Rows ``{"prompt", "chosen", "rejected"}``: the right answer against a wrong one.
 
-        ``rejected`` is never equal to ``chosen`` and is always wrong (see :func:`wrong_answers`).
+        ``rejected="slip"``: a plausible mistake (see :func:`wrong_answers`), hard to tell from
+        the answer without redoing the sum. ``rejected="echo"``: one of the operands echoed back
+        (``"What is 47+38?"`` -> ``" 47"`` or ``" 38"``, alternating), which a small reward model
+        can learn to spot by comparing completion and prompt. Either way ``rejected`` is always
+        wrong (0+0 falls back to a slip).
         """
+        if rejected not in ("slip", "echo"):
+            raise ValueError(f"rejected must be 'slip' or 'echo', got {rejected!r}")
         rows = []
         for i, p in enumerate(self.problems(split, n)):
-            wrong = self.wrong_answer(p, split, i)
+            wrong = self._echo(p, i) if rejected == "echo" else None
+            if wrong is None:
+                wrong = self.wrong_answer(p, split, i)
             rows.append(
                 {
                     "prompt": self._prompt(p, conversational, system),
@@ -285,6 +298,13 @@ class ArithmeticTask:
                 }
             )
         return rows
+
+    @staticmethod
+    def _echo(problem: Problem, index: int) -> int | None:
+        """Operand ``index % 2`` of ``problem`` (the other one if that is the answer); None when
+        both operands equal the answer."""
+        first, second = (problem.a, problem.b) if index % 2 == 0 else (problem.b, problem.a)
+        return next((v for v in (first, second) if v != problem.answer), None)
 
     def unpaired(
         self,

@@ -166,24 +166,14 @@ def test_lora_trains_adapters_and_head_only(tmp_path, chatml):
 
 # ----------------------------------------------------------------------------- it learns
 #
-# Held-out pairs of the arithmetic task. ArithmeticTask.preference_pairs (right answer vs a
-# plausible slip: off by one or ten, swapped digits, dropped carry) is NOT learnable by these
-# tiny random backbones in a test's budget: 3000 steps x 32 pairs (~60 s) reached 0.60 held-out
-# accuracy on classifier-llama, 10000 steps 0.52 on classifier-bert, and starting from an SFT'd
-# llama-small (99% exact match) 300 steps reached 0.59 -- the reward at one position would have
-# to recompute the sum. The pairs below keep the task's prompts and train/test split but reject
-# an echo of one of the operands: the model must compare the completion with the prompt, and
-# what it learns must carry over to problems it never saw.
-
-
-def _echo_pairs(task: ArithmeticTask, split: str, n: int) -> list[dict]:
-    """``n`` rows ``{"prompt": "What is 47+38?", "chosen": " 85", "rejected": " 47"}`` (or
-    ``" 38"``, alternating), skipping problems whose answer equals an operand (an operand of 0)."""
-    rows = []
-    for i, p in enumerate(task.problems(split, 2 * n)):
-        if 0 not in (p.a, p.b):
-            rows.append({"prompt": p.question, "chosen": f" {p.answer}", "rejected": f" {(p.a, p.b)[i % 2]}"})
-    return rows[:n]
+# Held-out pairs of the arithmetic task. Its default pairs (right answer vs a plausible slip: off
+# by one or ten, swapped digits, dropped carry) are NOT learnable by these tiny random backbones in
+# a test's budget: 3000 steps x 32 pairs (~60 s) reached 0.60 held-out accuracy on
+# classifier-llama, 10000 steps 0.52 on classifier-bert, and starting from an SFT'd llama-small
+# (99% exact match) 300 steps reached 0.59 -- the reward at one position would have to recompute
+# the sum. ``preference_pairs(rejected="echo")`` keeps the prompts and the train/test split but
+# rejects an echo of one of the operands: the model must compare the completion with the prompt,
+# and what it learns must carry over to problems it never saw.
 
 
 def _pairwise_accuracy(scorer: RewardScorer, rows: list[dict]) -> float:
@@ -202,7 +192,8 @@ def _pairwise_accuracy(scorer: RewardScorer, rows: list[dict]) -> float:
 )
 def test_reward_model_learns_held_out_preferences(arch, tokenizer_kind, learning_rate, steps, tmp_path, model_path, tokenizers):
     task = ArithmeticTask(seed=0)
-    train, held_out = _echo_pairs(task, "train", steps * 32), _echo_pairs(task, "test", 200)
+    train = task.preference_pairs("train", steps * 32, rejected="echo")
+    held_out = task.preference_pairs("test", 200, rejected="echo")
     assert not {row["prompt"] for row in train} & {row["prompt"] for row in held_out}
     config = _config(
         tmp_path, learning_rate=learning_rate, max_steps=steps, per_device_train_batch_size=32, max_length=64,
