@@ -63,3 +63,15 @@ def test_preference_demo_runs_both_stages(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "after SFT" in shown and "after KTO" in shown
     assert (tmp_path / "sft" / "final").is_dir() and (tmp_path / "kto" / "final").is_dir()
+
+
+def test_inspect_eval_split_shows_the_rows_eval_fraction_holds_out(model_path, tmp_path, capsys):
+    from posttrain.data.loading import split_rows
+
+    rows = ArithmeticTask(seed=0).prompt_completion("train", 20)
+    data = _jsonl(tmp_path / "rows.jsonl", rows)
+    held_out = split_rows(rows, 0.1, 42)[1]
+    assert main(["inspect", f"model={model_path('llama')}", f"train_data={data}", "eval_fraction=0.1", "seed=42", "--split", "eval"]) == 0
+    shown = capsys.readouterr().out
+    assert all(row["prompt"] in shown for row in held_out)
+    assert "2 row(s)" in shown

@@ -126,10 +126,16 @@ def inspect_config(config, *, split: str = "train", start: int = 0, count: int =
 
     tokenizer = load_tokenizer(config.tokenizer, config.model)
     set_chat_template(tokenizer, getattr(config, "chat_template", None))
-    source = config.train_data if split == "train" else config.eval_data
-    if source is None:
-        raise ValueError(f"the config names no {split}_data to inspect")
-    rows = load_rows(source, f"{split}_data")
+    if split == "eval" and config.eval_data is None and config.eval_fraction > 0:
+        from posttrain.data.loading import split_rows
+
+        # the rows the trainer would hold out (same fraction, same seed)
+        rows = split_rows(load_rows(config.train_data, "train_data"), config.eval_fraction, config.seed)[1]
+    else:
+        source = config.train_data if split == "train" else config.eval_data
+        if source is None:
+            raise ValueError(f"the config names no {split}_data to inspect (nor an eval_fraction)")
+        rows = load_rows(source, f"{split}_data")
     kind = getattr(config, "data_kind", "lm")
     if kind == "lm":
         return inspect_rows(rows, tokenizer, config.data_options(), start=start, count=count, console=console)

@@ -209,6 +209,12 @@ class Trainer:
             f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
             f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
         )
+        if self._batches_per_epoch < cfg.gradient_accumulation_steps:
+            self.reporter.print(
+                f"[yellow]warning[/]: the data gives {self._batches_per_epoch} micro-batch(es) per epoch per process but "
+                f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}: every optimizer step passes over the "
+                "same rows more than once. Use more data, smaller batches or less accumulation."
+            )
         self.reporter.start(state.total_steps, state.step)
         metrics = MetricAccumulator()
         stream = self._micro_batches(loader, sampler, state)

@@ -170,3 +170,10 @@ def test_lora_trains_only_adapters(model_path, tmp_path):
     reloaded_b = dict(reloaded.named_parameters())
     for name in lora_b:
         torch.testing.assert_close(reloaded_b[name], after[name], atol=0, rtol=0, msg=name)
+
+
+def test_warns_when_one_step_would_reuse_rows(model_path, tmp_path, capsys):
+    config = _config(tmp_path, per_device_train_batch_size=8, gradient_accumulation_steps=2, max_steps=1)
+    SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train()
+    out = capsys.readouterr().out
+    assert "1 micro-batch(es) per epoch per process but gradient_accumulation_steps=2" in " ".join(out.split())
