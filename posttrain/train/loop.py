@@ -133,6 +133,7 @@ class Trainer:
         precision = cfg.mixed_precision
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        _release_accelerator_state(precision)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         accelerator = Accelerator(
             # accelerate runs several CPU processes as one job (gloo) only when told cpu=True; without
@@ -389,6 +390,18 @@ class Trainer:
     def unwrapped_model(self):
         """The Hugging Face (or peft) model being trained, without accelerate's wrappers."""
         return self.model
+
+
+def _release_accelerator_state(mixed_precision: str) -> None:
+    """Let a second trainer in the same process (SFT then DPO in a notebook) use another mixed
+    precision. accelerate keeps one process-wide AcceleratorState and refuses a new Accelerator
+    whose precision differs; its per-run part is dropped here, while the process group
+    (PartialState) stays as it is. accelerate offers no public call for this."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _has_accelerator_device() -> bool:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,18 @@ def test_warns_when_one_step_would_reuse_rows(model_path, tmp_path, capsys):
     SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train()
     out = capsys.readouterr().out
     assert "1 micro-batch(es) per epoch per process but gradient_accumulation_steps=2" in " ".join(out.split())
+
+
+def test_bf16_autocast_then_bf16_weights_in_one_process(model_path, tmp_path):
+    # Two trainers with different precisions in one process (a notebook doing SFT then DPO):
+    # accelerate's process-wide state would refuse the second one; both must train.
+    rows = ArithmeticTask(seed=0).prompt_completion("train", 320)
+    for name, precision in [("autocast", {"mixed_precision": "bf16"}), ("weights", {"model_dtype": "bfloat16", "mixed_precision": "no"})]:
+        config = _config(tmp_path / name, per_device_train_batch_size=16, max_steps=20, learning_rate=3e-3, logging_steps=1, loss_mode="completion", **precision)
+        trainer = SFTTrainer(model_path("llama"), config, train_dataset=rows)
+        trainer.train()
+        losses = [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert all(math.isfinite(loss) for loss in losses) and losses[-1] < 0.8 * losses[0], (name, losses)
+        expected = torch.bfloat16 if "model_dtype" in precision else torch.float32
+        assert next(trainer.model.parameters()).dtype == expected
+        assert trainer.accelerator.mixed_precision == precision["mixed_precision"]
