@@ -207,8 +207,18 @@ def _validate_prompt_only(row, index, conversational, require_assistant):
 def _validate_preference(row, index, conversational, require_assistant):
     chosen = _require(row, index, "chosen")
     rejected = _require(row, index, "rejected")
-    if row.get("prompt") is not None:
-        _check_text_or_messages(row["prompt"], index, "prompt", conversational, allow_empty=not conversational)
+    prompt = row.get("prompt")
+    if isinstance(prompt, str) and conversational and _starts_with_user_turn(chosen, prompt):
+        # The shape of e.g. HuggingFaceH4/ultrafeedback_binarized: a prompt column that repeats
+        # the first user turn of full conversations.
+        raise DataFormatError(
+            index,
+            "prompt",
+            "a string, while 'chosen' and 'rejected' are whole conversations that already start with it",
+            "drop the 'prompt' column: the messages chosen and rejected share become the prompt",
+        )
+    if prompt is not None:
+        _check_text_or_messages(prompt, index, "prompt", conversational, allow_empty=not conversational)
     for field, value in (("chosen", chosen), ("rejected", rejected)):
         _check_text_or_messages(value, index, field, conversational, require_assistant=conversational)
     if chosen == rejected:
@@ -223,6 +233,11 @@ def _validate_preference(row, index, conversational, require_assistant):
         raise DataFormatError(
             index, "margin", f"expected a number, got {type(margin).__name__}", "store the margin as a float"
         )
+
+
+def _starts_with_user_turn(messages, text: str) -> bool:
+    first_user = next((m for m in messages if isinstance(m, Mapping) and m.get("role") == "user"), None) if isinstance(messages, list) else None
+    return first_user is not None and first_user.get("content") == text
 
 
 def _validate_unpaired(row, index, conversational, require_assistant):

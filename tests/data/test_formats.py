@@ -133,3 +133,10 @@ def test_row_that_is_not_a_dict():
 def test_empty_dataset():
     with pytest.raises(DataFormatError, match="empty"):
         formats.validate_rows([], formats.DataFormat("text", False))
+
+
+def test_preference_prompt_repeating_the_first_user_turn_says_to_drop_it():
+    # the shape of HuggingFaceH4/ultrafeedback_binarized
+    turn = [{"role": "user", "content": "What is 2+2?"}]
+    row = {"prompt": "What is 2+2?", "chosen": turn + [{"role": "assistant", "content": "4"}], "rejected": turn + [{"role": "assistant", "content": "5"}]}
+    check([row], "prompt", "already start with it")
