@@ -7,8 +7,10 @@ prompt/completion boundary, the same chat-template spans, truncation and countin
 that row, and what a DPO run trains on can be inspected with the same tools.
 
 Rows without a ``prompt`` column carry it implicitly: the longest common prefix of ``chosen``
-and ``rejected`` (whole messages for conversations; characters for strings, with trailing
-whitespace handed to the completions because tokenizers attach a space to the next word).
+and ``rejected`` (whole messages for conversations; for strings, characters backed off to a word
+boundary, with the whitespace handed to the completions because tokenizers attach a space to
+the next word). Without a prompt column the split is a guess: two answers that open with the
+same words get those words counted as prompt. Give a ``prompt`` column when you have one.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def split_implicit_prompt(chosen, rejected, row: int):
                 break
             shared += 1
         prompt = chosen[:shared]
+        # Never split a word: "What is 7+7? 14" vs "... 15" share "... 1", but the prompt is the
+        # question. Back off to the last whitespace (kept with the completions) when there is one.
+        if not prompt[-1:].isspace():
+            cut = max((i for i, ch in enumerate(prompt) if ch.isspace()), default=-1)
+            prompt = prompt[:cut] if cut > 0 else prompt
         shared = len(prompt.rstrip())
     else:
         shared = 0
