@@ -145,9 +145,11 @@ def prepare_unpaired(rows, tokenizer, options: LMDataOptions) -> PreparedPrefere
     """Tokenize KTO rows (``prompt``, ``completion``, ``label``); preference rows are converted
     with :func:`pairs_to_unpaired` first."""
     rows, data_format = _rows_of(rows)
+    source_row = list(range(len(rows)))  # index of the input row behind each row below
     if data_format.name == formats.PREFERENCE:
         for index in range(len(rows)):
             formats.validate_row(clean_row(dict(rows[index])), index, data_format)
+        source_row = [index for index in range(len(rows)) for _ in ("chosen", "rejected")]
         rows = pairs_to_unpaired([clean_row(dict(rows[i])) for i in range(len(rows))])
         data_format = formats.DataFormat(formats.UNPAIRED, data_format.conversational)
     if data_format.name != formats.UNPAIRED:
@@ -155,14 +157,14 @@ def prepare_unpaired(rows, tokenizer, options: LMDataOptions) -> PreparedPrefere
     options = replace(options, loss_mode="completion")
     report, items, dropped = PreparationReport(), [], 0
     for index in range(len(rows)):
-        row = clean_row(dict(rows[index]))
-        formats.validate_row(row, index, data_format)
+        row, source = clean_row(dict(rows[index])), source_row[index]
+        formats.validate_row(row, source, data_format)
         report.rows += 1
-        example = _tokenize_completion(row["prompt"], row["completion"], index, tokenizer, data_format.conversational, options, report)
+        example = _tokenize_completion(row["prompt"], row["completion"], source, tokenizer, data_format.conversational, options, report)
         if example is None:
             dropped += 1
             continue
-        items.append({"example": example, "label": bool(row["label"]), "row": index})
+        items.append({"example": example, "label": bool(row["label"]), "row": source})
     if not items:
         raise ValueError("no row has completion tokens left to train on; " + "; ".join(report.lines()))
     return PreparedPreferences(items, report, data_format, dropped)

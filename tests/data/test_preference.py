@@ -77,6 +77,7 @@ def test_pairs_become_one_desirable_and_one_undesirable_row(chatml):
     unpaired = prepare_unpaired(pairs, chatml, OPTIONS)
     assert unpaired.data_format == formats.DataFormat(formats.UNPAIRED, False)
     assert [item["label"] for item in unpaired.items] == [True, False, True, False]
+    assert [item["row"] for item in unpaired.items] == [0, 0, 1, 1]  # the input row, for messages
     for i, pair in enumerate(paired):
         assert _ids(unpaired.items[2 * i]["example"]) == _ids(pair["chosen"])
         assert _ids(unpaired.items[2 * i + 1]["example"]) == _ids(pair["rejected"])
