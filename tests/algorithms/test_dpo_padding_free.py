@@ -1,0 +1,46 @@
+"""Padding-free DPO batches (every chosen and rejected sequence in one row, position ids
+restarting) give the padded batch's losses, metrics and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.algorithms.dpo import DPOConfig, DPOTrainer
+from posttrain.tasks import ArithmeticTask
+
+
+def _loss_and_grads(model_path, tmp_path, rows, padding_free: bool, mode: str):
+    config = DPOConfig(
+        output_dir=str(tmp_path / f"{mode}-{padding_free}"), padding_free=padding_free, reference_mode=mode,
+        ref_logps_cache_dir=str(tmp_path / "cache"), loss_type=["sigmoid", "ipo", "simpo"], beta=0.5,
+        progress_bar=False, logging_steps=0,
+    )
+    trainer = DPOTrainer(model_path("llama"), config, train_dataset=rows)
+    trainer.release_reference_copy()
+    with torch.no_grad():  # a policy that differs from the reference: rewards are not all 0
+        generator = torch.Generator().manual_seed(0)
+        for parameter in trainer.model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    module = trainer.wrap_model(trainer.model)
+    batch = trainer.train_source.collate_fn([trainer.train_source.dataset[i] for i in range(len(rows))])
+    loss, metrics = trainer.compute_loss(module, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return batch, loss.item(), {k: (m.value / m.count).item() for k, m in metrics.items()}, grads
+
+
+@pytest.mark.parametrize("mode", ["model", "precomputed"])
+def test_padding_free_matches_padded(model_path, tmp_path, mode):
+    task = ArithmeticTask(seed=6)
+    # answers of 1 to 3 digits against slips of other lengths: the rows really differ in length
+    rows = task.preference_pairs("train", 6) + [{"prompt": "What is 99+9?", "chosen": " 108", "rejected": " 8"}]
+    padded_batch, padded_loss, padded_metrics, padded_grads = _loss_and_grads(model_path, tmp_path, rows, False, mode)
+    free_batch, free_loss, free_metrics, free_grads = _loss_and_grads(model_path, tmp_path, rows, True, mode)
+    assert free_batch["sequences"]["input_ids"].shape[0] == 1 and padded_batch["sequences"]["input_ids"].shape[0] == 14
+    assert free_batch["sequences"]["input_ids"].numel() < padded_batch["sequences"]["input_ids"].numel()
+    assert free_loss == pytest.approx(padded_loss, abs=1e-5)
+    for name, value in padded_metrics.items():
+        assert free_metrics[name] == pytest.approx(value, abs=1e-5), name
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(free_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
