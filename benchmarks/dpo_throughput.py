@@ -1,4 +1,4 @@
-"""DPO training throughput, padded against padding-free batches, as a fraction of this machine's
+"""DPO training throughput, padded against packed and padding-free batches, as a fraction of this machine's
 matmul peak (DESIGN.md "Measuring speed"; the method of ``sft_throughput.py``).
 
     python benchmarks/dpo_throughput.py            # ~6M-parameter Llama, 4 pairs per step
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     peak_before = matmul_peak()
     results = [
         run_layout("padded", pairs, model_dir, args.steps, args.warmup, cache_dir),
+        run_layout("packed (256)", pairs, model_dir, args.steps, args.warmup, cache_dir, packing=True),
         run_layout("padding-free", pairs, model_dir, args.steps, args.warmup, cache_dir, padding_free=True),
     ]
     peak_after = matmul_peak()
@@ -101,7 +102,8 @@ def main(argv=None) -> int:
     for result in results:
         print(f"  {result['layout']:<14} {result['tokens_per_second']:>9,.0f} tokens/s  "
               f"{result['achieved_flops'] / 1e9:6.1f} GFLOP/s  {result['achieved_flops'] / peak:.2f} of peak")
-    print(f"padding-free / padded tokens per second: {results[1]['tokens_per_second'] / results[0]['tokens_per_second']:.2f}x")
+    for result in results[1:]:
+        print(f"{result['layout']} / padded tokens per second: {result['tokens_per_second'] / results[0]['tokens_per_second']:.2f}x")
     return 0
 
 

@@ -9,6 +9,7 @@ number of pairs in the whole accumulated batch.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,13 +17,14 @@ import torch
 
 from posttrain.algorithms.reference import ReferenceConfig, ReferenceTrainer, attach_reference, sequence_logps, stack_reference
 from posttrain.config import option
-from posttrain.data.collate import collate_padded, collate_padding_free
+from posttrain.data.collate import collate_packed, collate_padded
+from posttrain.data.packing import best_fit_decreasing, make_packed_row
 from posttrain.data.preference import prepare_preference_pairs
 from posttrain.data.tokenize import LMDataOptions
 from posttrain.losses.preference import PreferenceLogps, preference_loss
 from posttrain.models.causal_lm import TokenLogProbs
-from posttrain.models.packing_check import check_packing_isolation
 from posttrain.models.loading import set_chat_template
+from posttrain.models.packing_check import check_packing_isolation
 from posttrain.train.loop import BatchSource
 from posttrain.train.metrics import Metric
 
@@ -64,7 +66,8 @@ class DPOConfig(PreferenceDataConfig):
     loss_weights: list | None = option(None, "One weight per loss_type when several are combined (default 1 each).")
     label_smoothing: float = option(0.0, "Assumed label-flip rate for sigmoid (conservative DPO) and robust.")
     simpo_gamma: float = option(0.5, "SimPO target reward margin.")
-    padding_free: bool = option(False, "Put all chosen and rejected sequences of a micro-batch in one row without padding (position ids restart per sequence; a start-up probe checks that attention does not cross sequences). No compute goes to padding, which pays off with a variable-length attention kernel (flash_attention_2 on GPU); under sdpa/eager attention runs over the whole row with a block mask, and on CPU it measured 0.98x the padded speed (benchmarks/dpo_throughput.py).")
+    padding_free: bool = option(False, "Put all chosen and rejected sequences of a micro-batch in one row without padding (position ids restart per sequence; a start-up probe checks that attention does not cross sequences). Pays off with a variable-length attention kernel (flash_attention_2 on GPU); under sdpa/eager attention spans the whole row through a block mask (on CPU: 0.94-0.98x the padded speed, benchmarks/dpo_throughput.py). See packing.")
+    packing: bool = option(False, "Pack the chosen and rejected sequences of a micro-batch into rows of max_length (best-fit decreasing): little padding, and attention bounded by max_length, so it also pays off with sdpa/eager (CPU: 1.14x the padded speed at 4 pairs per step).")
     ipo_length_normalize: bool = option(True, "IPO on per-token mean log-ratios (recommended by its authors).")
 
     def loss_types(self) -> list[str]:
@@ -75,30 +78,35 @@ class PairCollator:
     """Pairs -> the ``2B`` sequences of a batch (all chosen, then all rejected), plus the
     precomputed reference log-probs ``(2B,)`` in the same order when the items carry them.
 
-    Padded: ``2B`` right-padded rows. Padding-free: one row of every sequence back to back, with
-    position ids restarting per sequence and ``sequence_ids`` ``(1, T)`` naming each token's
-    sequence (0..2B-1; -1 on pads from ``pad_to_multiple_of``)."""
+    ``capacity`` None: ``2B`` right-padded rows. Otherwise the sequences are packed (best-fit
+    decreasing) into rows of at most ``capacity`` tokens -- a capacity no row reaches gives one
+    padding-free row -- with position ids restarting per sequence and ``sequence_ids`` ``(R, T)``
+    naming each token's sequence (0..2B-1; -1 on pads)."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, padding_free: bool = False):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, capacity: int | None = None):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.padding_free = padding_free
+        self.capacity = capacity
 
     def __call__(self, items: list[dict]) -> dict:
         rows = [item["chosen"] for item in items] + [item["rejected"] for item in items]
-        if self.padding_free:
-            sequences = collate_padding_free(rows, self.pad_token_id, self.pad_to_multiple_of)
-            ids = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor([len(r["input_ids"]) for r in rows]))
-            sequence_ids = torch.full_like(sequences["input_ids"], -1)
-            sequence_ids[0, : len(ids)] = ids
-            sequences["sequence_ids"] = sequence_ids
-        else:
-            sequences = collate_padded(rows, self.pad_token_id, self.pad_to_multiple_of)
+        sequences = collate_padded(rows, self.pad_token_id, self.pad_to_multiple_of) if self.capacity is None else self._packed(rows)
         batch = {"sequences": sequences, "pairs": len(items), "num_tokens": sequences["num_tokens"]}
         reference = stack_reference(items)
         if reference is not None:
             batch["ref_logps"] = torch.cat([reference[:, 0], reference[:, 1]])
         return batch
+
+    def _packed(self, rows: list) -> dict:
+        lengths = [len(row["input_ids"]) for row in rows]
+        bins = best_fit_decreasing(lengths, max(self.capacity, max(lengths)))
+        sequences = collate_packed([make_packed_row([rows[i] for i in members]) for members in bins], self.pad_token_id, self.pad_to_multiple_of)
+        sequence_ids = torch.full_like(sequences["input_ids"], -1)
+        for r, members in enumerate(bins):
+            ids = torch.tensor(members)
+            sequence_ids[r, : sum(lengths[i] for i in members)] = torch.repeat_interleave(ids, torch.tensor([lengths[i] for i in members]))
+        sequences["sequence_ids"] = sequence_ids
+        return sequences
 
 
 class DPOTrainer(ReferenceTrainer):
@@ -117,7 +125,18 @@ class DPOTrainer(ReferenceTrainer):
             self.reporter.print(f"  {line}")
         items = attach_reference(prepared.items, self.precompute_reference(prepared.items, split))
         lengths = [len(i["chosen"]["input_ids"]) + len(i["rejected"]["input_ids"]) for i in items]
-        return BatchSource(items, lengths, PairCollator(self.tokenizer.pad_token_id, cfg.pad_to_multiple_of, cfg.padding_free))
+        return BatchSource(items, lengths, PairCollator(self.tokenizer.pad_token_id, cfg.pad_to_multiple_of, self._row_capacity()))
+
+    def _row_capacity(self) -> int | None:
+        """Tokens per row for packed layouts (None: padded rows)."""
+        cfg = self.config
+        if cfg.packing and cfg.padding_free:
+            raise ValueError("packing and padding_free are two layouts; set one of them")
+        if cfg.packing:
+            if not cfg.max_length:
+                raise ValueError("packing needs max_length (the capacity of a packed row)")
+            return cfg.max_length
+        return sys.maxsize if cfg.padding_free else None
 
     def reference_sequences(self, item: dict) -> list:
         return [item["chosen"], item["rejected"]]
@@ -126,8 +145,9 @@ class DPOTrainer(ReferenceTrainer):
         return any(name not in REFERENCE_FREE_LOSSES for name in self.config.loss_types())
 
     def wrap_model(self, model) -> torch.nn.Module:
-        if self.config.padding_free:
-            check_packing_isolation(model, batch_rows=1)  # the reference shares the architecture
+        if self.config.padding_free or self.config.packing:
+            # the reference shares the architecture; padding-free batches are one row
+            check_packing_isolation(model, batch_rows=1 if self.config.padding_free else 2)
         return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
 
     def count_units(self, batch) -> torch.Tensor:

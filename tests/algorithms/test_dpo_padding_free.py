@@ -1,5 +1,6 @@
-"""Padding-free DPO batches (every chosen and rejected sequence in one row, position ids
-restarting) give the padded batch's losses, metrics and gradients."""
+"""Padding-free DPO batches (every chosen and rejected sequence in one row) and packed ones (rows
+of max_length), with position ids restarting per sequence, give the padded batch's losses,
+metrics and gradients."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from posttrain.algorithms.dpo import DPOConfig, DPOTrainer
 from posttrain.tasks import ArithmeticTask
 
 
-def _loss_and_grads(model_path, tmp_path, rows, padding_free: bool, mode: str):
+def _loss_and_grads(model_path, tmp_path, rows, layout: dict, mode: str):
     config = DPOConfig(
-        output_dir=str(tmp_path / f"{mode}-{padding_free}"), padding_free=padding_free, reference_mode=mode,
+        output_dir=str(tmp_path / f"{mode}-{sorted(layout)}"), **layout, reference_mode=mode, max_length=32,
         ref_logps_cache_dir=str(tmp_path / "cache"), loss_type=["sigmoid", "ipo", "simpo"], beta=0.5,
         progress_bar=False, logging_steps=0,
     )
@@ -30,15 +31,21 @@ def _loss_and_grads(model_path, tmp_path, rows, padding_free: bool, mode: str):
     return batch, loss.item(), {k: (m.value / m.count).item() for k, m in metrics.items()}, grads
 
 
+@pytest.mark.parametrize("layout", [{"padding_free": True}, {"packing": True}])
 @pytest.mark.parametrize("mode", ["model", "precomputed"])
-def test_padding_free_matches_padded(model_path, tmp_path, mode):
+def test_padding_free_and_packed_match_padded(model_path, tmp_path, mode, layout):
     task = ArithmeticTask(seed=6)
     # answers of 1 to 3 digits against slips of other lengths: the rows really differ in length
     rows = task.preference_pairs("train", 6) + [{"prompt": "What is 99+9?", "chosen": " 108", "rejected": " 8"}]
-    padded_batch, padded_loss, padded_metrics, padded_grads = _loss_and_grads(model_path, tmp_path, rows, False, mode)
-    free_batch, free_loss, free_metrics, free_grads = _loss_and_grads(model_path, tmp_path, rows, True, mode)
-    assert free_batch["sequences"]["input_ids"].shape[0] == 1 and padded_batch["sequences"]["input_ids"].shape[0] == 14
-    assert free_batch["sequences"]["input_ids"].numel() < padded_batch["sequences"]["input_ids"].numel()
+    padded_batch, padded_loss, padded_metrics, padded_grads = _loss_and_grads(model_path, tmp_path, rows, {}, mode)
+    free_batch, free_loss, free_metrics, free_grads = _loss_and_grads(model_path, tmp_path, rows, layout, mode)
+    assert padded_batch["sequences"]["input_ids"].shape[0] == 14
+    # one row, or rows of at most max_length=32 tokens holding several sequences each
+    rows_used, width = free_batch["sequences"]["input_ids"].shape
+    if "padding_free" in layout:
+        assert rows_used == 1 and free_batch["sequences"]["input_ids"].numel() < padded_batch["sequences"]["input_ids"].numel()
+    else:
+        assert 2 <= rows_used < 14 and width <= 32
     assert free_loss == pytest.approx(padded_loss, abs=1e-5)
     for name, value in padded_metrics.items():
         assert free_metrics[name] == pytest.approx(value, abs=1e-5), name
