@@ -194,3 +194,18 @@ def test_bf16_autocast_then_bf16_weights_in_one_process(model_path, tmp_path):
         expected = torch.bfloat16 if "model_dtype" in precision else torch.float32
         assert next(trainer.model.parameters()).dtype == expected
         assert trainer.accelerator.mixed_precision == precision["mixed_precision"]
+
+
+def test_tensorboard_receives_the_logged_metrics(model_path, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _config(tmp_path, per_device_train_batch_size=4, max_steps=2, logging_steps=1, report_to=["tensorboard"])
+    SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train()
+    events = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    steps = [event.step for event in accumulator.Scalars("loss")]
+    assert steps == [1, 2]
+    jsonl = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [event.value for event in accumulator.Scalars("loss")] == pytest.approx(jsonl, rel=1e-6)
