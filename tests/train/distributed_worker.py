@@ -1,8 +1,8 @@
-"""Trains SFT, DPO (precomputed reference) and KTO for a few steps with a given per-process
+"""Trains SFT, DPO (precomputed reference), KTO and a reward model for a few steps with a given per-process
 batch; run by tests/train/test_distributed.py once in-process and once under
 ``torchrun --nproc_per_node 2``. Not a test module itself (no ``test_`` prefix).
 
-    python -m torch.distributed.run --nproc_per_node 2 distributed_worker.py OUT BATCH MODEL
+    python -m torch.distributed.run --nproc_per_node 2 distributed_worker.py OUT BATCH MODEL CLASSIFIER
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from posttrain import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+from posttrain import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 from posttrain.tasks import ArithmeticTask
 
-ALGORITHMS = ("sft", "dpo", "kto")
+ALGORITHMS = ("sft", "dpo", "kto", "rm")
 STEPS = 3
 
 
@@ -35,7 +35,7 @@ def _common(output_dir: Path, batch: int) -> dict:
     )
 
 
-def run_all(output_dir: str, batch: int, model: str) -> None:
+def run_all(output_dir: str, batch: int, model: str, classifier: str) -> None:
     """Train each algorithm into ``output_dir/<algorithm>``; 16 rows, so 2 x 4 and 1 x 8 rows
     per step walk the same data."""
     out = Path(output_dir)
@@ -47,7 +47,9 @@ def run_all(output_dir: str, batch: int, model: str) -> None:
     dpo = DPOConfig(**_common(out / "dpo", batch), learning_rate=1e-3, reference_mode="precomputed", ref_logps_cache_dir=str(out / "cache"))
     DPOTrainer(model, dpo, train_dataset=task.preference_pairs("train", 16)).train()
     KTOTrainer(model, KTOConfig(**_common(out / "kto", batch), learning_rate=1e-3), train_dataset=task.unpaired("train", 16)).train()
+    # rewards/min and rewards/max reduce with min / max across processes, not a sum
+    RewardTrainer(classifier, RewardConfig(**_common(out / "rm", batch), learning_rate=1e-3), train_dataset=task.preference_pairs("train", 16)).train()
 
 
 if __name__ == "__main__":
-    run_all(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    run_all(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -1,7 +1,7 @@
 """Data parallelism through accelerate, on CPU: two processes with 4 rows each train exactly as
 one process with 8 rows (same global batch), for SFT (loss normalised by the loss tokens of all
-processes), DPO with reference log-probs precomputed in shards and gathered, and KTO (the KL
-reference point z0 is averaged over all processes). The final model is gathered with
+processes), DPO with reference log-probs precomputed in shards and gathered, KTO (the KL
+reference point z0 is averaged over all processes) and a reward model (min / max metrics). The final model is gathered with
 ``accelerator.get_state_dict`` and saved once."""
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from distributed_worker import ALGORITHMS, STEPS, run_all
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+def _weights(path: Path, algorithm: str = "sft") -> dict[str, torch.Tensor]:
+    loader = AutoModelForSequenceClassification if algorithm == "rm" else AutoModelForCausalLM
+    return loader.from_pretrained(path).state_dict()
 
 
 def _metrics(path: Path) -> list[dict]:
@@ -31,11 +32,11 @@ def _metrics(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, model_path):
-    model = model_path("llama")
+    model, classifier = model_path("llama"), model_path("classifier-llama")
     one, two = tmp_path_factory.mktemp("one-process"), tmp_path_factory.mktemp("two-processes")
-    run_all(str(one), 8, model)
+    run_all(str(one), 8, model, classifier)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(two), "4", model]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(two), "4", model, classifier]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     return one, two, result.stdout + result.stderr
@@ -45,13 +46,15 @@ def runs(tmp_path_factory, model_path):
 def test_two_processes_match_one_with_the_same_global_batch(runs, algorithm, model_path):
     one, two, log = runs
     assert "2 process(es)" in log
-    expected, actual = _weights(one / algorithm / "final"), _weights(two / algorithm / "final")
-    start = _weights(Path(model_path("llama")))
+    expected, actual = _weights(one / algorithm / "final", algorithm), _weights(two / algorithm / "final", algorithm)
+    start = _weights(Path(model_path("classifier-llama" if algorithm == "rm" else "llama")), algorithm)
     assert any(not torch.equal(expected[n], start[n]) for n in expected)  # training moved the weights
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0, msg=name)
     for ours, theirs in zip(_metrics(two / algorithm), _metrics(one / algorithm), strict=True):
-        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
+        for name in ("loss", "rewards/min", "rewards/max", "rewards/chosen"):
+            if name in theirs:
+                assert ours[name] == pytest.approx(theirs[name], abs=1e-5), name
     assert len(_metrics(two / algorithm)) == STEPS
 
 
