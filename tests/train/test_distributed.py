@@ -1,8 +1,8 @@
 """Data parallelism through accelerate, on CPU: two processes with 4 rows each train exactly as
 one process with 8 rows (same global batch), for SFT (loss normalised by the loss tokens of all
 processes), DPO with reference log-probs precomputed in shards and gathered, KTO (the KL
-reference point z0 is averaged over all processes) and a reward model (min / max metrics). The final model is gathered with
-``accelerator.get_state_dict`` and saved once."""
+reference point z0 is averaged over all processes) and a reward model (min / max metrics). The
+final model is gathered with ``accelerator.get_state_dict`` and saved once."""
 
 from __future__ import annotations
 
