@@ -40,6 +40,7 @@ class PreferenceDataConfig(ReferenceConfig):
     data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares: preference pairs
 
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
+    max_prompt_length: int | None = option(None, "Longest prompt in tokens for prompt-completion rows: a longer prompt loses tokens from its start (after BOS), counted, before max_length truncation, so the completion is kept. None: no limit.")
     overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
     add_eos: bool = option(True, "Append EOS to string completions when missing (never doubled).")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
@@ -49,6 +50,7 @@ class PreferenceDataConfig(ReferenceConfig):
     def data_options(self) -> LMDataOptions:
         return LMDataOptions(
             max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
             loss_mode="completion",
             overlong=self.overlong,
             add_eos=self.add_eos,

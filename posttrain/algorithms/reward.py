@@ -44,6 +44,7 @@ class RewardConfig(TrainConfig):
 
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW); 1e-5 suits full fine-tuning of pretrained backbones, tiny models from scratch want ~1e-3.")
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
+    max_prompt_length: int | None = option(None, "Longest prompt in tokens for prompt-completion rows: a longer prompt loses tokens from its start (after BOS), counted, before max_length truncation, so the completion is kept. None: no limit.")
     overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
     center_rewards_coefficient: float = option(0.0, "Weight of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred on 0 (Eisenstein et al. 2023); 0.01 is a good value, 0 disables it.")
     add_eos: bool | None = option(None, "Append EOS to string completions when missing; None: yes for causal backbones (the reward is read at the last token), no for encoders.")
@@ -59,6 +60,7 @@ class RewardConfig(TrainConfig):
             add_eos = default_add_eos(model if model is not None else self.model)
         return LMDataOptions(
             max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
             loss_mode="completion",
             overlong=self.overlong,
             add_eos=add_eos,

@@ -39,6 +39,7 @@ class SFTConfig(TrainConfig):
 
     learning_rate: float = option(2e-5, "Peak learning rate (AdamW).")
     max_length: int | None = option(1024, "Longest example in tokens; longer ones are truncated (or dropped, see overlong) and counted.")
+    max_prompt_length: int | None = option(None, "Longest prompt in tokens for prompt-completion rows: a longer prompt loses tokens from its start (after BOS), counted, before max_length truncation, so the completion is kept. None: no limit.")
     loss_mode: str = option("auto", "Which tokens are trained on: auto (completion for prompt-completion data, all otherwise), all, completion, assistant, last_assistant.")
     turn_weights: object = option("uniform", "Weights of trained turns: uniform, decay:<gamma> (the last turn weighs 1, each earlier one gamma times the next) or a list from the first turn.")
     overlong: str = option("truncate", "What to do with examples longer than max_length: truncate or drop (both counted).")
@@ -54,6 +55,7 @@ class SFTConfig(TrainConfig):
     def data_options(self) -> LMDataOptions:
         return LMDataOptions(
             max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
             loss_mode=self.loss_mode,
             turn_weights=self.turn_weights,
             overlong=self.overlong,

@@ -17,6 +17,8 @@ class PreparationReport:
     eos_appended: int = 0
     truncated_rows: int = 0
     truncated_tokens: int = 0
+    shortened_prompts: int = 0
+    shortened_prompt_tokens: int = 0
     dropped_overlong: int = 0
     dropped_no_loss: int = 0
     boundary_mismatch_rows: int = 0
@@ -36,6 +38,11 @@ class PreparationReport:
         if self.truncated_rows:
             notes.append(
                 f"truncated {self.truncated_rows} row(s) to max_length, losing {self.truncated_tokens} token(s)"
+            )
+        if self.shortened_prompts:
+            notes.append(
+                f"shortened {self.shortened_prompts} prompt(s) to max_prompt_length from the start, "
+                f"losing {self.shortened_prompt_tokens} token(s)"
             )
         if self.dropped_overlong:
             notes.append(f"dropped {self.dropped_overlong} row(s) longer than max_length (overlong='drop')")

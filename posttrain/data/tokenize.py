@@ -36,6 +36,7 @@ class LMDataOptions:
     """How language-modelling rows become training examples (the data half of SFTConfig)."""
 
     max_length: int | None = 1024
+    max_prompt_length: int | None = None
     loss_mode: str = "auto"
     turn_weights: str | Sequence[float] = "uniform"
     overlong: str = "truncate"
@@ -49,6 +50,8 @@ class LMDataOptions:
             raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 2:
+            raise ValueError(f"max_prompt_length must be at least 2, got {self.max_prompt_length}")
         parse_turn_weights(self.turn_weights)
 
 
@@ -134,8 +137,11 @@ def tokenize_row(
     else:
         raise ValueError(f"{data_format} rows are not language-modelling rows")
     kept = []
+    special_ids = set(tokenizer.all_special_ids)
     for example in raw:
         example["row"] = index
+        if data_format.name == formats.PROMPT_COMPLETION and options.max_prompt_length is not None:
+            _shorten_prompt(example, options.max_prompt_length, special_ids, report)
         example = _fit_length(example, options, report)
         if example is None:
             continue
@@ -256,6 +262,23 @@ def _conversation_example(tokens, trained, span_messages, span_weights) -> Token
     if weights:
         weights[0] = 0.0
     return {"input_ids": list(tokens.input_ids), "loss_weights": weights, "turn_index": turns}
+
+
+def _shorten_prompt(example: TokenizedExample, limit: int, special_ids: set[int], report: PreparationReport) -> None:
+    """Cut the prompt (the tokens before the first trained one) to ``limit`` tokens by removing
+    tokens from its start, after a leading special token such as BOS: the end of the prompt, next
+    to the completion, is what the completion depends on most. Done before ``max_length``
+    truncation, so a long prompt no longer costs the completion."""
+    weights = example["loss_weights"]
+    start = next((i for i, w in enumerate(weights) if w), None)
+    if start is None or start <= limit:
+        return
+    head = 1 if example["input_ids"][0] in special_ids else 0
+    removed = start - limit
+    for key in ("input_ids", "loss_weights", "turn_index"):
+        example[key] = example[key][:head] + example[key][head + removed :]
+    report.shortened_prompts += 1
+    report.shortened_prompt_tokens += removed
 
 
 def _fit_length(example: TokenizedExample, options: LMDataOptions, report: PreparationReport):

@@ -81,3 +81,23 @@ def test_pairs_become_one_desirable_and_one_undesirable_row(chatml):
     for i, pair in enumerate(paired):
         assert _ids(unpaired.items[2 * i]["example"]) == _ids(pair["chosen"])
         assert _ids(unpaired.items[2 * i + 1]["example"]) == _ids(pair["rejected"])
+
+
+@pytest.mark.parametrize("kind", ["chatml", "no_template"])  # no_template adds a BOS, which is kept
+def test_max_prompt_length_keeps_the_completion_of_a_long_prompt(tokenizers, kind):
+    tokenizer = tokenizers[kind]
+    long_prompt = "What is " + " + ".join(["7"] * 30) + "?"
+    row = {"prompt": long_prompt, "chosen": " 210", "rejected": " 211"}
+    options = LMDataOptions(loss_mode="completion", max_length=24, max_prompt_length=12)
+    prepared = prepare_preference_pairs([row], tokenizer, options)
+    assert prepared.dropped_pairs == 0  # without max_prompt_length the pair is lost (test above)
+    full = prepare_preference_pairs([row], tokenizer, LMDataOptions(loss_mode="completion", max_length=None)).items[0]
+    for side in ("chosen", "rejected"):
+        ids, weights = _ids(prepared.items[0][side])
+        full_ids, full_weights = _ids(full[side])
+        start = weights.index(1.0)
+        assert start == 12  # the prompt is now exactly max_prompt_length tokens
+        assert ids[start:] == full_ids[full_weights.index(1.0):]  # the whole completion and its EOS
+        assert ids[1:start] == full_ids[full_weights.index(1.0) - 11 : full_weights.index(1.0)]  # the prompt's end
+        assert ids[0] == (tokenizer.bos_token_id if kind == "no_template" else full_ids[full_weights.index(1.0) - 12])
+    assert any("shortened 2 prompt(s) to max_prompt_length" in line for line in prepared.lines())
