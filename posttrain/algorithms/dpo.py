@@ -20,7 +20,7 @@ from posttrain.config import option
 from posttrain.data.collate import collate_packed, collate_padded
 from posttrain.data.packing import best_fit_decreasing, make_packed_row
 from posttrain.data.preference import prepare_preference_pairs
-from posttrain.data.tokenize import LMDataOptions
+from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, LMDataOptions
 from posttrain.losses.preference import PreferenceLogps, preference_loss
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
@@ -40,7 +40,7 @@ class PreferenceDataConfig(ReferenceConfig):
     data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares: preference pairs
 
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
-    max_prompt_length: int | None = option(None, "Longest prompt in tokens for prompt-completion rows: a longer prompt loses tokens from its start (after BOS), counted, before max_length truncation, so the completion is kept. None: no limit.")
+    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP)
     overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
     add_eos: bool = option(True, "Append EOS to string completions when missing (never doubled).")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
@@ -82,8 +82,8 @@ class PairCollator:
 
     ``capacity`` None: ``2B`` right-padded rows. Otherwise the sequences are packed (best-fit
     decreasing) into rows of at most ``capacity`` tokens -- a capacity no row reaches gives one
-    padding-free row -- with position ids restarting per sequence and ``sequence_ids`` ``(R, T)``
-    naming each token's sequence (0..2B-1; -1 on pads)."""
+    padding-free row -- with position ids restarting per sequence, ``sequence_ids`` ``(R, T)``
+    naming each token's sequence (0..2B-1; -1 on pads) and ``num_sequences`` = 2B."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, capacity: int | None = None):
         self.pad_token_id = pad_token_id
@@ -107,7 +107,7 @@ class PairCollator:
         for r, members in enumerate(bins):
             ids = torch.tensor(members)
             sequence_ids[r, : sum(lengths[i] for i in members)] = torch.repeat_interleave(ids, torch.tensor([lengths[i] for i in members]))
-        sequences["sequence_ids"] = sequence_ids
+        sequences["sequence_ids"], sequences["num_sequences"] = sequence_ids, len(rows)
         return sequences
 
 
@@ -159,9 +159,9 @@ class DPOTrainer(ReferenceTrainer):
         """Policy (and, unless every loss is reference-free, reference) log-probs of a batch."""
         sequences, pairs = batch["sequences"], batch["pairs"]
         stats = module(sequences["input_ids"], sequences["position_ids"])
-        sequence_ids = sequences.get("sequence_ids")
-        policy = sequence_logps(stats.logps, sequences["loss_weights"], sequence_ids)
-        lengths = sequence_logps(torch.ones_like(stats.logps), sequences["loss_weights"], sequence_ids)
+        packed = sequences.get("sequence_ids"), sequences.get("num_sequences")
+        policy = sequence_logps(stats.logps, sequences["loss_weights"], *packed)
+        lengths = sequence_logps(torch.ones_like(stats.logps), sequences["loss_weights"], *packed)
         reference = self.reference_logps(module, batch, sequences) if self.needs_reference() else None
         return PreferenceLogps(
             policy_chosen=policy[:pairs],

@@ -45,18 +45,20 @@ class ReferenceConfig(TrainConfig):
     ref_logps_cache_dir: str | None = option(None, "Directory for cached reference log-probs (default: $POSTTRAIN_CACHE/ref_logps or ~/.cache/posttrain/ref_logps).")
 
 
-def sequence_logps(token_logps: torch.Tensor, weights: torch.Tensor, sequence_ids: torch.Tensor | None = None) -> torch.Tensor:
+def sequence_logps(
+    token_logps: torch.Tensor, weights: torch.Tensor, sequence_ids: torch.Tensor | None = None, num_sequences: int | None = None
+) -> torch.Tensor:
     """Summed log-prob of each sequence's trained tokens.
 
     Padded rows (``sequence_ids`` None): one sequence per row, ``(N, T), (N, T) -> (N,)``.
-    Padding-free rows: ``sequence_ids`` ``(R, T)`` numbers every token's sequence ``0..S-1`` (-1
-    on pads), and the result is ``(S,)``.
+    Packed rows: ``sequence_ids`` ``(R, T)`` numbers every token's sequence ``0..S-1`` (-1 on
+    pads) and ``num_sequences`` is ``S`` (given, not read off the ids, which would wait for the
+    device in every training step); the result is ``(S,)``.
     """
     if sequence_ids is None:
         return masked_sum(token_logps, (weights > 0), dim=1)
     trained = (weights > 0) & (sequence_ids >= 0)
-    count = int(sequence_ids.max().item()) + 1
-    sums = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device)
+    sums = torch.zeros(num_sequences, dtype=token_logps.dtype, device=token_logps.device)
     return sums.index_add(0, sequence_ids[trained], token_logps[trained])
 
 
@@ -151,17 +153,19 @@ class ReferenceTrainer(Trainer):
         return self._ref_logps_module
 
     @torch.no_grad()
-    def compute_reference(self, input_ids, position_ids, weights, policy_module=None, sequence_ids=None) -> torch.Tensor:
-        """Reference log-probs ``(N,)`` of a collated batch of sequences (``sequence_ids`` for
-        padding-free rows, see :func:`sequence_logps`), with the live reference (copy, or the
-        policy with adapters disabled)."""
+    def compute_reference(
+        self, input_ids, position_ids, weights, policy_module=None, sequence_ids=None, num_sequences=None
+    ) -> torch.Tensor:
+        """Reference log-probs ``(N,)`` of a collated batch of sequences (``sequence_ids`` and
+        ``num_sequences`` for packed rows, see :func:`sequence_logps`), with the live reference
+        (copy, or the policy with adapters disabled)."""
         if self._reference_source == "model":
             stats = self._reference_module()(input_ids, position_ids)
         else:
             module = policy_module if policy_module is not None else TokenLogProbs(self.model, chunk_size=self.config.logits_chunk_size)
             with self.model.disable_adapter():
                 stats = module(input_ids, position_ids)
-        return sequence_logps(stats.logps, weights, sequence_ids).float()
+        return sequence_logps(stats.logps, weights, sequence_ids, num_sequences).float()
 
     def reference_logps(self, module, batch, sequence_batch: dict) -> torch.Tensor:
         """Reference log-probs of ``sequence_batch`` (``(N,)``): read from ``batch["ref_logps"]``
@@ -169,7 +173,8 @@ class ReferenceTrainer(Trainer):
         if self.reference_mode == "precomputed":
             return batch["ref_logps"].to(sequence_batch["input_ids"].device)
         return self.compute_reference(
-            sequence_batch["input_ids"], sequence_batch["position_ids"], sequence_batch["loss_weights"], module, sequence_batch.get("sequence_ids")
+            sequence_batch["input_ids"], sequence_batch["position_ids"], sequence_batch["loss_weights"], module,
+            sequence_batch.get("sequence_ids"), sequence_batch.get("num_sequences"),
         )
 
     # ------------------------------------------------------------------ precomputing
