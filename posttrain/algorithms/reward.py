@@ -28,7 +28,7 @@ from posttrain.config import TrainConfig, option
 from posttrain.data import formats
 from posttrain.data.preference import prepare_preference_pairs
 from posttrain.data.prepare import column_names, first_row
-from posttrain.data.tokenize import LMDataOptions
+from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, LMDataOptions
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models.loading import apply_lora, enable_activation_checkpointing, load_sequence_classifier, set_chat_template
 from posttrain.models.reward import RewardModule, check_reward_head, default_add_eos, padded_batch, require_chat_template
@@ -44,7 +44,7 @@ class RewardConfig(TrainConfig):
 
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW); 1e-5 suits full fine-tuning of pretrained backbones, tiny models from scratch want ~1e-3.")
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
-    max_prompt_length: int | None = option(None, "Longest prompt in tokens for prompt-completion rows: a longer prompt loses tokens from its start (after BOS), counted, before max_length truncation, so the completion is kept. None: no limit.")
+    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP)
     overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
     center_rewards_coefficient: float = option(0.0, "Weight of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred on 0 (Eisenstein et al. 2023); 0.01 is a good value, 0 disables it.")
     add_eos: bool | None = option(None, "Append EOS to string completions when missing; None: yes for causal backbones (the reward is read at the last token), no for encoders.")

@@ -21,7 +21,7 @@ from posttrain.config import TrainConfig, option
 from posttrain.data.collate import Collator
 from posttrain.data.packing import best_fit_decreasing
 from posttrain.data.prepare import prepare_lm_data
-from posttrain.data.tokenize import LMDataOptions
+from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, LMDataOptions
 from posttrain.losses.sft import token_nll
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
@@ -39,7 +39,7 @@ class SFTConfig(TrainConfig):
 
     learning_rate: float = option(2e-5, "Peak learning rate (AdamW).")
     max_length: int | None = option(1024, "Longest example in tokens; longer ones are truncated (or dropped, see overlong) and counted.")
-    max_prompt_length: int | None = option(None, "Longest prompt in tokens for prompt-completion rows: a longer prompt loses tokens from its start (after BOS), counted, before max_length truncation, so the completion is kept. None: no limit.")
+    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP)
     loss_mode: str = option("auto", "Which tokens are trained on: auto (completion for prompt-completion data, all otherwise), all, completion, assistant, last_assistant.")
     turn_weights: object = option("uniform", "Weights of trained turns: uniform, decay:<gamma> (the last turn weighs 1, each earlier one gamma times the next) or a list from the first turn.")
     overlong: str = option("truncate", "What to do with examples longer than max_length: truncate or drop (both counted).")

@@ -31,6 +31,13 @@ LOSS_MODES = ("auto", "all", "completion", "assistant", "last_assistant")
 OVERLONG_POLICIES = ("truncate", "drop")
 
 
+# Shared by the SFT, preference and reward configs, which all expose the option.
+MAX_PROMPT_LENGTH_HELP = (
+    "Longest prompt in tokens for prompt-completion rows: a longer prompt loses tokens from its start "
+    "(after BOS), counted, before max_length truncation, so the completion is kept. None: no limit."
+)
+
+
 @dataclass(frozen=True)
 class LMDataOptions:
     """How language-modelling rows become training examples (the data half of SFTConfig)."""
