@@ -37,3 +37,51 @@ def chatml(tokenizers):
 def model_path():
     """``model_path("llama")`` / ``model_path("qwen2-small")``: a saved fixture directory."""
     return lambda name: str(testing.fixture_path(name))
+
+
+@pytest.fixture
+def first_step_gradients(monkeypatch):
+    """``first_step_gradients(train)`` runs ``train()`` and returns ``{name: gradient}`` as the first
+    optimizer step of that run applied them (after accumulation, before clipping's effect on the
+    step is visible in the weights)."""
+    from posttrain.train import loop
+
+    def capture(train) -> dict:
+        captured: dict = {}
+        original = loop.build_optimizer
+
+        def recording_optimizer(module, cfg):
+            optimizer = original(module, cfg)
+            step = optimizer.step
+
+            def record_then_step(*args, **kwargs):
+                if not captured:
+                    captured.update({n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
+                return step(*args, **kwargs)
+
+            optimizer.step = record_then_step
+            return optimizer
+
+        monkeypatch.setattr(loop, "build_optimizer", recording_optimizer)
+        try:
+            train()
+        finally:
+            monkeypatch.setattr(loop, "build_optimizer", original)
+        return captured
+
+    return capture
+
+
+@pytest.fixture
+def kill_at():
+    """``kill_at(step)``: a trainer callback that raises ``RuntimeError("killed at step <step>")``
+    once optimizer step ``step`` is done, like a crash in the middle of a run."""
+
+    def make(step: int):
+        def callback(trainer, state):
+            if state.step == step:
+                raise RuntimeError(f"killed at step {step}")
+
+        return callback
+
+    return make

@@ -10,37 +10,18 @@ import torch
 from posttrain.algorithms.dpo import DPOConfig, DPOTrainer
 from posttrain.algorithms.kto import KTOConfig, KTOTrainer
 from posttrain.tasks import ArithmeticTask
-from posttrain.train import loop
 
 
-def _first_step_gradients(monkeypatch, trainer_cls, config) -> dict[str, torch.Tensor]:
-    captured: dict[str, torch.Tensor] = {}
-    original = loop.build_optimizer
-
-    def recording_optimizer(module, cfg):
-        optimizer = original(module, cfg)
-        step = optimizer.step
-
-        def record_then_step(*args, **kwargs):
-            if not captured:
-                captured.update({n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
-            return step(*args, **kwargs)
-
-        optimizer.step = record_then_step
-        return optimizer
-
-    monkeypatch.setattr(loop, "build_optimizer", recording_optimizer)
+def _rows(trainer_cls) -> list[dict]:
     task = ArithmeticTask(seed=5)
-    rows = task.preference_pairs("train", 8) if trainer_cls is DPOTrainer else task.unpaired("train", 8)
-    trainer_cls(config.model, config, train_dataset=rows).train()
-    return captured
+    return task.preference_pairs("train", 8) if trainer_cls is DPOTrainer else task.unpaired("train", 8)
 
 
 @pytest.mark.parametrize(("trainer_cls", "config_cls"), [(DPOTrainer, DPOConfig), (KTOTrainer, KTOConfig)])
-def test_batch_one_with_accumulation_matches_one_big_batch(monkeypatch, model_path, tmp_path, trainer_cls, config_cls):
+def test_batch_one_with_accumulation_matches_one_big_batch(monkeypatch, first_step_gradients, model_path, tmp_path, trainer_cls, config_cls):
     def config(batch, accumulation, name):
         return config_cls(
-            model=model_path("llama"), output_dir=str(tmp_path / name), per_device_train_batch_size=batch,
+            output_dir=str(tmp_path / name), per_device_train_batch_size=batch,
             gradient_accumulation_steps=accumulation, max_steps=1, max_grad_norm=0.0, learning_rate=1e-3,
             beta=0.5, progress_bar=False, logging_steps=0, save_final_model=False,
         )
@@ -48,8 +29,8 @@ def test_batch_one_with_accumulation_matches_one_big_batch(monkeypatch, model_pa
     if trainer_cls is KTOTrainer:
         # a policy that differs from the reference, so the KL estimate z0 is not clamped to 0
         monkeypatch.setattr(KTOTrainer, "release_reference_copy", _perturb_policy_then(KTOTrainer.release_reference_copy))
-    big = _first_step_gradients(monkeypatch, trainer_cls, config(8, 1, "big"))
-    small = _first_step_gradients(monkeypatch, trainer_cls, config(1, 8, "small"))
+    big = first_step_gradients(trainer_cls(model_path("llama"), config(8, 1, "big"), train_dataset=_rows(trainer_cls)).train)
+    small = first_step_gradients(trainer_cls(model_path("llama"), config(1, 8, "small"), train_dataset=_rows(trainer_cls)).train)
     assert big.keys() == small.keys() and sum(g.abs().sum() for g in big.values()) > 0
     for name in big:
         torch.testing.assert_close(small[name], big[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -13,25 +13,13 @@ from posttrain.algorithms.kto import KTOConfig, KTOTrainer
 from posttrain.tasks import ArithmeticTask
 
 
-class _Killed(Exception):
-    pass
-
-
-def _kill_at(step):
-    def callback(trainer, state):
-        if state.step == step:
-            raise _Killed
-
-    return callback
-
-
 def _weights(path):
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
 
 @pytest.mark.parametrize("mode", ["model", "precomputed"])
 @pytest.mark.parametrize(("trainer_cls", "config_cls"), [(DPOTrainer, DPOConfig), (KTOTrainer, KTOConfig)])
-def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path, trainer_cls, config_cls, mode):
+def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path, kill_at, trainer_cls, config_cls, mode):
     task = ArithmeticTask(seed=7)
     rows = task.preference_pairs("train", 8) if trainer_cls is DPOTrainer else task.unpaired("train", 8)
 
@@ -43,8 +31,8 @@ def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path, train
         )
 
     trainer_cls(model_path("llama"), config("full"), train_dataset=rows).train()
-    with pytest.raises(_Killed):
-        trainer_cls(model_path("llama"), config("cut"), train_dataset=rows, callbacks=[_kill_at(3)]).train()
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        trainer_cls(model_path("llama"), config("cut"), train_dataset=rows, callbacks=[kill_at(3)]).train()
     trainer_cls(model_path("llama"), config("cut", resume_from_checkpoint="latest"), train_dataset=rows).train()
     expected, actual = _weights(tmp_path / "full" / "final"), _weights(tmp_path / "cut" / "final")
     start = _weights(model_path("llama"))

@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM
 
 from posttrain import SFTConfig, SFTTrainer
 from posttrain.tasks import ArithmeticTask
-from posttrain.train import loop
 from posttrain.train.loop import NonFiniteLossError
 
 
@@ -40,31 +39,14 @@ def _config(tmp_path, **overrides):
     return SFTConfig(**values)
 
 
-def _first_step_gradients(monkeypatch, model_path, tmp_path, batch, accumulation, **overrides):
-    captured = {}
-    original = loop.build_optimizer
-
-    def recording_optimizer(module, cfg):
-        optimizer = original(module, cfg)
-        step = optimizer.step
-
-        def record_then_step(*args, **kwargs):
-            if not captured:
-                captured.update({n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
-            return step(*args, **kwargs)
-
-        optimizer.step = record_then_step
-        return optimizer
-
-    monkeypatch.setattr(loop, "build_optimizer", recording_optimizer)
+def _sft_first_step_gradients(first_step_gradients, model_path, tmp_path, batch, accumulation, **overrides):
     config = _config(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1, max_grad_norm=0.0, **overrides)
-    SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train()
-    return captured
+    return first_step_gradients(SFTTrainer(model_path("llama"), config, train_dataset=_rows()).train)
 
 
-def test_accumulation_matches_one_big_batch(monkeypatch, model_path, tmp_path):
-    big = _first_step_gradients(monkeypatch, model_path, tmp_path / "a", batch=8, accumulation=1)
-    small = _first_step_gradients(monkeypatch, model_path, tmp_path / "b", batch=2, accumulation=4)
+def test_accumulation_matches_one_big_batch(first_step_gradients, model_path, tmp_path):
+    big = _sft_first_step_gradients(first_step_gradients, model_path, tmp_path / "a", batch=8, accumulation=1)
+    small = _sft_first_step_gradients(first_step_gradients, model_path, tmp_path / "b", batch=2, accumulation=4)
     assert big.keys() == small.keys() and len(big) > 10
     for name in big:
         torch.testing.assert_close(small[name], big[name], atol=1e-5, rtol=0, msg=name)
@@ -72,11 +54,11 @@ def test_accumulation_matches_one_big_batch(monkeypatch, model_path, tmp_path):
 
 
 @pytest.mark.parametrize("layout", [{"packing": True}, {"padding_free": True}, {"gradient_checkpointing": True}])
-def test_packed_padding_free_and_checkpointed_training_match_padded(monkeypatch, model_path, tmp_path, layout):
+def test_packed_padding_free_and_checkpointed_training_match_padded(first_step_gradients, model_path, tmp_path, layout):
     # All 8 rows in one micro-batch in every layout (at most 8 packed rows of 256 tokens), so the
     # first step sees the same tokens whatever their order: the gradients must agree.
-    padded = _first_step_gradients(monkeypatch, model_path, tmp_path / "padded", batch=8, accumulation=1, max_length=256)
-    other = _first_step_gradients(monkeypatch, model_path, tmp_path / "other", batch=8, accumulation=1, max_length=256, **layout)
+    padded = _sft_first_step_gradients(first_step_gradients, model_path, tmp_path / "padded", batch=8, accumulation=1, max_length=256)
+    other = _sft_first_step_gradients(first_step_gradients, model_path, tmp_path / "other", batch=8, accumulation=1, max_length=256, **layout)
     assert padded.keys() == other.keys()
     for name in padded:
         torch.testing.assert_close(other[name], padded[name], atol=1e-5, rtol=0, msg=name)
@@ -87,27 +69,15 @@ def _final_weights(path):
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
-class _Killed(Exception):
-    pass
-
-
-def _kill_at(step):
-    def callback(trainer, state):
-        if state.step == step:
-            raise _Killed
-
-    return callback
-
-
-def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path):
+def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path, kill_at):
     common = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_epochs=2, save_steps=2, save_final_model=True)
     # 8 rows / (2 x 2) = 2 steps per epoch, 4 steps in all: the kill and the resume cross an epoch.
     SFTTrainer(model_path("llama"), _config(tmp_path / "full", **common), train_dataset=_rows()).train()
     expected = _final_weights(tmp_path / "full" / "final")
 
     interrupted = _config(tmp_path / "cut", **common)
-    with pytest.raises(_Killed):
-        SFTTrainer(model_path("llama"), interrupted, train_dataset=_rows(), callbacks=[_kill_at(3)]).train()
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        SFTTrainer(model_path("llama"), interrupted, train_dataset=_rows(), callbacks=[kill_at(3)]).train()
     checkpoints = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint-2"]  # step 3 was trained but not saved; it is redone
     resumed = _config(tmp_path / "cut", resume_from_checkpoint="latest", **common)
