@@ -14,14 +14,12 @@ per second. Pad tokens are not counted, so padding waste lowers the padded ratio
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
-import time
 
 import torch
-from sft_throughput import SIZE, load_average, make_rows, matmul_peak, non_embedding_parameters
+from common import StepTimer, busy_message, flops_per_token, load_average, make_rows, matmul_peak, non_embedding_parameters, save_benchmark_model
 
 PAIRS_PER_STEP = 4
 
@@ -40,29 +38,18 @@ def make_pairs(tokenizer, count: int, seed: int) -> list[dict]:
 def run_layout(name: str, pairs, model_dir: str, steps: int, warmup: int, cache_dir: str, **options) -> dict:
     from posttrain.algorithms.dpo import DPOConfig, DPOTrainer
 
-    times: list[float] = []
-    tokens: list[int] = []
-
-    def record(trainer, state):
-        times.append(time.perf_counter())
-        tokens.append(state.tokens_seen)
-
+    timer = StepTimer()
     with tempfile.TemporaryDirectory() as output_dir:
         config = DPOConfig(
             output_dir=output_dir, learning_rate=1e-5, per_device_train_batch_size=PAIRS_PER_STEP, max_length=256,
             max_steps=steps + warmup, logging_steps=0, progress_bar=False, save_final_model=False, mixed_precision="no",
             reference_mode="precomputed", ref_logps_cache_dir=cache_dir, **options,
         )
-        trainer = DPOTrainer(model_dir, config, train_dataset=pairs, callbacks=[record])
+        trainer = DPOTrainer(model_dir, config, train_dataset=pairs, callbacks=[timer])
         trainer.train()
-    items = trainer.train_source.dataset
-    lengths = [len(item[side]["input_ids"]) for item in items for side in ("chosen", "rejected")]
-    mean_context = sum(n * n for n in lengths) / sum(lengths)
-    cfg = trainer.model.config
-    flops_per_token = 6 * non_embedding_parameters(trainer.model) + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_context
-    seconds = times[-1] - times[warmup - 1]
-    real_tokens = tokens[-1] - tokens[warmup - 1]
-    return {"layout": name, "tokens_per_second": real_tokens / seconds, "achieved_flops": flops_per_token * real_tokens / seconds}
+    lengths = [len(item[side]["input_ids"]) for item in trainer.train_source.dataset for side in ("chosen", "rejected")]
+    tokens_per_second = timer.tokens_per_second(warmup)
+    return {"layout": name, "tokens_per_second": tokens_per_second, "achieved_flops": flops_per_token(trainer.model, lengths) * tokens_per_second}
 
 
 def main(argv=None) -> int:
@@ -72,19 +59,11 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="run even when the machine is busy")
     args = parser.parse_args(argv)
 
-    cores = os.cpu_count() or 1
     load = load_average()
-    if load > 0.5 * cores and not args.force:
-        print(f"refusing: load average {load} on {cores} cores means another job is running (use --force)")
+    if busy_message() and not args.force:
+        print(busy_message())
         return 2
-    from posttrain.testing import build_causal_lm, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer("chatml")
-    model = build_causal_lm("llama", tokenizer, size=SIZE)
-    model_dir = tempfile.mkdtemp(prefix="bench-model-")
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model, tokenizer, model_dir = save_benchmark_model()
     pairs = make_pairs(tokenizer, PAIRS_PER_STEP * (args.steps + args.warmup) * 2, seed=0)
     cache_dir = tempfile.mkdtemp(prefix="bench-ref-")
 

@@ -21,70 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import sys
 import tempfile
-import time
 
 import torch
-
-SIZE = {"hidden_size": 256, "num_layers": 6, "num_heads": 8, "num_kv_heads": 8, "intermediate_size": 1024, "max_positions": 512}
-WORDS = "the model reads a few words and learns what comes next in every row of text".split()
-
-
-def matmul_peak(size: int = 2048, repeats: int = 6) -> float:
-    """Best float32 FLOP/s of a ``size``-cubed matmul on this device."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - start))
-    return best
-
-
-def load_average() -> float:
-    try:
-        with open("/proc/loadavg") as handle:
-            return float(handle.read().split()[0])
-    except OSError:
-        return float("nan")
-
-
-def make_rows(tokenizer, count: int, min_tokens: int, max_tokens: int, seed: int) -> list[dict]:
-    """Text rows whose token counts (EOS included) are spread uniformly in [min, max]."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        target = rng.randint(min_tokens, max_tokens) - 1  # the data layer appends EOS
-        words = [rng.choice(WORDS) for _ in range(target)]
-        ids = tokenizer(" ".join(words))["input_ids"]
-        while len(ids) > target:
-            words.pop()
-            ids = tokenizer(" ".join(words))["input_ids"]
-        rows.append({"text": " ".join(words)})
-    return rows
-
-
-def non_embedding_parameters(model) -> int:
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())
-    return total - embedding.numel() - (0 if head is embedding else head.numel())
+from common import StepTimer, busy_message, flops_per_token, load_average, make_rows, matmul_peak, non_embedding_parameters, save_benchmark_model
 
 
 def run_layout(name: str, rows, model_dir: str, steps: int, warmup: int, **options) -> dict:
     from posttrain.algorithms.sft import SFTConfig, SFTTrainer
 
-    times: list[float] = []
-    tokens: list[int] = []
-
-    def record(trainer, state):
-        times.append(time.perf_counter())
-        tokens.append(state.tokens_seen)
-
+    timer = StepTimer()
     with tempfile.TemporaryDirectory() as output_dir:
         config = SFTConfig(
             output_dir=output_dir,
@@ -98,29 +45,19 @@ def run_layout(name: str, rows, model_dir: str, steps: int, warmup: int, **optio
             mixed_precision="no",
             **options,
         )
-        trainer = SFTTrainer(model_dir, config, train_dataset=rows, callbacks=[record])
+        trainer = SFTTrainer(model_dir, config, train_dataset=rows, callbacks=[timer])
         trainer.train()
-        model = trainer.model
-        lengths = trainer.train_source.lengths
-    seconds = times[-1] - times[warmup - 1]
-    real_tokens = tokens[-1] - tokens[warmup - 1]
-    cfg = model.config
-    # attention FLOPs per token grow with the length of its own example: weight by tokens
-    example_lengths = _example_lengths(trainer)
-    mean_context = sum(n * n for n in example_lengths) / max(sum(example_lengths), 1)
-    flops_per_token = 6 * non_embedding_parameters(model) + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_context
+    # attention FLOPs per token grow with the length of its own example (packed ones included)
+    dataset = trainer.train_source.dataset
+    example_lengths = [len(example["input_ids"]) for unit in range(len(dataset)) for example in dataset[unit]]
+    tokens_per_second = timer.tokens_per_second(warmup)
     return {
         "layout": name,
-        "tokens_per_second": real_tokens / seconds,
-        "achieved_flops": flops_per_token * real_tokens / seconds,
+        "tokens_per_second": tokens_per_second,
+        "achieved_flops": flops_per_token(trainer.model, example_lengths) * tokens_per_second,
         "rows_per_step": 8,
-        "units": len(lengths),
+        "units": len(trainer.train_source.lengths),
     }
-
-
-def _example_lengths(trainer) -> list[int]:
-    dataset = trainer.train_source.dataset
-    return [len(example["input_ids"]) for unit in range(len(dataset)) for example in dataset[unit]]
 
 
 def main(argv=None) -> int:
@@ -131,20 +68,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
 
-    cores = os.cpu_count() or 1
     load = load_average()
-    if load > 0.5 * cores and not args.force:
-        print(f"refusing: load average {load} on {cores} cores means another job is running (use --force)")
+    if busy_message() and not args.force:
+        print(busy_message())
         return 2
-    from posttrain.testing import build_causal_lm, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer("chatml")
-    model = build_causal_lm("llama", tokenizer, size=SIZE)
+    model, tokenizer, model_dir = save_benchmark_model()
     params = sum(p.numel() for p in model.parameters())
-    model_dir = tempfile.mkdtemp(prefix="bench-model-")
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
     count = 8 * (args.steps + args.warmup) * 2
     varied = make_rows(tokenizer, count, 64, 256, seed=0)
     uniform = make_rows(tokenizer, count, 256, 256, seed=1)
