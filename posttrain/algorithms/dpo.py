@@ -68,8 +68,8 @@ class DPOConfig(PreferenceDataConfig):
     loss_weights: list | None = option(None, "One weight per loss_type when several are combined (default 1 each).")
     label_smoothing: float = option(0.0, "Assumed label-flip rate for sigmoid (conservative DPO) and robust.")
     simpo_gamma: float = option(0.5, "SimPO target reward margin.")
-    padding_free: bool = option(False, "Put all chosen and rejected sequences of a micro-batch in one row without padding (position ids restart per sequence; a start-up probe checks that attention does not cross sequences). Pays off with a variable-length attention kernel (flash_attention_2 on GPU); under sdpa/eager attention spans the whole row through a block mask (on CPU: 0.94-0.98x the padded speed, benchmarks/dpo_throughput.py). See packing.")
-    packing: bool = option(False, "Pack the chosen and rejected sequences of a micro-batch into rows of max_length (best-fit decreasing): little padding, and attention bounded by max_length, so it also pays off with sdpa/eager (CPU: 1.14x the padded speed at 4 pairs per step).")
+    padding_free: bool = option(False, "Put all chosen and rejected sequences of a micro-batch in one row without padding (position ids restart per sequence; a start-up probe checks that attention does not cross sequences). Pays off with a variable-length attention kernel (flash_attention_2 on GPU); under sdpa/eager attention spans the whole row through a block mask (on CPU: 0.94-0.98x the padded speed over three runs, benchmarks/dpo_throughput.py). See packing.")
+    packing: bool = option(False, "Pack the chosen and rejected sequences of a micro-batch into rows of max_length (best-fit decreasing): little padding, and attention bounded by max_length, so it also pays off with sdpa/eager (CPU: 1.14-1.19x the padded speed at 4 pairs per step, two runs).")
     ipo_length_normalize: bool = option(True, "IPO on per-token mean log-ratios (recommended by its authors).")
 
     def loss_types(self) -> list[str]:
