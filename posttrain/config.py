@@ -60,6 +60,7 @@ class TrainConfig:
     model_dtype: str = option("float32", "dtype to load weights in: float32, bfloat16, float16 or auto (the checkpoint's).")
     attn_implementation: str | None = option("sdpa", "Attention kernel: sdpa, eager, flash_attention_2, ... (None: transformers' default).")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    disable_dropout: bool = option(False, "Switch off dropout in the model (and reference). On by default in every trainer that compares two forward passes (DPO, KTO, reward models, GRPO, PPO), whose differences would otherwise carry dropout noise.")
     logits_chunk_size: int | None = option(None, "Tokens per chunk of the LM head when computing log-probs; None picks one so a chunk's logits stay under ~256 MB, 0 never chunks.")
 
     # --- LoRA (peft)
@@ -75,6 +76,9 @@ class TrainConfig:
     report_to: Any = option([], "Trackers besides the console and metrics.jsonl: tensorboard, wandb.")
     run_name: str | None = option(None, "Run name for trackers.")
     progress_bar: bool = option(True, "Show a Rich progress bar.")
+    log_completions_steps: int = option(0, "Show sampled completions every N optimizer steps (console panel and completions.jsonl; online trainers log their rollouts with rewards, the others generate for a few fixed prompts); 0: never.")
+    num_completions_to_print: int = option(8, "Rows of the console's completion panel (completions.jsonl gets every row).")
+    log_unique_prompts: bool = option(False, "In the completion panel, show one completion per prompt.")
     save_steps: int = option(0, "Write a checkpoint every N optimizer steps (0: none during training).")
     save_total_limit: int = option(2, "Keep only the newest K checkpoints.")
     resume_from_checkpoint: Any = option(None, "'latest' (the newest in output_dir), a checkpoint path, or None.")

@@ -50,6 +50,7 @@ class RewardConfig(TrainConfig):
     add_eos: bool | None = option(None, "Append EOS to string completions when missing; None: yes for causal backbones (the reward is read at the last token), no for encoders.")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's; needed for conversational rows when the tokenizer has none.")
     chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
+    disable_dropout: bool = option(True, "Switch off dropout: chosen and rejected are scored in one forward and compared, and dropout noise in that difference only slows learning.")
     pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this.")
 
     def data_options(self, model=None) -> LMDataOptions:

@@ -105,3 +105,24 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+_DROPOUT_ATTRIBUTES = ("attention_dropout", "dropout", "dropout_p")
+_DROPOUT_CONFIG_KEYS = ("attn_pdrop", "resid_pdrop", "embd_pdrop", "summary_first_dropout", "hidden_dropout", "attention_probs_dropout_prob", "hidden_dropout_prob", "classifier_dropout")
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability in ``model`` to 0 (modules and attention-dropout config
+    values), so two forwards of the same batch give the same numbers."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        # attention layers keep their probability as a float read at every forward (e.g. Llama's
+        # `attention_dropout`, passed to sdpa) rather than in an nn.Dropout
+        for name in _DROPOUT_ATTRIBUTES:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    for name in _DROPOUT_ATTRIBUTES + _DROPOUT_CONFIG_KEYS:
+        if isinstance(getattr(config, name, None), float):
+            setattr(config, name, 0.0)

@@ -30,7 +30,14 @@ import yaml
 from torch.utils.data import DataLoader
 
 from posttrain.config import TrainConfig, config_from_dict, config_to_dict
-from posttrain.models.loading import apply_lora, count_parameters, enable_activation_checkpointing, load_causal_lm, load_tokenizer
+from posttrain.models.loading import (
+    apply_lora,
+    count_parameters,
+    disable_dropout,
+    enable_activation_checkpointing,
+    load_causal_lm,
+    load_tokenizer,
+)
 from posttrain.train.checkpoint import (
     latest_checkpoint,
     remove_stale_staging,
@@ -38,6 +45,7 @@ from posttrain.train.checkpoint import (
     save_checkpoint,
     save_pretrained_atomic,
 )
+from posttrain.train.completions import CompletionLog
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.reporting import RunReporter
@@ -78,6 +86,14 @@ class Trainer:
             raise ValueError("no model given: pass model=... (a path, hub name or model object) or set config.model")
         self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, model if isinstance(model, str) else None)
         self.model = self.load_model(model)
+        if cfg.disable_dropout:
+            for module in (self.model, getattr(self, "ref_model", None)):
+                if module is not None:
+                    disable_dropout(module)
+        self.completion_log = CompletionLog(
+            self.accelerator, self.reporter.console, cfg.output_dir, every=cfg.log_completions_steps,
+            rows_to_print=cfg.num_completions_to_print, unique_prompts=cfg.log_unique_prompts,
+        )
         self.callbacks = list(callbacks)
         train_rows, eval_rows = self._dataset_rows(train_dataset, eval_dataset)
         self.train_source = self.build_batch_source(train_rows, "train")
@@ -111,6 +127,29 @@ class Trainer:
     def before_accumulation(self, module, window: list) -> None:
         """Called with all micro-batches of an optimizer step before any of them is trained on
         (KTO estimates its KL reference point over the whole accumulated batch here)."""
+
+    def train_loader_batch_size(self) -> int:
+        """Items per batch of the training data loader (online trainers load prompts per step)."""
+        return self.config.per_device_train_batch_size
+
+    def next_window(self, module, stream: Iterator, state: TrainState) -> list:
+        """The micro-batches of the next optimizer step, taken from the data ``stream``. Online
+        trainers override this to make experience (generate, score) from the prompts it yields."""
+        return [next(stream) for _ in range(self.config.gradient_accumulation_steps)]
+
+    def checkpoint_objects(self) -> list:
+        """Objects with ``state_dict``/``load_state_dict`` that checkpoints must hold besides the
+        model, optimizer and scheduler (an online trainer's experience buffer)."""
+        return []
+
+    def warn_about_data_size(self) -> None:
+        cfg = self.config
+        if self._batches_per_epoch < cfg.gradient_accumulation_steps:
+            self.reporter.print(
+                f"[yellow]warning[/]: the data gives {self._batches_per_epoch} micro-batch(es) per epoch per process but "
+                f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}: every optimizer step passes over the "
+                "same rows more than once. Use more data, smaller batches or less accumulation."
+            )
 
     def count_tokens(self, batch) -> int:
         return int(batch.get("num_tokens", 0)) if isinstance(batch, dict) else 0
@@ -191,7 +230,7 @@ class Trainer:
         """Train until ``max_steps`` / ``num_epochs``; returns the final :class:`TrainState`."""
         cfg, acc = self.config, self.accelerator
         module = self.wrap_model(self.model)
-        loader, sampler = self._dataloader(self.train_source, cfg.per_device_train_batch_size, shuffle=True)
+        loader, sampler = self._dataloader(self.train_source, self.train_loader_batch_size(), shuffle=True)
         optimizer = build_optimizer(module, cfg)
         module, optimizer, loader = acc.prepare(module, optimizer, loader)
         self.module = module
@@ -200,6 +239,8 @@ class Trainer:
         # Not prepared by accelerate, which would step it once per process per step.
         scheduler = build_scheduler(optimizer, cfg, state.total_steps)
         acc.register_for_checkpointing(scheduler)
+        for extra in self.checkpoint_objects():
+            acc.register_for_checkpointing(extra)
         state = self._maybe_resume(state)
         self.state = state
         self._write_run_files()
@@ -210,12 +251,7 @@ class Trainer:
             f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
             f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
         )
-        if self._batches_per_epoch < cfg.gradient_accumulation_steps:
-            self.reporter.print(
-                f"[yellow]warning[/]: the data gives {self._batches_per_epoch} micro-batch(es) per epoch per process but "
-                f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}: every optimizer step passes over the "
-                "same rows more than once. Use more data, smaller batches or less accumulation."
-            )
+        self.warn_about_data_size()
         self.reporter.start(state.total_steps, state.step)
         metrics = MetricAccumulator()
         stream = self._micro_batches(loader, sampler, state)
@@ -223,7 +259,7 @@ class Trainer:
         try:
             module.train()
             while state.step < state.total_steps:
-                window = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
+                window = self.next_window(module, stream, state)
                 self._optimizer_step(module, optimizer, scheduler, window, state, metrics)
                 self.reporter.advance(state.step)
                 last_log = self._after_step(module, state, metrics, scheduler, last_log)
