@@ -22,6 +22,10 @@ MASK = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
 ADVANTAGES = torch.tensor([2.0, -1.0])
 
 
+def _f64(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
 def _logps(ratios=RATIOS):
     old = torch.full((2, len(ratios[0])), -1.0, dtype=torch.float64)
     logps = (old + torch.tensor(ratios, dtype=torch.float64).log()).detach()
@@ -46,13 +50,13 @@ def test_symmetric_clip_hand_values():
     # A = -1, loss = -min(-r, -clip(r)) = max(r, clip(r)):
     #   r=1.5 -> 1.5 (above the ceiling but A < 0: unclipped, grad -A r = 1.5)
     #   r=0.5 -> 0.8 (clipped low), r=0.9 -> 0.9 (grad 0.9), r=4 -> 4 (grad 4), r=0.75 -> 0.8 (clipped low)
-    torch.testing.assert_close(loss, torch.tensor([[-2.4, -1.0, -2.2, -2.4, 0.0], [1.5, 0.8, 0.9, 4.0, 0.8]], dtype=torch.float64))
-    torch.testing.assert_close(grad, torch.tensor([[0.0, -1.0, -2.2, 0.0, 0.0], [1.5, 0.0, 0.9, 4.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(loss, _f64([[-2.4, -1.0, -2.2, -2.4, 0.0], [1.5, 0.8, 0.9, 4.0, 0.8]]))
+    torch.testing.assert_close(grad, _f64([[0.0, -1.0, -2.2, 0.0, 0.0], [1.5, 0.0, 0.9, 4.0, 0.0]]))
     assert stats.clipped_high.tolist() == [[True, False, False, True, False], [False] * 5]
     assert stats.clipped_low.tolist() == [[False] * 5, [False, True, False, False, True]]
     assert not stats.clipped_dual.any()
     # padding: ratio 1, not the exp(51) its log-probs would give
-    torch.testing.assert_close(stats.ratio, torch.tensor([[1.5, 0.5, 1.1, 1.25, 1.0], RATIOS[1]], dtype=torch.float64))
+    torch.testing.assert_close(stats.ratio, _f64([[1.5, 0.5, 1.1, 1.25, 1.0], RATIOS[1]]))
     assert not stats.ratio.requires_grad
 
 
@@ -62,9 +66,9 @@ def test_clip_higher_moves_only_the_ceiling():
     #   r=1.5  -> -min(3.0, 2.56) = -2.56 (clipped high)
     #   r=1.25 -> -min(2.5, 2.5)  = -2.5  (now inside the range: grad -2.5)
     # A = -1: unchanged, r=0.5 and r=0.75 still clipped low at 0.8.
-    torch.testing.assert_close(loss[0], torch.tensor([-2.56, -1.0, -2.2, -2.5, 0.0], dtype=torch.float64))
-    torch.testing.assert_close(loss[1], torch.tensor([1.5, 0.8, 0.9, 4.0, 0.8], dtype=torch.float64))
-    torch.testing.assert_close(grad[0], torch.tensor([0.0, -1.0, -2.2, -2.5, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(loss[0], _f64([-2.56, -1.0, -2.2, -2.5, 0.0]))
+    torch.testing.assert_close(loss[1], _f64([1.5, 0.8, 0.9, 4.0, 0.8]))
+    torch.testing.assert_close(grad[0], _f64([0.0, -1.0, -2.2, -2.5, 0.0]))
     assert stats.clipped_high[0].tolist() == [True, False, False, False, False]
     assert stats.clipped_low[1].tolist() == [False, True, False, False, True]
 
@@ -73,9 +77,9 @@ def test_dual_clip_caps_negative_advantages():
     loss, grad, stats = _loss_and_grad(clip_low=0.2, clip_ratio_c=3.0)
     # A = -1: loss = min(max(r, clip(r)), 3 * |A|): r=4 -> min(4, 3) = 3 with no gradient;
     # r=1.5 -> 1.5 stays. A > 0 is untouched.
-    torch.testing.assert_close(loss[1], torch.tensor([1.5, 0.8, 0.9, 3.0, 0.8], dtype=torch.float64))
-    torch.testing.assert_close(grad[1], torch.tensor([1.5, 0.0, 0.9, 0.0, 0.0], dtype=torch.float64))
-    torch.testing.assert_close(loss[0], torch.tensor([-2.4, -1.0, -2.2, -2.4, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(loss[1], _f64([1.5, 0.8, 0.9, 3.0, 0.8]))
+    torch.testing.assert_close(grad[1], _f64([1.5, 0.0, 0.9, 0.0, 0.0]))
+    torch.testing.assert_close(loss[0], _f64([-2.4, -1.0, -2.2, -2.4, 0.0]))
     assert stats.clipped_dual.tolist() == [[False] * 5, [False, False, False, True, False]]
 
 
@@ -95,7 +99,7 @@ def test_per_token_advantages_match_broadcast_and_act_per_token():
 #   row 0: (0.3, 0.1, pad 5.0), A = +1 -> mean 0.2,  s = e^0.2  = 1.221403 > 1.2: clipped high
 #   row 1: (-0.4, 0.0, -0.2),   A = -1 -> mean -0.2, s = e^-0.2 = 0.818731 in range: loss s
 #   row 2: (-0.6, 0.0, pad 9.0), A = -1 -> mean -0.3, s = e^-0.3 = 0.740818 < 0.8: clipped low
-SEQ_LOG_RATIOS = torch.tensor([[0.3, 0.1, 5.0], [-0.4, 0.0, -0.2], [-0.6, 0.0, 9.0]], dtype=torch.float64)
+SEQ_LOG_RATIOS = _f64([[0.3, 0.1, 5.0], [-0.4, 0.0, -0.2], [-0.6, 0.0, 9.0]])
 SEQ_MASK = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0]])
 SEQ_ADVANTAGES = torch.tensor([1.0, -1.0, -1.0])
 
@@ -110,7 +114,7 @@ def test_log_importance_ratio_levels():
     token = log_importance_ratio(logps, old, SEQ_MASK, "token")
     torch.testing.assert_close(token, SEQ_LOG_RATIOS * SEQ_MASK)
     sequence = log_importance_ratio(logps, old, SEQ_MASK, "sequence")
-    torch.testing.assert_close(sequence, torch.tensor([[0.2, 0.2, 0.0], [-0.2] * 3, [-0.3, -0.3, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(sequence, _f64([[0.2, 0.2, 0.0], [-0.2] * 3, [-0.3, -0.3, 0.0]]))
     # GSPO-token gradient: d/d logp_t of the sum of the row's log-ratios is 1 per real token
     # (sg[mean] + logp_t - sg[logp_t]), 0 at padding.
     sequence.sum().backward()
@@ -124,14 +128,14 @@ def test_sequence_level_clipped_loss_hand_values():
     loss, stats = clipped_policy_loss(logps, old, SEQ_ADVANTAGES, SEQ_MASK, level="sequence")
     s1 = math.exp(-0.2)
     # row 0: -min(1.2214, 1.2) = -1.2; row 1: -min(-s, -0.8) = s = 0.818731; row 2: max(0.7408, 0.8) = 0.8
-    expected = torch.tensor([[-1.2, -1.2, 0.0], [s1] * 3, [0.8, 0.8, 0.0]], dtype=torch.float64)
+    expected = _f64([[-1.2, -1.2, 0.0], [s1] * 3, [0.8, 0.8, 0.0]])
     torch.testing.assert_close(loss, expected)
     assert stats.clipped_high.tolist() == [[True, True, False], [False] * 3, [False] * 3]
     assert stats.clipped_low.tolist() == [[False] * 3, [False] * 3, [True, True, False]]
     torch.testing.assert_close(stats.ratio[0, :2], torch.full((2,), math.exp(0.2), dtype=torch.float64))
     # Per-token gradient of row 1 is -A * s = 0.818731 on each token; clipped rows have none.
     loss.sum().backward()
-    torch.testing.assert_close(logps.grad, torch.tensor([[0.0] * 3, [s1] * 3, [0.0] * 3], dtype=torch.float64))
+    torch.testing.assert_close(logps.grad, _f64([[0.0] * 3, [s1] * 3, [0.0] * 3]))
 
 
 def test_sequence_level_gradient_equals_gspo_objective():
@@ -141,7 +145,7 @@ def test_sequence_level_gradient_equals_gspo_objective():
     old = -torch.rand(4, 6, dtype=torch.float64) * 3
     logps = (old + torch.randn(4, 6, dtype=torch.float64) * 0.15).requires_grad_(True)
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4, [1] * 5 + [0]])
-    advantages = torch.tensor([1.0, -0.5, 2.0, -1.5], dtype=torch.float64)
+    advantages = _f64([1.0, -0.5, 2.0, -1.5])
     loss, _ = clipped_policy_loss(logps, old, advantages, mask, clip_low=0.05, clip_high=0.1, level="sequence")
     (ours,) = torch.autograd.grad(aggregate("sequence_mean", loss, mask).mean(), logps)
     weights = mask.to(torch.float64)
@@ -170,7 +174,7 @@ def test_one_pass_gradient_equals_reinforce(mode, level, per_token_advantages):
     """Issue 7 must-show 2: with old log-probs = current log-probs detached (one pass per
     rollout), the clipped loss has the gradient of -(A * log pi), aggregated the same way."""
     mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] + [0] * 5, [1] * 5 + [0]])
-    advantages = torch.tensor([1.5, -0.7, 0.3, -2.0], dtype=torch.float64)
+    advantages = _f64([1.5, -0.7, 0.3, -2.0])
     if per_token_advantages:
         advantages = advantages[:, None] * torch.linspace(0.5, -1.0, 6, dtype=torch.float64)
     per_token_a = advantages if per_token_advantages else advantages[:, None]
@@ -206,9 +210,9 @@ def test_policy_loss_errors():
 
 
 # Value loss, T = 3, row 1 ragged (its padding holds values that must not count).
-VALUES = torch.tensor([[1.0, 0.5, 2.0], [-1.0, 3.0, 99.0]], dtype=torch.float64)
-OLD_VALUES = torch.tensor([[0.5, 0.5, 1.0], [0.0, 3.5, -99.0]], dtype=torch.float64)
-RETURNS = torch.tensor([[1.2, 0.0, 1.0], [0.0, 2.9, 50.0]], dtype=torch.float64)
+VALUES = _f64([[1.0, 0.5, 2.0], [-1.0, 3.0, 99.0]])
+OLD_VALUES = _f64([[0.5, 0.5, 1.0], [0.0, 3.5, -99.0]])
+RETURNS = _f64([[1.2, 0.0, 1.0], [0.0, 2.9, 50.0]])
 VALUE_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
 
 
@@ -222,16 +226,16 @@ def test_clipped_value_loss_hand_values():
     # (1,0): (-1 - 0)^2 = 1;     moved -0.2: 0.04 -> 0.5 (grad -1.0)
     # (1,1): (3 - 2.9)^2 = 0.01; moved 3.3: 0.16 -> 0.08, clipped (grad 0)
     # (1,2): padding -> 0
-    torch.testing.assert_close(loss, torch.tensor([[0.125, 0.125, 0.5], [0.5, 0.08, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(loss, _f64([[0.125, 0.125, 0.5], [0.5, 0.08, 0.0]]))
     assert clipped.tolist() == [[True, False, False], [False, True, False]]
     loss.sum().backward()
-    torch.testing.assert_close(values.grad, torch.tensor([[0.0, 0.5, 1.0], [-1.0, 0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(values.grad, _f64([[0.0, 0.5, 1.0], [-1.0, 0.0, 0.0]]))
 
 
 def test_unclipped_value_loss_and_errors():
     loss, clipped = clipped_value_loss(VALUES, OLD_VALUES, RETURNS, VALUE_MASK, clip_range=None)
     # 0.5 * (V - R)^2: 0.5 * (0.04, 0.25, 1), 0.5 * (1, 0.01), padding 0
-    torch.testing.assert_close(loss, torch.tensor([[0.02, 0.125, 0.5], [0.5, 0.005, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(loss, _f64([[0.02, 0.125, 0.5], [0.5, 0.005, 0.0]]))
     assert not clipped.any()
     with pytest.raises(ValueError, match="clip_range"):
         clipped_value_loss(VALUES, OLD_VALUES, RETURNS, VALUE_MASK, clip_range=0.0)
