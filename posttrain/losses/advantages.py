@@ -6,16 +6,17 @@ the ``G`` completions of one prompt contiguous (rows ``[p*G, (p+1)*G)``).
 
 - ``group_relative_advantages``: ``r - mean(group)``, divided by a scale picked by name from
   :data:`ADVANTAGE_SCALES`: the group's std (GRPO, Shao et al. 2024, "DeepSeekMath"), the std
-  of all N rewards (``batch``; Hu et al. 2025 "REINFORCE++" and Liu et al. 2025 "Tricks or
-  Traps? A Deep Dive into RL for LLM Reasoning" argue it is more robust than the group std),
-  or nothing (``none``; Liu et al. 2025, "Understanding R1-Zero-Like Training", Dr. GRPO,
-  which removes the difficulty bias of dividing by the group std).
+  of all N rewards (``batch``: group mean, batch std, as in "Tricks or Traps? A Deep Dive into
+  RL for LLM Reasoning", Liu et al. 2025), or nothing (``none``: Dr. GRPO, "Understanding
+  R1-Zero-Like Training", Liu et al. 2025, which removes the difficulty bias of dividing by
+  the group std).
 - ``leave_one_out_advantages``: RLOO (Ahmadian et al. 2024, "Back to Basics"), ``r_i`` minus
   the mean of the other ``G - 1`` rewards, which equals ``G / (G - 1) * (r_i - mean)``.
 
 A group whose rewards are all equal carries no signal: its advantages are exactly 0 (tested
 with ``max == min``, not derived from a tiny std, because the float mean of equal numbers is
-not always that number, e.g. ``(0.1 + 0.1 + 0.1) / 3 != 0.1``).
+not always that number: in float32 the mean of three 0.9s is not 0.9, and dividing the
+~6e-8 remainder by a ~7e-8 std would give O(1) noise).
 
 GAE (Schulman et al. 2016) runs over ragged completions for PPO; :func:`whiten_advantages`
 normalises the result over the completion tokens. Nothing here carries gradient: advantages
@@ -32,8 +33,8 @@ from posttrain.ops import whiten
 
 
 def _sample_std(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Bessel-corrected std: TRL, OpenRLHF and verl use ``torch.std``'s default, so the same
-    rewards give the same advantages here as there."""
+    """Bessel-corrected std, ``torch.std``'s default, as TRL's GRPO trainer uses (which also
+    adds 1e-4 to it; here all-equal groups are handled exactly instead)."""
     return values.std() if dim is None else values.std(dim=dim, keepdim=True)
 
 
