@@ -5,7 +5,23 @@ Imports only ``torch``, so data code, tests and tools can use it without ``accel
 ``peft`` or ``transformers``.
 """
 
+from posttrain.losses.advantages import (
+    ADVANTAGE_SCALES,
+    gae,
+    group_relative_advantages,
+    leave_one_out_advantages,
+    whiten_advantages,
+)
+from posttrain.losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate
 from posttrain.losses.kto import check_weight_ratio, kl_reference_point, kto_loss
+from posttrain.losses.policy import (
+    LOG_RATIO_LEVELS,
+    PolicyLossStats,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    log_importance_ratio,
+)
 from posttrain.losses.preference import (
     PREFERENCE_LOSSES,
     PreferenceLogps,
@@ -17,17 +33,32 @@ from posttrain.losses.reward import bradley_terry_loss
 from posttrain.losses.sft import token_nll
 
 __all__ = [
+    "ADVANTAGE_SCALES",
     "AGGREGATIONS",
+    "KL_ESTIMATORS",
+    "LOG_RATIO_LEVELS",
     "PREFERENCE_LOSSES",
+    "AdaptiveKLController",
+    "FixedKLController",
     "LossSum",
+    "PolicyLossStats",
     "PreferenceLogps",
     "aggregate",
     "bradley_terry_loss",
     "check_weight_ratio",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "explained_variance",
+    "gae",
+    "group_relative_advantages",
+    "kl_estimate",
     "kl_reference_point",
     "kto_loss",
+    "leave_one_out_advantages",
+    "log_importance_ratio",
     "preference_loss",
     "preference_metrics",
     "sum_and_count",
     "token_nll",
+    "whiten_advantages",
 ]
