@@ -86,17 +86,33 @@ def _import_math_verify():
     return math_verify
 
 
-def math_verify_accuracy(column: str = "answer", timeout_seconds: int | None = 5, name: str = "math_verify_accuracy"):
+def math_verify_accuracy(
+    column: str = "answer",
+    extract: str | None = r"<answer>(.*?)</answer>",
+    timeout_seconds: int | None = 5,
+    name: str = "math_verify_accuracy",
+):
     """1.0 when the completion's final answer is mathematically equal to the row's ``column``
     (``math_verify.parse`` both, then ``math_verify.verify(gold, answer)``), else 0.0. None for
     rows whose reference is None or that ``math-verify`` cannot parse (there is nothing to
     compare against; the per-function ``applied`` metric shows how often).
+
+    ``extract``: a regular expression whose first group holds the answer (DOTALL); when it
+    matches, the last match is what gets parsed, else the whole completion. The default reads
+    R1-style ``<answer>...</answer>`` tags, which math-verify alone does not see through
+    (``parse("<answer>72</answer>")`` finds nothing). None parses the whole completion.
 
     ``timeout_seconds`` bounds each parse / comparison; math-verify enforces it with
     ``signal.alarm``, which works only in the main thread, so elsewhere it runs without one.
     Needs ``pip install 'posttrain[math]'`` (checked here, when the reward is built).
     """
     math_verify = _import_math_verify()
+    pattern = None if extract is None else re.compile(extract, re.DOTALL)
+
+    def answer_text(completion) -> str:
+        text = completion_text(completion)
+        found = pattern.findall(text) if pattern is not None else []
+        return found[-1] if found else text
 
     def reward(completions, **columns) -> list[float | None]:
         timeout = timeout_seconds if threading.current_thread() is threading.main_thread() else None
@@ -106,7 +122,7 @@ def math_verify_accuracy(column: str = "answer", timeout_seconds: int | None = 5
             if not gold:
                 values.append(None)
                 continue
-            answer = math_verify.parse(completion_text(completion), parsing_timeout=timeout)
+            answer = math_verify.parse(answer_text(completion), parsing_timeout=timeout)
             correct = bool(answer) and math_verify.verify(gold, answer, timeout_seconds=timeout)
             values.append(1.0 if correct else 0.0)
         return values

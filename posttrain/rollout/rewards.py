@@ -276,8 +276,11 @@ def _check_output(name: str, output, prompts, completions) -> list[float]:
     output = _as_list(output)
     n = len(prompts)
     if not isinstance(output, (list, tuple)):
+        shape = getattr(output, "shape", None)
+        kind = type(output).__name__
+        shown = f"a {kind} of shape {tuple(shape)}" if shape is not None else f"{_shorten(output, 100)} ({kind})"
         raise RewardFunctionError(
-            f"reward function '{name}' returned {_shorten(output, 100)} ({type(output).__name__}); expected a list of "
+            f"reward function '{name}' returned {shown}; expected a list of "
             f"{n} numbers or None, one per completion. Sample {_sample(prompts, completions, 0)}"
         )
     if len(output) != n:
