@@ -1,0 +1,188 @@
+"""Built-in reward functions: exact answer, a format regex, math-answer equivalence, and a
+trained reward model. Each factory returns a reward function (see :mod:`posttrain.rollout.rewards`
+for the contract) named after the built-in; those reading a column list it in
+``required_columns`` so the column check catches a missing one before any generation."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+
+
+def completion_text(completion) -> str:
+    """The text of a completion: a string as is, a message list by its last message's content."""
+    if isinstance(completion, str):
+        return completion
+    if not completion:
+        return ""
+    last = completion[-1]
+    return last["content"] if isinstance(last, Mapping) else str(last)
+
+
+def _named(fn, name: str, required_columns: Sequence[str] = ()):
+    fn.__name__ = fn.__qualname__ = name
+    fn.required_columns = tuple(required_columns)
+    return fn
+
+
+def exact_answer(column: str = "answer", name: str = "exact_answer"):
+    """1.0 when the completion, stripped of surrounding whitespace, equals the row's ``column``
+    value (stripped, as a string), else 0.0; None for rows whose value is None. The rule of
+    :meth:`posttrain.tasks.ArithmeticTask.score`."""
+    from posttrain.tasks.arithmetic import ArithmeticTask
+
+    def reward(completions, **columns) -> list[float | None]:
+        return [
+            None if answer is None else ArithmeticTask.score(completion_text(c), str(answer))
+            for c, answer in zip(completions, columns[column])
+        ]
+
+    return _named(reward, name, [column])
+
+
+_REGEX_MODES = ("fullmatch", "match", "search")
+
+
+def format_regex(pattern: str, mode: str = "fullmatch", flags: int | str = re.DOTALL, strip: bool = True, name: str = "format_regex"):
+    """1.0 when the completion matches ``pattern``, else 0.0.
+
+    Args:
+        pattern: a Python regular expression, e.g. ``r"<think>.*</think>\\s*<answer>.*</answer>"``.
+        mode: ``"fullmatch"`` (the whole completion), ``"match"`` (from its start) or
+            ``"search"`` (anywhere).
+        flags: ``re`` flags, an int or names joined by ``|`` (``"DOTALL|MULTILINE"``); default
+            DOTALL so ``.`` spans lines.
+        strip: strip surrounding whitespace from the completion first.
+    """
+    if mode not in _REGEX_MODES:
+        raise ValueError(f"format_regex: mode must be one of {_REGEX_MODES}, got {mode!r}")
+    if isinstance(flags, str):
+        try:
+            flags = sum(getattr(re.RegexFlag, part.strip().upper()) for part in flags.split("|"))
+        except AttributeError as exc:
+            raise ValueError(f"format_regex: unknown flag in {flags!r}; use names such as DOTALL, MULTILINE, IGNORECASE") from exc
+    try:
+        compiled = re.compile(pattern, flags)
+    except (re.error, TypeError) as exc:
+        raise ValueError(f"format_regex: pattern {pattern!r} is not a valid regular expression ({exc})") from exc
+    matcher = getattr(compiled, mode)
+
+    def reward(completions, **_) -> list[float]:
+        texts = (completion_text(c) for c in completions)
+        return [1.0 if matcher(t.strip() if strip else t) else 0.0 for t in texts]
+
+    return _named(reward, name)
+
+
+def _import_math_verify():
+    try:
+        import math_verify
+    except ImportError as exc:
+        raise ImportError(
+            "the math_verify_accuracy reward needs the math-verify package. Fix: pip install 'posttrain[math]'"
+        ) from exc
+    return math_verify
+
+
+def math_verify_accuracy(
+    column: str = "answer",
+    extract: str | None = r"<answer>(.*?)</answer>",
+    timeout_seconds: int | None = 5,
+    name: str = "math_verify_accuracy",
+):
+    """1.0 when the completion's final answer is mathematically equal to the row's ``column``
+    (``math_verify.parse`` both, then ``math_verify.verify(gold, answer)``), else 0.0. None for
+    rows whose reference is None or that ``math-verify`` cannot parse (there is nothing to
+    compare against; the per-function ``applied`` metric shows how often).
+
+    ``extract``: a regular expression whose first group holds the answer (DOTALL); when it
+    matches, the last match is what gets parsed, else the whole completion. The default reads
+    R1-style ``<answer>...</answer>`` tags, which math-verify alone does not see through
+    (``parse("<answer>72</answer>")`` finds nothing). None parses the whole completion.
+
+    ``timeout_seconds`` bounds each parse / comparison; math-verify enforces it with
+    ``signal.alarm``, which works only in the main thread, so elsewhere it runs without one.
+    Needs ``pip install 'posttrain[math]'`` (checked here, when the reward is built).
+    """
+    math_verify = _import_math_verify()
+    pattern = None if extract is None else re.compile(extract, re.DOTALL)
+
+    def answer_text(completion) -> str:
+        text = completion_text(completion)
+        found = pattern.findall(text) if pattern is not None else []
+        return found[-1] if found else text
+
+    def reward(completions, **columns) -> list[float | None]:
+        timeout = timeout_seconds if threading.current_thread() is threading.main_thread() else None
+        values: list[float | None] = []
+        for completion, reference in zip(completions, columns[column]):
+            gold = None if reference is None else math_verify.parse(str(reference), parsing_timeout=timeout)
+            if not gold:
+                values.append(None)
+                continue
+            answer = math_verify.parse(answer_text(completion), parsing_timeout=timeout)
+            correct = bool(answer) and math_verify.verify(gold, answer, timeout_seconds=timeout)
+            values.append(1.0 if correct else 0.0)
+        return values
+
+    return _named(reward, name, [column])
+
+
+class RewardModelFunction:
+    """A reward model as a reward function: ``scorer.score(prompts, completions)`` as a list.
+
+    ``scorer`` is a :class:`posttrain.models.reward.RewardScorer`; :meth:`to` moves its model
+    (a trainer puts it on the accelerator's device).
+    """
+
+    def __init__(self, scorer, name: str = "reward_model"):
+        self.scorer = scorer
+        self.__name__ = name
+
+    def __call__(self, prompts, completions, **_) -> list[float]:
+        return self.scorer.score(prompts, completions).tolist()
+
+    def to(self, device) -> RewardModelFunction:
+        self.scorer.model.to(device)
+        return self
+
+
+def reward_model_function(
+    model_or_path,
+    tokenizer=None,
+    batch_size: int = 32,
+    max_length: int | None = 1024,
+    add_eos: bool | None = None,
+    chat_template_kwargs: dict | None = None,
+    model_dtype: str = "float32",
+    name: str = "reward_model",
+) -> RewardModelFunction:
+    """A trained reward model as a reward function.
+
+    ``model_or_path``: a ``RewardScorer`` (used as is; the other options must stay default), a
+    directory / hub name (loaded with ``load_sequence_classifier`` and the tokenizer saved
+    there), or a sequence-classifier object (its tokenizer from ``tokenizer`` or, when None,
+    from the model's ``name_or_path``). The options are :class:`RewardScorer`'s; use the
+    reward trainer's ``max_length`` so sequences are scored as they were trained.
+    """
+    from posttrain.models.loading import load_sequence_classifier, load_tokenizer
+    from posttrain.models.reward import RewardScorer
+
+    if isinstance(model_or_path, RewardScorer):
+        if tokenizer is not None:
+            raise ValueError("reward_model_function: a RewardScorer brings its own tokenizer; do not pass tokenizer=")
+        return RewardModelFunction(model_or_path, name)
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = os.fspath(model_or_path)
+        model = load_sequence_classifier(path, model_dtype=model_dtype).requires_grad_(False)
+        tokenizer = load_tokenizer(tokenizer, fallback_source=path)
+    else:
+        model = model_or_path
+        fallback = getattr(model, "name_or_path", None) or None
+        if tokenizer is None and fallback is None:
+            raise ValueError("reward_model_function: this model object has no name_or_path to load its tokenizer from; pass tokenizer=")
+        tokenizer = load_tokenizer(tokenizer, fallback_source=fallback)
+    scorer = RewardScorer(model, tokenizer, batch_size, max_length, add_eos, chat_template_kwargs)
+    return RewardModelFunction(scorer, name)

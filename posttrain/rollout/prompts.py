@@ -1,0 +1,57 @@
+"""Prompts to token ids, the way training renders them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from posttrain.models.reward import require_chat_template
+
+Prompt = str | list[dict]
+
+
+def is_conversational(prompt) -> bool:
+    """True for a message list (``[{"role": ..., "content": ...}, ...]``), False for a string."""
+    return isinstance(prompt, list)
+
+
+def _check_messages(index: int, prompt: list) -> None:
+    for turn, message in enumerate(prompt):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise ValueError(
+                f"prompt {index}, message {turn}: expected a dict with 'role' and 'content', got {message!r}. "
+                "Fix: give each prompt as a string or as a list of {'role': ..., 'content': ...} messages"
+            )
+    if not prompt:
+        raise ValueError(f"prompt {index}: the message list is empty. Fix: give at least one message")
+
+
+def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: Mapping | None = None, index: int = 0) -> list[int]:
+    """Token ids of one prompt.
+
+    A string gets the tokenizer's special tokens (e.g. Llama's BOS) as in training; a message
+    list is rendered by the chat template with the generation prompt (the template adds its own
+    special tokens, so none are added on top).
+    """
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    elif isinstance(prompt, list):
+        _check_messages(index, prompt)
+        require_chat_template(tokenizer, conversational=True)
+        text = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=False, **dict(chat_template_kwargs or {})
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        raise TypeError(
+            f"prompt {index}: expected a string or a list of messages, got {type(prompt).__name__}: {prompt!r:.200}"
+        )
+    if not ids:
+        raise ValueError(f"prompt {index} is empty after tokenization ({prompt!r}); generation needs at least one token")
+    return ids
+
+
+def encode_prompts(tokenizer, prompts: Sequence[Prompt], chat_template_kwargs: Mapping | None = None) -> list[list[int]]:
+    """:func:`encode_prompt` for each prompt, in order."""
+    if isinstance(prompts, (str, Mapping)):
+        raise TypeError("prompts must be a list of prompts (strings or message lists), not a single prompt")
+    return [encode_prompt(tokenizer, prompt, chat_template_kwargs, index) for index, prompt in enumerate(prompts)]
