@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so ``import posttrain`` stays cheap)::
 
-    from posttrain import SFTTrainer, SFTConfig, RewardTrainer, DPOTrainer, KTOTrainer
+    from posttrain import SFTTrainer, SFTConfig, RewardTrainer, DPOTrainer, KTOTrainer, GRPOTrainer
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ _EXPORTS = {
     "DPOConfig": "posttrain.algorithms.dpo",
     "KTOTrainer": "posttrain.algorithms.kto",
     "KTOConfig": "posttrain.algorithms.kto",
+    "GRPOTrainer": "posttrain.algorithms.grpo",
+    "GRPOConfig": "posttrain.algorithms.grpo",
     "TrainConfig": "posttrain.config",
     "load_config": "posttrain.config",
 }

@@ -253,3 +253,39 @@ def _build_fixture(name: str, directory: Path) -> None:
         model = build_causal_lm(arch, tokenizer, size=size or "tiny")
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+
+
+class ScriptedEngine:
+    """A generation engine that samples nothing: tests of online trainers use it where the
+    experience must be identical across runs that split it differently (processes, micro-batch
+    sizes), which sampling from a model cannot promise.
+
+    Completion ``k`` of a prompt is ``texts[(k + sum(prompt_ids)) % len(texts)]`` tokenized,
+    followed by EOS, and cut to ``max_completion_length`` (then it ends for "length"). Implements
+    the :class:`~posttrain.rollout.engine.RolloutEngine` interface."""
+
+    def __init__(self, tokenizer, texts):
+        from posttrain.rollout import GenerationStats
+
+        self.tokenizer = tokenizer
+        self.texts = list(texts)
+        self.last_stats = GenerationStats()
+        self.calls = 0
+
+    def generate(self, prompt_ids, options, num_generations: int = 1):
+        from posttrain.rollout import Completion, GenerationStats
+
+        self.calls += 1
+        completions = []
+        for ids in prompt_ids:
+            for k in range(num_generations):
+                text = self.texts[(k + sum(ids)) % len(self.texts)]
+                tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                cut = tokens[: options.max_completion_length]
+                reason = "eos" if len(cut) == len(tokens) else "length"
+                completions.append(Completion(cut, self.tokenizer.decode(cut, skip_special_tokens=True), reason))
+        self.last_stats = GenerationStats(len(completions), sum(len(c.token_ids) for c in completions), 1e-6)
+        return completions
+
+    def update_weights(self, model=None) -> None:
+        """Nothing to update: the script does not depend on the weights."""

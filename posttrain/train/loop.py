@@ -215,6 +215,10 @@ class Trainer:
             collate_fn=source.collate_fn,
             num_workers=self.config.dataloader_num_workers,
             pin_memory=torch.cuda.is_available(),
+            # Every new iterator draws a worker seed from this generator; without one it draws
+            # from torch's global RNG, and the iterator a resumed run creates would shift the
+            # global RNG (sampling, dropout) away from the uninterrupted run's.
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
         return loader, sampler
 

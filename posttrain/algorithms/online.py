@@ -1,0 +1,343 @@
+"""What every online algorithm (GRPO, PPO) shares: prompt data, generation from the current
+policy, reward functions, the experience buffer, the completion log and the time split.
+
+The one loop (:mod:`posttrain.train.loop`) asks :meth:`OnlineTrainer.next_window` for the
+micro-batches of each optimizer step. Here that means: take the next batch of prompts from the
+data stream, generate from the current policy, score, let the algorithm turn the samples into
+:class:`~posttrain.algorithms.experience.Rollout` objects (:meth:`make_rollouts`), and cut them
+into ``gradient_accumulation_steps`` micro-batches. One generation batch serves
+``num_iterations`` optimizer steps; it is kept in an :class:`ExperienceBuffer` that checkpoints
+save, so a run resumed between two of those steps continues on the same samples.
+
+Batch sizes follow TRL: ``per_device_train_batch_size`` counts *completions* per micro-batch, so
+one optimizer step trains on ``per_device_train_batch_size * gradient_accumulation_steps``
+completions per process, i.e. that many divided by ``num_generations`` prompts. A prompt's
+completions never straddle processes, so group statistics are exact under several processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from posttrain.algorithms.experience import Rollout, collate_rollouts, completion_view, split_micro_batches
+from posttrain.algorithms.reference import ReferenceConfig, ReferenceTrainer
+from posttrain.config import option
+from posttrain.data import formats
+from posttrain.data.prepare import column_names, first_row
+from posttrain.models.causal_lm import TokenLogProbs
+from posttrain.models.loading import set_chat_template
+from posttrain.models.packing_check import check_packing_isolation
+from posttrain.train.loop import BatchSource
+from posttrain.train.metrics import Metric
+from posttrain.train.state import TrainState
+
+# Columns of a prompt row that are ours, not the user's: never passed to reward functions.
+_OWN_FIELDS = ("prompt",)
+
+
+@dataclass
+class OnlineConfig(ReferenceConfig):
+    """Options of every online trainer: prompts, sampling, rewards, experience reuse."""
+
+    num_generations: int = option(8, "Completions sampled per prompt (a GRPO group).")
+    max_prompt_length: int | None = option(512, "Prompts longer than this many tokens lose tokens from their start (counted); None keeps them whole.")
+    max_completion_length: int = option(256, "Most tokens generated per completion.")
+    temperature: float = option(1.0, "Sampling temperature; log-probs for the update are computed at the same temperature.")
+    top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens with this much probability.")
+    top_k: int = option(0, "Sample among the k most likely tokens (0: no limit).")
+    min_p: float | None = option(None, "Drop tokens less likely than min_p times the most likely one.")
+    repetition_penalty: float = option(1.0, "Penalty on repeated tokens (1.0: none).")
+    stop_strings: list = option([], "Stop a completion once it ends with one of these strings.")
+    stop_token_ids: list = option([], "Token ids that end a completion besides EOS.")
+    generation_kwargs: dict = option({}, "Any other keyword for transformers' generate().")
+    generation_batch_size: int = option(64, "Sequences (prompts x generations) per generate() call: memory, not semantics.")
+    chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
+    chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
+    reward_funcs: list = option([], "Reward functions for the CLI: built-in names with options ({name: exact_answer, column: answer}) or 'module:function' paths. Python callers pass reward_funcs=[callable, ...].")
+    reward_weights: list | None = option(None, "One weight per reward function (default 1 each); the reward is their weighted sum.")
+    mask_truncated_completions: bool = option(False, "Give no loss to completions cut at max_completion_length (their reward judged an unfinished answer).")
+    num_iterations: int = option(1, "Optimizer steps per generation batch (mu). With 1, no extra log-prob pass is run: the ratio is 1 by construction.")
+    packing: bool = option(True, "Pack prompt+completion sequences into rows for the update (no padding waste; a start-up probe checks attention never crosses sequences).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.num_generations < 1 or per_step % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size x gradient_accumulation_steps = {per_step} completions per step must be a "
+                f"multiple of num_generations = {self.num_generations}, so every prompt's group stays whole on one "
+                "process. Fix: change one of the three."
+            )
+        if self.max_completion_length < 1 or self.num_iterations < 1:
+            raise ValueError("max_completion_length and num_iterations must be >= 1")
+        if self.reference_mode == "precomputed":
+            raise ValueError("reference_mode 'precomputed' needs fixed completions; online algorithms sample new ones. Use 'model' or 'adapters_disabled'.")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps // self.num_generations
+
+
+class ExperienceBuffer:
+    """The micro-batches of one generation batch and how many optimizer steps still use them.
+
+    Registered with accelerate's checkpointing (``state_dict`` / ``load_state_dict``), so a
+    checkpoint written between two of the ``num_iterations`` steps resumes on the same samples."""
+
+    def __init__(self):
+        self.window: list[dict] = []
+        self.steps_left = 0
+
+    def fill(self, window: list[dict], steps: int) -> None:
+        self.window, self.steps_left = window, steps
+
+    def take(self) -> list[dict] | None:
+        if self.steps_left <= 0:
+            return None
+        self.steps_left -= 1
+        return self.window
+
+    def state_dict(self) -> dict:
+        return {"window": self.window if self.steps_left > 0 else [], "steps_left": self.steps_left}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window, self.steps_left = state["window"], state["steps_left"]
+
+
+@dataclass
+class Generated:
+    """The samples of one generation batch: ``prompts`` (P items), ``completions`` (P * G, a
+    prompt's G completions contiguous), their rewards, and time spent."""
+
+    items: list[dict]
+    completions: list
+    rewards: object  # posttrain.rollout.rewards.RewardResult
+    generation_seconds: float
+    reward_seconds: float
+
+
+class OnlineTrainer(ReferenceTrainer):
+    """Shared machinery of GRPO and PPO; subclasses define :meth:`make_rollouts` and the loss."""
+
+    config_class = OnlineConfig
+
+    def __init__(self, model=None, config=None, *, reward_funcs=None, **kwargs):
+        from posttrain.rollout import RewardFunctions
+
+        super().__init__(model, config, **kwargs)
+        funcs = reward_funcs if reward_funcs is not None else self.config.reward_funcs
+        self.rewards = RewardFunctions(funcs, self.config.reward_weights) if funcs else None
+        self.check_reward_columns()
+        self.buffer = ExperienceBuffer()
+        self._engine = None
+
+    # ------------------------------------------------------------------ data
+
+    def check_reward_columns(self) -> None:
+        if self.rewards is not None:
+            self.rewards.check_columns(self._columns)
+
+    def needs_reference(self) -> bool:
+        return False
+
+    def build_batch_source(self, rows, split: str) -> BatchSource:
+        from posttrain.rollout import encode_prompts
+
+        cfg = self.config
+        set_chat_template(self.tokenizer, cfg.chat_template)
+        data_format = formats.detect_format(column_names(rows), first_row(rows))
+        if data_format.name != formats.PROMPT_ONLY:
+            # prompt-completion and preference data carry a prompt too: train on it, say so
+            self.reporter.print(f"[yellow]{split} data is {data_format}; only its 'prompt' column is used[/]")
+        data_format = formats.DataFormat(formats.PROMPT_ONLY, data_format.conversational)
+        formats.validate_rows(rows, data_format)
+        items, shortened = [], 0
+        columns = [c for c in column_names(rows) if c not in _OWN_FIELDS]
+        for index, row in enumerate(rows):
+            items.append({"row": index, "prompt": row["prompt"], "columns": {c: row.get(c) for c in columns}})
+        ids = encode_prompts(self.tokenizer, [item["prompt"] for item in items], cfg.chat_template_kwargs)
+        for item, prompt_ids in zip(items, ids):
+            if cfg.max_prompt_length and len(prompt_ids) > cfg.max_prompt_length:
+                prompt_ids, shortened = prompt_ids[-cfg.max_prompt_length :], shortened + 1
+            item["prompt_ids"] = prompt_ids
+        self._columns = columns
+        self.reporter.print(f"[bold]{split} data[/] ({data_format}): {len(items)} prompts, columns {columns or 'none'}")
+        if shortened:
+            self.reporter.print(f"  shortened {shortened} prompt(s) to their last {cfg.max_prompt_length} tokens (max_prompt_length)")
+        self._prompt_capacity = max(len(item["prompt_ids"]) for item in items)
+        return BatchSource(items, [len(item["prompt_ids"]) for item in items], _as_list)
+
+    def train_loader_batch_size(self) -> int:
+        return self.config.prompts_per_step
+
+    def total_steps(self, micro_batches_per_epoch: int) -> int:
+        cfg = self.config
+        if cfg.max_steps > 0:
+            return cfg.max_steps
+        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * cfg.num_iterations
+
+    def checkpoint_objects(self) -> list:
+        return [self.buffer]
+
+    # ------------------------------------------------------------------ model
+
+    def wrap_model(self, model) -> torch.nn.Module:
+        if self.config.packing:
+            check_packing_isolation(model, batch_rows=2)
+        return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
+
+    def engine(self, module):
+        """The generation engine over the live policy weights (built once)."""
+        from posttrain.rollout import HFGenerationEngine
+
+        if self._engine is None:
+            self._engine = HFGenerationEngine(self.model, self.tokenizer, batch_size=self.config.generation_batch_size, accelerator=self.accelerator)
+        return self._engine
+
+    def sampling_options(self, greedy: bool = False):
+        from posttrain.rollout import SamplingOptions
+
+        cfg = self.config
+        return SamplingOptions(
+            max_completion_length=cfg.max_completion_length,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            min_p=cfg.min_p,
+            repetition_penalty=cfg.repetition_penalty,
+            do_sample=not greedy,
+            stop_strings=tuple(cfg.stop_strings),
+            stop_token_ids=tuple(cfg.stop_token_ids),
+            generation_kwargs=dict(cfg.generation_kwargs),
+            chat_template_kwargs=dict(cfg.chat_template_kwargs),
+        )
+
+    # ------------------------------------------------------------------ making experience
+
+    def next_window(self, module, stream: Iterator, state: TrainState) -> list:
+        window = self.buffer.take()
+        if window is None:
+            window = self.make_window(module, stream, state)
+            self.buffer.fill(window, self.config.num_iterations)
+            window = self.buffer.take()
+        return window
+
+    def generate_and_score(self, module, stream: Iterator) -> Generated:
+        """Next prompt batch -> ``num_generations`` samples each -> rewards."""
+        items = next(stream)
+        start = time.perf_counter()
+        completions = self.engine(module).generate(
+            [item["prompt_ids"] for item in items], self.sampling_options(), self.config.num_generations
+        )
+        generated = time.perf_counter()
+        rewards = self.score(items, completions, self.config.num_generations)
+        return Generated(items, completions, rewards, generated - start, time.perf_counter() - generated)
+
+    def score(self, items: list[dict], completions: list, group_size: int):
+        """Rewards of ``completions`` (``group_size`` per item, contiguous)."""
+        if self.rewards is None:
+            raise ValueError("no reward functions: pass reward_funcs=[...] (or set reward_funcs in the config)")
+        repeated = [item for item in items for _ in range(group_size)]
+        columns = {name: [item["columns"][name] for item in repeated] for name in self._columns}
+        return self.rewards(
+            [item["prompt"] for item in repeated],
+            [completion.text for completion in completions],
+            [list(completion.token_ids) for completion in completions],
+            columns,
+        )
+
+    def make_window(self, module, stream: Iterator, state: TrainState) -> list[dict]:
+        raise TypeError(f"{type(self).__name__} must define make_window")
+
+    def collate_window(self, rollouts: list[Rollout]) -> list[dict]:
+        """Cut a generation batch into the micro-batches of one optimizer step."""
+        cfg = self.config
+        capacity = self._prompt_capacity + cfg.max_completion_length if cfg.packing else 0
+        return [
+            collate_rollouts(chunk, self.tokenizer.pad_token_id, capacity)
+            for chunk in split_micro_batches(rollouts, cfg.per_device_train_batch_size)
+        ]
+
+    @torch.no_grad()
+    def token_logps(self, rollouts: list[Rollout], *, reference: bool = False) -> list[list[float]]:
+        """Per-token log-probs ``[(completion length,)]`` of each rollout's completion under the
+        current policy (or the reference), at the sampling temperature, without grad."""
+        out = []
+        capacity = self._prompt_capacity + self.config.max_completion_length if self.config.packing else 0
+        for chunk in split_micro_batches(rollouts, self.config.per_device_eval_batch_size):
+            batch = collate_rollouts(chunk, self.tokenizer.pad_token_id, capacity)
+            device = self.accelerator.device
+            ids, positions = batch["input_ids"].to(device), batch["position_ids"].to(device)
+            logps = self._reference_token_logps(ids, positions) if reference else self._policy_module()(ids, positions, temperature=self.config.temperature).logps
+            view = completion_view(logps, batch["completion_index"]).float().cpu()
+            out.extend(view[i, : len(r.completion_ids)].tolist() for i, r in enumerate(chunk))
+        return out
+
+    def _policy_module(self) -> TokenLogProbs:
+        return self.accelerator.unwrap_model(self.module)
+
+    def _reference_token_logps(self, input_ids, position_ids) -> torch.Tensor:
+        """``(R, T)`` per-token reference log-probs (a frozen copy, or the policy without its
+        LoRA adapters)."""
+        temperature = self.config.temperature
+        if self._reference_source == "model":
+            return self._reference_module()(input_ids, position_ids, temperature=temperature).logps
+        with self.model.disable_adapter():
+            return self._policy_module()(input_ids, position_ids, temperature=temperature).logps
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy completions of the evaluation prompts, scored by the reward functions:
+        ``eval/reward`` and ``eval/rewards/<name>/mean``."""
+        if self.eval_source is None or self.rewards is None:
+            return {}
+        items = list(self.eval_source.dataset)
+        with self.accelerator.split_between_processes(items) as mine:
+            completions = self.engine(None).generate([i["prompt_ids"] for i in mine], self.sampling_options(greedy=True), 1)
+            result = self.score(mine, completions, 1)
+            metrics = reward_metrics(result.total, result.per_function, result.names)
+        from posttrain.train.metrics import MetricAccumulator
+
+        accumulator = MetricAccumulator()
+        accumulator.update(metrics)
+        return {f"eval/{name}": value for name, value in accumulator.compute(self.accelerator).items()}
+
+
+def reward_metrics(total: torch.Tensor, per_function: torch.Tensor, names: list[str]) -> dict[str, Metric]:
+    """``reward`` (the weighted total) and each function's ``rewards/<name>/mean`` over the rows
+    it applies to, as sums and counts (exact over micro-batches, steps and processes), plus the
+    std of each within this batch (averaged over the steps of a logging interval).
+
+    ``total`` ``(N,)``; ``per_function`` ``(N, F)``, NaN where a function does not apply."""
+    metrics = {"reward": Metric.mean(total.sum(), total.numel()), "reward_std": Metric.mean(total.std(correction=0))}
+    for column, name in enumerate(names):
+        values = per_function[:, column]
+        present = values[~torch.isnan(values)]
+        if present.numel():
+            metrics[f"rewards/{name}/mean"] = Metric.mean(present.sum(), present.numel())
+            metrics[f"rewards/{name}/std"] = Metric.mean(present.std(correction=0))
+    return metrics
+
+
+def completion_metrics(completions: list) -> dict[str, Metric]:
+    """Lengths and how completions ended."""
+    lengths = torch.tensor([float(len(c.token_ids)) for c in completions])
+    truncated = torch.tensor([float(c.finish_reason == "length") for c in completions])
+    return {
+        "completions/mean_length": Metric.mean(lengths.sum(), len(completions)),
+        "completions/min_length": Metric.min(lengths.min()),
+        "completions/max_length": Metric.max(lengths.max()),
+        "completions/truncated_ratio": Metric.mean(truncated.sum(), len(completions)),
+    }
+
+
+def _as_list(items: list) -> list:
+    """``collate_fn`` for prompt batches: the items as they are."""
+    return list(items)
