@@ -1,4 +1,5 @@
-"""Trains SFT, DPO (precomputed reference), KTO and a reward model for a few steps with a given per-process
+"""Trains SFT, DPO (precomputed reference), KTO, a reward model and GRPO (on scripted completions, so the
+experience does not depend on how it is split) for a few steps with a given per-process
 batch; run by tests/train/test_distributed.py once in-process and once under
 ``torchrun --nproc_per_node 2``. Not a test module itself (no ``test_`` prefix).
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from posttrain import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from posttrain import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 from posttrain.tasks import ArithmeticTask
+from posttrain.testing import ScriptedEngine
 
-ALGORITHMS = ("sft", "dpo", "kto", "rm")
+ALGORITHMS = ("sft", "dpo", "kto", "rm", "grpo")
 STEPS = 3
 
 
@@ -49,6 +51,15 @@ def run_all(output_dir: str, batch: int, model: str, classifier: str) -> None:
     KTOTrainer(model, KTOConfig(**_common(out / "kto", batch), learning_rate=1e-3), train_dataset=task.unpaired("train", 16)).train()
     # rewards/min and rewards/max reduce with min / max across processes, not a sum
     RewardTrainer(classifier, RewardConfig(**_common(out / "rm", batch), learning_rate=1e-3), train_dataset=task.preference_pairs("train", 16)).train()
+    # groups of 4: one prompt per process per step with 2 x 4 completions, two with 1 x 8
+    grpo = GRPOConfig(**_common(out / "grpo", batch), learning_rate=1e-3, num_generations=4, max_completion_length=8, scale_rewards="batch")
+    trainer = GRPOTrainer(model, grpo, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length_reward])
+    trainer._engine = ScriptedEngine(trainer.tokenizer, [" 1", " 22", " 7 7 7", " 333", " 4"])
+    trainer.train()
+
+
+def _length_reward(completions):
+    return [float(len(c)) for c in completions]
 
 
 if __name__ == "__main__":

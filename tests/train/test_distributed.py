@@ -1,7 +1,8 @@
 """Data parallelism through accelerate, on CPU: two processes with 4 rows each train exactly as
 one process with 8 rows (same global batch), for SFT (loss normalised by the loss tokens of all
 processes), DPO with reference log-probs precomputed in shards and gathered, KTO (the KL
-reference point z0 is averaged over all processes) and a reward model (min / max metrics). The
+reference point z0 is averaged over all processes), a reward model (min / max metrics) and GRPO
+on the same scripted experience (advantages scaled by the std over both processes' rewards). The
 final model is gathered with ``accelerator.get_state_dict`` and saved once."""
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def test_two_processes_match_one_with_the_same_global_batch(runs, algorithm, mod
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=0, msg=name)
     for ours, theirs in zip(_metrics(two / algorithm), _metrics(one / algorithm), strict=True):
-        for name in ("loss", "rewards/min", "rewards/max", "rewards/chosen"):
+        for name in ("loss", "rewards/min", "rewards/max", "rewards/chosen", "reward", "advantages/max"):
             if name in theirs:
                 assert ours[name] == pytest.approx(theirs[name], abs=1e-5), name
     assert len(_metrics(two / algorithm)) == STEPS
