@@ -169,7 +169,9 @@ class OnlineTrainer(ReferenceTrainer):
         self.reporter.print(f"[bold]{split} data[/] ({data_format}): {len(items)} prompts, columns {columns or 'none'}")
         if shortened:
             self.reporter.print(f"  shortened {shortened} prompt(s) to their last {cfg.max_prompt_length} tokens (max_prompt_length)")
-        self._prompt_capacity = max(len(item["prompt_ids"]) for item in items)
+        if split == "train":
+            self._prompt_capacity = max(len(item["prompt_ids"]) for item in items)
+            self._conversational = data_format.conversational
         return BatchSource(items, [len(item["prompt_ids"]) for item in items], _as_list)
 
     def train_loader_batch_size(self) -> int:
@@ -183,6 +185,9 @@ class OnlineTrainer(ReferenceTrainer):
 
     def checkpoint_objects(self) -> list:
         return [self.buffer]
+
+    def log_sample_completions(self, step: int) -> None:
+        """Nothing extra: online trainers log the rollouts they train on (see make_window)."""
 
     # ------------------------------------------------------------------ model
 
@@ -201,6 +206,7 @@ class OnlineTrainer(ReferenceTrainer):
 
     def sampling_options(self, greedy: bool = False):
         from posttrain.rollout import SamplingOptions
+        from posttrain.rollout.prompts import end_of_turn_ids
 
         cfg = self.config
         return SamplingOptions(
@@ -212,7 +218,8 @@ class OnlineTrainer(ReferenceTrainer):
             repetition_penalty=cfg.repetition_penalty,
             do_sample=not greedy,
             stop_strings=tuple(cfg.stop_strings),
-            stop_token_ids=tuple(cfg.stop_token_ids),
+            # a reply to a message list ends at the template's end-of-turn token, EOS or not
+            stop_token_ids=tuple(cfg.stop_token_ids) + tuple(end_of_turn_ids(self.tokenizer) if self._conversational else ()),
             generation_kwargs=dict(cfg.generation_kwargs),
             chat_template_kwargs=dict(cfg.chat_template_kwargs),
         )

@@ -99,6 +99,9 @@ class RewardTrainer(Trainer):
 
     config_class = RewardConfig
 
+    def log_sample_completions(self, step: int) -> None:
+        """Nothing to show: a sequence classifier scores text, it does not write any."""
+
     def __init__(self, model=None, config=None, **kwargs):
         self.data_reports = {}
         super().__init__(model, config, **kwargs)

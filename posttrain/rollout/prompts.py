@@ -55,3 +55,28 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], chat_template_kwargs: M
     if isinstance(prompts, (str, Mapping)):
         raise TypeError("prompts must be a list of prompts (strings or message lists), not a single prompt")
     return [encode_prompt(tokenizer, prompt, chat_template_kwargs, index) for index, prompt in enumerate(prompts)]
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token a chat template closes an assistant turn with (ChatML's
+    ``<|im_end|>``, Llama 3's ``<|eot_id|>``), as a list of at most one id; empty when the
+    tokenizer has no chat template or the template closes turns with plain text.
+
+    Generation of a reply to a message-list prompt must stop there: many templates' end-of-turn
+    token is not the tokenizer's EOS, and a completion that runs past it writes the next turn.
+    Found by rendering a one-exchange conversation and reading the first special token after the
+    reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    reply = "pong"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "ping"}, {"role": "assistant", "content": reply}], tokenize=False
+    )
+    after = text[text.rfind(reply) + len(reply) :]
+    special = set(tokenizer.all_special_ids)
+    for token in tokenizer(after, add_special_tokens=False)["input_ids"]:
+        if token in special:
+            return [token]
+        if tokenizer.decode([token]).strip():
+            return []  # text before any special token: the turn ends in plain text
+    return []

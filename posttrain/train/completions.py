@@ -78,7 +78,7 @@ class CompletionLog:
 
     def panel(self, step: int, rows: list[dict]) -> Panel:
         shown = self._rows_to_show(rows)
-        numbers = [k for k in rows[0] if k not in TEXT_FIELDS]
+        numbers = [k for k in rows[0] if k not in TEXT_FIELDS]  # numbers, or short texts
         table = Table(show_lines=True, expand=True)
         table.add_column("prompt", style="cyan", ratio=2)
         table.add_column("completion", style="green", ratio=3)
@@ -86,7 +86,7 @@ class CompletionLog:
             table.add_column(name, justify="right", no_wrap=True)
         for row in shown:
             cells = [escape(shorten_middle(str(row[f]), self.max_chars)) for f in TEXT_FIELDS]
-            table.add_row(*cells, *(_number(row.get(name)) for name in numbers))
+            table.add_row(*cells, *(_cell(row.get(name), self.max_chars // 3) for name in numbers))
         hidden = len(rows) - len(shown)
         subtitle = f"{len(shown)} of {len(rows)} rows; all in {self.path.name}" if hidden else None
         return Panel(table, title=f"completions at step {step}", subtitle=subtitle)
@@ -118,6 +118,10 @@ class CompletionLog:
 
                 table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
                 tracker.log({"completions": table}, step=step)
+
+
+def _cell(value, limit: int) -> str:
+    return escape(shorten_middle(value, limit)) if isinstance(value, str) else _number(value)
 
 
 def _number(value) -> str:

@@ -49,6 +49,7 @@ from posttrain.train.completions import CompletionLog
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.reporting import RunReporter
+from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.sampler import EpochBatchSampler
 from posttrain.train.state import TrainState
 
@@ -96,6 +97,9 @@ class Trainer:
         )
         self.callbacks = list(callbacks)
         train_rows, eval_rows = self._dataset_rows(train_dataset, eval_dataset)
+        self._sample_prompts = (
+            sample_prompts(eval_rows if eval_rows is not None else train_rows, cfg.num_completions_to_print) if cfg.log_completions_steps else []
+        )
         self.train_source = self.build_batch_source(train_rows, "train")
         self.eval_source = self.build_batch_source(eval_rows, "eval") if eval_rows is not None else None
         self.state = TrainState()
@@ -150,6 +154,15 @@ class Trainer:
                 f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}: every optimizer step passes over the "
                 "same rows more than once. Use more data, smaller batches or less accumulation."
             )
+
+    def log_sample_completions(self, step: int) -> None:
+        """The completion log of trainers that do not sample while training: greedy completions
+        of a few fixed prompts (see :mod:`posttrain.train.samples`)."""
+        if not self._sample_prompts:
+            return
+        cfg = self.config
+        rows = generate_samples(self.model, self.tokenizer, self.accelerator, self._sample_prompts, getattr(cfg, "chat_template_kwargs", None))
+        self.completion_log.log(step, rows if self.accelerator.is_main_process else [])
 
     def count_tokens(self, batch) -> int:
         return int(batch.get("num_tokens", 0)) if isinstance(batch, dict) else 0
@@ -342,6 +355,8 @@ class Trainer:
             last_log = (now, state.tokens_seen)
         if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final):
             self.reporter.log(state.step, self.evaluate())
+        if self.completion_log.due(state.step):
+            self.log_sample_completions(state.step)
         if cfg.save_steps and state.step % cfg.save_steps == 0 and not final:
             save_checkpoint(self.accelerator, cfg.output_dir, state, cfg.save_total_limit)
         for callback in self.callbacks:
