@@ -35,6 +35,7 @@ class TrainConfig:
     tokenizer: str | None = option(None, "Tokenizer path or hub name; defaults to the model's.")
     train_data: Any = option(None, "Training data for the CLI: a .json/.jsonl/.parquet/.csv file, a hub dataset name, or {path, name, split}.")
     eval_data: Any = option(None, "Evaluation data, same forms as train_data.")
+    rename_columns: dict = option({}, "Rename dataset columns before the format is detected, e.g. {question: prompt} for a dataset published with a 'question' column.")
     eval_fraction: float = option(0.0, "When no eval_data is given, hold out this fraction of the training rows for evaluation.")
     output_dir: str = option("outputs/run", "Directory for checkpoints, logs, metrics.jsonl and the final model.")
     seed: int = option(42, "Seed for model init of new heads, data order and dropout.")

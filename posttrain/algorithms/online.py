@@ -56,6 +56,7 @@ class OnlineConfig(ReferenceConfig):
     stop_token_ids: list = option([], "Token ids that end a completion besides EOS.")
     generation_kwargs: dict = option({}, "Any other keyword for transformers' generate().")
     generation_batch_size: int = option(64, "Sequences (prompts x generations) per generate() call: memory, not semantics.")
+    system_prompt: str | None = option(None, "Turn string prompts into conversations: this system message, then the prompt as the user's message (rendered by the chat template).")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
     chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
     reward_funcs: list = option([], "Reward functions for the CLI: built-in names with options ({name: exact_answer, column: answer}) or 'module:function' paths. Python callers pass reward_funcs=[callable, ...].")
@@ -156,10 +157,15 @@ class OnlineTrainer(ReferenceTrainer):
             self.reporter.print(f"[yellow]{split} data is {data_format}; only its 'prompt' column is used[/]")
         data_format = formats.DataFormat(formats.PROMPT_ONLY, data_format.conversational)
         formats.validate_rows(rows, data_format)
+        if cfg.system_prompt and not data_format.conversational:
+            data_format = formats.DataFormat(formats.PROMPT_ONLY, True)
         items, shortened = [], 0
         columns = [c for c in column_names(rows) if c not in _OWN_FIELDS]
         for index, row in enumerate(rows):
-            items.append({"row": index, "prompt": row["prompt"], "columns": {c: row.get(c) for c in columns}})
+            prompt = row["prompt"]
+            if cfg.system_prompt and isinstance(prompt, str):
+                prompt = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": prompt}]
+            items.append({"row": index, "prompt": prompt, "columns": {c: row.get(c) for c in columns}})
         ids = encode_prompts(self.tokenizer, [item["prompt"] for item in items], cfg.chat_template_kwargs)
         for item, prompt_ids in zip(items, ids):
             if cfg.max_prompt_length and len(prompt_ids) > cfg.max_prompt_length:

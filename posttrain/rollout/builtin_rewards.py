@@ -89,6 +89,7 @@ def _import_math_verify():
 def math_verify_accuracy(
     column: str = "answer",
     extract: str | None = r"<answer>(.*?)</answer>",
+    reference_extract: str | None = None,
     timeout_seconds: int | None = 5,
     name: str = "math_verify_accuracy",
 ):
@@ -102,23 +103,29 @@ def math_verify_accuracy(
     R1-style ``<answer>...</answer>`` tags, which math-verify alone does not see through
     (``parse("<answer>72</answer>")`` finds nothing). None parses the whole completion.
 
+    ``reference_extract``: the same for the reference column, e.g. ``r"####\\s*(.+)"`` for
+    GSM8K, whose ``answer`` column holds a worked solution ending in ``#### 72``.
+
     ``timeout_seconds`` bounds each parse / comparison; math-verify enforces it with
     ``signal.alarm``, which works only in the main thread, so elsewhere it runs without one.
     Needs ``pip install 'posttrain[math]'`` (checked here, when the reward is built).
     """
     math_verify = _import_math_verify()
     pattern = None if extract is None else re.compile(extract, re.DOTALL)
+    reference_pattern = None if reference_extract is None else re.compile(reference_extract, re.DOTALL)
+
+    def last_match(text: str, regex) -> str:
+        found = regex.findall(text) if regex is not None else []
+        return found[-1] if found else text
 
     def answer_text(completion) -> str:
-        text = completion_text(completion)
-        found = pattern.findall(text) if pattern is not None else []
-        return found[-1] if found else text
+        return last_match(completion_text(completion), pattern)
 
     def reward(completions, **columns) -> list[float | None]:
         timeout = timeout_seconds if threading.current_thread() is threading.main_thread() else None
         values: list[float | None] = []
         for completion, reference in zip(completions, columns[column]):
-            gold = None if reference is None else math_verify.parse(str(reference), parsing_timeout=timeout)
+            gold = None if reference is None else math_verify.parse(last_match(str(reference), reference_pattern), parsing_timeout=timeout)
             if not gold:
                 values.append(None)
                 continue

@@ -204,12 +204,13 @@ class Trainer:
         return accelerator
 
     def _dataset_rows(self, train_dataset, eval_dataset):
+        from posttrain.data.columns import rename_columns
         from posttrain.data.loading import load_rows, split_rows
 
         cfg = self.config
-        train = load_rows(train_dataset if train_dataset is not None else cfg.train_data, "train_data")
+        train = rename_columns(load_rows(train_dataset if train_dataset is not None else cfg.train_data, "train_data"), cfg.rename_columns)
         evaluation = eval_dataset if eval_dataset is not None else cfg.eval_data
-        evaluation = load_rows(evaluation, "eval_data") if evaluation is not None else None
+        evaluation = rename_columns(load_rows(evaluation, "eval_data"), cfg.rename_columns) if evaluation is not None else None
         if evaluation is None and cfg.eval_fraction > 0:
             train, evaluation = split_rows(train, cfg.eval_fraction, cfg.seed)
         return train, evaluation
