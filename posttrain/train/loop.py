@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,13 +43,16 @@ from posttrain.train.checkpoint import (
     latest_checkpoint,
     remove_stale_staging,
     resolve_resume_path,
+    resume_requested,
     save_checkpoint,
     save_pretrained_atomic,
 )
 from posttrain.train.completions import CompletionLog
+from posttrain.train.interrupt import InterruptGuard, TrainingInterrupted
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.reporting import RunReporter
+from posttrain.train.output_dir import clear_previous_run, output_dir_problem
+from posttrain.train.reporting import RunReporter, resume_command
 from posttrain.train.sampler import EpochBatchSampler
 from posttrain.train.state import TrainState
 
@@ -249,7 +253,7 @@ class Trainer:
         self.state = state
         self._write_run_files()
         if cfg.report_to:
-            acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg))
+            acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg), init_kwargs=self._tracker_init_kwargs(state))
         trainable, total = count_parameters(module)
         self.reporter.print(
             f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
@@ -260,6 +264,7 @@ class Trainer:
         metrics = MetricAccumulator()
         stream = self._micro_batches(loader, sampler, state)
         last_log = (time.perf_counter(), state.tokens_seen)
+        interrupt = InterruptGuard.install()
         try:
             module.train()
             while state.step < state.total_steps:
@@ -267,7 +272,9 @@ class Trainer:
                 self._optimizer_step(module, optimizer, scheduler, window, state, metrics)
                 self.reporter.advance(state.step)
                 last_log = self._after_step(module, state, metrics, scheduler, last_log)
+                self._stop_if_interrupted(interrupt, state)
         finally:
+            interrupt.restore()
             self.reporter.close()
         self._finish()
         return state
@@ -343,7 +350,7 @@ class Trainer:
         if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final):
             self.reporter.log(state.step, self.evaluate())
         if cfg.save_steps and state.step % cfg.save_steps == 0 and not final:
-            save_checkpoint(self.accelerator, cfg.output_dir, state, cfg.save_total_limit)
+            self._save_checkpoint(state)
         for callback in self.callbacks:
             callback(self, state)
         return last_log
@@ -371,22 +378,72 @@ class Trainer:
     # ------------------------------------------------------------------ resume, files, end
 
     def _maybe_resume(self, state: TrainState) -> TrainState:
+        """Load the checkpoint to resume from, if any, and drop the metrics records of the steps
+        this run will redo."""
+        path = self._prepare_output_dir()
+        if path is not None:
+            self.accelerator.load_state(str(path))
+            resumed = TrainState.load(path)
+            if resumed.total_steps != state.total_steps:
+                raise ValueError(
+                    f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
+                    f"{state.total_steps}; resume with the same data, batch size and schedule options"
+                )
+            self.reporter.print(f"resumed from {path} at step {resumed.step}")
+            state = resumed
+        self.reporter.rewind(state.step)
+        return state
+
+    def _prepare_output_dir(self) -> Path | None:
+        """The output-directory guard (refuse, resume or overwrite; see ``train/output_dir.py``),
+        decided by the main process for all; returns the checkpoint to resume from."""
+        from accelerate.utils import broadcast_object_list
+
         cfg, acc = self.config, self.accelerator
+        path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir)
+        problem = None
         if acc.is_main_process:
             remove_stale_staging(cfg.output_dir)
+            problem = output_dir_problem(cfg.output_dir, path, resume_requested(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
+            if problem is None and cfg.overwrite_output_dir:
+                removed = clear_previous_run(cfg.output_dir)
+                if removed:
+                    self.reporter.print(f"overwrite_output_dir: deleted the earlier run's {', '.join(removed)} in {cfg.output_dir}")
+        problem = broadcast_object_list([problem])[0]
         acc.wait_for_everyone()
-        path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir)
-        if path is None:
-            return state
-        acc.load_state(str(path))
-        resumed = TrainState.load(path)
-        if resumed.total_steps != state.total_steps:
-            raise ValueError(
-                f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
-                f"{state.total_steps}; resume with the same data, batch size and schedule options"
-            )
-        self.reporter.print(f"resumed from {path} at step {resumed.step}")
-        return resumed
+        if problem is not None:
+            raise FileExistsError(problem)
+        return path
+
+    def _tracker_init_kwargs(self, state: TrainState) -> dict:
+        """A resumed run hides the TensorBoard events of the steps it redoes."""
+        if state.step and "tensorboard" in self.config.report_to:
+            return {"tensorboard": {"purge_step": state.step + 1}}
+        return {}
+
+    def _save_checkpoint(self, state: TrainState) -> Path:
+        cfg = self.config
+        path = save_checkpoint(self.accelerator, cfg.output_dir, state, cfg.save_total_limit)
+        self._saved_step = state.step
+        return path
+
+    def _stop_if_interrupted(self, interrupt: InterruptGuard, state: TrainState) -> None:
+        """After a Ctrl-C, stop at this step boundary with a checkpoint of it. All processes stop
+        after the same step (the checkpoint is written together), so they agree first."""
+        acc = self.accelerator
+        requested = interrupt.requested
+        if acc.num_processes > 1:
+            requested = acc.reduce(torch.tensor([float(requested)], device=acc.device), reduction="sum").item() > 0
+        if not requested or state.step >= state.total_steps:
+            return  # at the last step the run ends normally, final model included
+        saved = getattr(self, "_saved_step", None) == state.step
+        path = latest_checkpoint(self.config.output_dir) if saved else self._save_checkpoint(state)
+        message = (
+            f"interrupted: stopped after step {state.step} of {state.total_steps} with checkpoint {path}. Resume with\n"
+            f"  {resume_command(sys.argv)}"
+        )
+        self.reporter.print(message)
+        raise TrainingInterrupted(message, path)
 
     def _write_run_files(self) -> None:
         if not self.accelerator.is_main_process:

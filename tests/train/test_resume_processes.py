@@ -1,0 +1,109 @@
+"""Must-show: a run that dies and is resumed in a NEW process ends exactly where an uninterrupted
+run ends, for every trainer and every reference mode, with one metrics record per step; and
+Ctrl-C writes a checkpoint after the current optimizer step (twice: stops at once).
+
+All runs happen in child processes of tests/train/resume_worker.py (one process per run, SIGKILL
+as the kill, real SIGINTs sent from here). The precomputed-reference cases failed before the
+reference copy stopped being registered with accelerate: the killed process saved the copy as
+the checkpoint's first model and the resuming one, which read the reference log-probs from the
+cache, loaded it into the policy (first loss after the resume ln 2 for DPO, 0.5 for KTO)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resume_worker import CASES, KILL_STEP, SAVE_STEPS, SIGINT, SIGINT2, STEPS
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+VOLATILE = ("time", "tokens_per_second")  # wall-clock measurements, not results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, model_path):
+    model_path("llama"), model_path("classifier-llama")  # built here, in the cache the workers inherit
+    root = tmp_path_factory.mktemp("resume")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, str(WORKER), str(root), *CASES]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(300, process.kill)
+    watchdog.start()
+    log, exits, sent = [], {}, {}
+    try:
+        for line in process.stdout:
+            log.append(line)
+            if line.startswith("WAITING "):
+                pid = int(line.split()[1])
+                os.kill(pid, signal.SIGINT)
+                sent[pid] = time.monotonic()  # the last one sent
+            elif line.startswith("EXIT "):
+                _, name, pid, code, error = line.split()
+                exits[name] = (int(code), error, time.monotonic(), int(pid))
+    finally:
+        watchdog.cancel()
+    text = "".join(log)
+    assert process.wait() == 0, text[-6000:]
+    return root, exits, sent, text
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    (weights,) = (run / "final").glob("*.safetensors")  # model or LoRA adapter
+    return load_file(weights)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(runs, case: str) -> None:
+    root = runs[0]
+    full, cut = root / case / "full", root / case / "cut"
+    expected, actual = _final_weights(full), _final_weights(cut)
+    assert expected.keys() == actual.keys()
+    different = [name for name in expected if not torch.equal(actual[name], expected[name])]
+    assert not different, f"{case}: {len(different)} tensors differ, e.g. {different[0]}: max " \
+        f"{(actual[different[0]] - expected[different[0]]).abs().max():.3g}"
+    resumed, uninterrupted = _metrics(cut), _metrics(full)
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))  # each step once
+    for ours, theirs in zip(resumed, uninterrupted, strict=True):
+        assert {k: v for k, v in ours.items() if k not in VOLATILE} == {k: v for k, v in theirs.items() if k not in VOLATILE}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_killed_run_resumed_in_a_new_process_matches_uninterrupted_run(runs, case):
+    root, exits, _, log = runs
+    assert exits[case][0] == -signal.SIGKILL, log[-4000:]  # it really died after step KILL_STEP
+    assert exits["resume"][0] == 0, log[-4000:]
+    _assert_same_run(runs, case)
+    # the run moved away from its starting weights (LoRA adapters start with B = 0)
+    assert any(tensor.abs().max() > 0 for tensor in _final_weights(root / case / "full").values())
+
+
+def test_sigint_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(runs):
+    root, exits, _, log = runs
+    code, error, _, _ = exits[SIGINT]
+    assert (code, error) == (1, "TrainingInterrupted"), log[-4000:]
+    assert f"stopped after step {KILL_STEP} of {STEPS}" in log
+    assert "resume_from_checkpoint" in log  # the resume command
+    checkpoint = root / SIGINT / "cut" / "checkpoints" / f"checkpoint-{KILL_STEP}"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == KILL_STEP
+    _assert_same_run(runs, SIGINT)
+
+
+def test_second_sigint_stops_at_once_without_a_checkpoint(runs):
+    root, exits, sent, log = runs
+    code, error, ended, pid = exits[SIGINT2]
+    assert (code, error) == (1, "KeyboardInterrupt"), log[-4000:]
+    assert ended - sent[pid] < 30  # the run was asleep for 60 s inside the step
+    checkpoints = sorted(p.name for p in (root / SIGINT2 / "cut" / "checkpoints").iterdir())
+    assert checkpoints == [f"checkpoint-{SAVE_STEPS}"]
