@@ -253,7 +253,7 @@ class Trainer:
         self.state = state
         self._write_run_files()
         if cfg.report_to:
-            acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg), init_kwargs=self._tracker_init_kwargs(state))
+            acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg))
         trainable, total = count_parameters(module)
         self.reporter.print(
             f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
@@ -414,12 +414,6 @@ class Trainer:
         if problem is not None:
             raise FileExistsError(problem)
         return path
-
-    def _tracker_init_kwargs(self, state: TrainState) -> dict:
-        """A resumed run hides the TensorBoard events of the steps it redoes."""
-        if state.step and "tensorboard" in self.config.report_to:
-            return {"tensorboard": {"purge_step": state.step + 1}}
-        return {}
 
     def _save_checkpoint(self, state: TrainState) -> Path:
         cfg = self.config
