@@ -391,7 +391,7 @@ class Trainer:
                 )
             self.reporter.print(f"resumed from {path} at step {resumed.step}")
             state = resumed
-        self.reporter.rewind(state.step)
+        self.reporter.rewind(state.step, self.completion_log.path)
         return state
 
     def _prepare_output_dir(self) -> Path | None:

@@ -15,7 +15,7 @@ from posttrain.train.checkpoint import checkpoints_dir
 
 # What a run writes into its output directory; overwriting deletes exactly these, never the
 # directory itself (it may be "." or hold the user's own files).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "logs")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "completions.jsonl", "checkpoints", "final", "logs")
 
 
 def previous_run(output_dir: str | Path) -> list[str]:

@@ -64,14 +64,16 @@ class RunReporter:
         self.accelerator.log(metrics, step=step)
         self.print(format_metrics(step, metrics))
 
-    def rewind(self, step: int) -> None:
-        """Drop the ``metrics.jsonl`` records of steps after ``step``: a run that starts (or
-        resumes) at ``step`` logs them again, and each step must appear once."""
+    def rewind(self, step: int, *other_logs: Path) -> None:
+        """Drop the records of steps after ``step`` from ``metrics.jsonl`` and the other JSON-lines
+        logs given: a run that starts (or resumes) at ``step`` logs them again, and each step must
+        appear once."""
         if not self.enabled:
             return
-        dropped = drop_records_after(self.metrics_path, step)
-        if dropped:
-            self.print(f"{self.metrics_path}: dropped {dropped} record(s) after step {step}; this run redoes those steps")
+        for path in (self.metrics_path, *other_logs):
+            dropped = drop_records_after(path, step)
+            if dropped:
+                self.print(f"{path}: dropped {dropped} record(s) after step {step}; this run redoes those steps")
 
     def print(self, *objects) -> None:
         if self.enabled:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from posttrain import SFTConfig, SFTTrainer, cli
 from posttrain.tasks import ArithmeticTask
 from posttrain.train.output_dir import output_dir_problem
-from posttrain.train.reporting import drop_records_after, resume_command
+from posttrain.train.reporting import RunReporter, drop_records_after, resume_command
 
 
 def _run(model_path, output_dir, callbacks=(), **overrides):
@@ -83,6 +84,15 @@ def test_drop_records_after(tmp_path):
     assert drop_records_after(path, 2) == 2
     assert [json.loads(line) for line in path.read_text().splitlines()] == records[:3]
     assert drop_records_after(path, 2) == 0 and drop_records_after(tmp_path / "absent.jsonl", 0) == 0
+
+
+def test_reporter_rewinds_metrics_and_other_logs(tmp_path):
+    reporter = RunReporter(SimpleNamespace(is_main_process=True), tmp_path, progress_bar=False)
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 2, 3)))
+    reporter.rewind(1, tmp_path / "completions.jsonl")
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        assert (tmp_path / name).read_text() == '{"step": 1}\n'
 
 
 def test_resume_command():

@@ -85,6 +85,8 @@ def test_killed_run_resumed_in_a_new_process_matches_uninterrupted_run(runs, cas
     assert exits[case][0] == -signal.SIGKILL, log[-4000:]  # it really died after step KILL_STEP
     assert exits["resume"][0] == 0, log[-4000:]
     _assert_same_run(runs, case)
+    saved = root / case / "cut" / "checkpoints" / f"checkpoint-{SAVE_STEPS}"
+    assert [p.name for p in saved.glob("model*")] == ["model.safetensors"]  # the trained model alone
     # the run moved away from its starting weights (LoRA adapters start with B = 0)
     assert any(tensor.abs().max() > 0 for tensor in _final_weights(root / case / "full").values())
 
