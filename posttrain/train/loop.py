@@ -436,7 +436,7 @@ class Trainer:
             f"interrupted: stopped after step {state.step} of {state.total_steps} with checkpoint {path}. Resume with\n"
             f"  {resume_command(sys.argv)}"
         )
-        self.reporter.print(message)
+        self.reporter.print_verbatim(message)
         raise TrainingInterrupted(message, path)
 
     def _write_run_files(self) -> None:

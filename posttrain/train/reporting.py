@@ -79,6 +79,12 @@ class RunReporter:
         if self.enabled:
             self.console.print(*objects)
 
+    def print_verbatim(self, text: str) -> None:
+        """``text`` as it is: no Rich markup (a path or command may hold brackets), no line
+        breaks inserted (a command must stay copyable)."""
+        if self.enabled:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()

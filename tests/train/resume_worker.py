@@ -14,7 +14,8 @@ a model or a file handle with another: the parent builds none.
    ``WAITING <pid>`` until the test sends them one SIGINT, or two.
 2. Then one new child resumes every ROOT/CASE/cut and ROOT/SIGINT/cut with "latest".
 
-Each child's end is printed as ``EXIT <name> <pid> <exit code> <exception name>``. The killed run
+A child's output goes to ROOT/<name>.log; the script's own output is one line per event:
+``WAITING <pid>`` and ``EXIT <name> <pid> <exit code> <exception name>``. The killed run
 computes its reference log-probs (cache ROOT/CASE/cache-cut is empty), while the resuming one
 reads them from that cache, as when a user resumes a real run.
 """
@@ -30,18 +31,23 @@ from pathlib import Path
 
 import torch
 
-from posttrain import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from posttrain import (
+    DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer,
+)
 from posttrain.tasks import ArithmeticTask
 from posttrain.testing import fixture_path
 
-CASES = ("sft", "rm", "dpo-model", "dpo-adapters_disabled", "dpo-precomputed", "kto-model", "kto-adapters_disabled", "kto-precomputed")
+CASES = (
+    "sft", "rm", "dpo-model", "dpo-adapters_disabled", "dpo-precomputed", "kto-model", "kto-adapters_disabled", "kto-precomputed",
+    "grpo-model",
+)
 SIGINT, SIGINT2 = "sigint", "sigint2"
 STEPS, SAVE_STEPS, KILL_STEP = 4, 2, 3
 
 
 def trainer(case: str, output_dir: Path, cache: Path, **extra):
     """A trainer for ``case``: 8 rows, 2 x 2 per step, so 2 steps per epoch and 4 steps in all
-    (the kill and the resume cross an epoch boundary)."""
+    (the kill and the resume cross an epoch boundary; GRPO: 2 prompts x 4 completions per step)."""
     algorithm, _, mode = case.partition("-")
     task = ArithmeticTask(seed=5)
     common = dict(
@@ -58,7 +64,17 @@ def trainer(case: str, output_dir: Path, cache: Path, **extra):
         reference.update(use_lora=True, lora_r=4)
     if algorithm == "dpo":
         return DPOTrainer(str(fixture_path("llama")), DPOConfig(**common, **reference), train_dataset=task.preference_pairs("train", 8))
+    if algorithm == "grpo":
+        # sampled from the model at temperature 1.5: the resumed process must restore the sampling RNG
+        online = dict(reference_mode=mode, beta=0.1, num_generations=4, max_completion_length=6, temperature=1.5)
+        config = GRPOConfig(**common, **online)
+        return GRPOTrainer(str(fixture_path("llama")), config, train_dataset=task.prompt_only("train", 8), reward_funcs=[_length])
     return KTOTrainer(str(fixture_path("llama")), KTOConfig(**common, **reference), train_dataset=task.unpaired("train", 8))
+
+
+def _length(completions):
+    """A reward that differs inside every group: the completion's length in characters."""
+    return [float(len(c)) for c in completions]
 
 
 def _die_after(step: int):
@@ -86,12 +102,12 @@ def _wait_for_sigints(run, times: int) -> None:
     def waiting_compute_loss(module, batch):
         if run.state.step == KILL_STEP - 1 and not waited:
             waited.append(True)
-            print(f"WAITING {os.getpid()}", flush=True)
+            _say(f"WAITING {os.getpid()}")
             deadline = time.monotonic() + 60
             while not _interrupt_requested() and time.monotonic() < deadline:
                 time.sleep(0.01)
             if times == 2:
-                print(f"WAITING {os.getpid()}", flush=True)
+                _say(f"WAITING {os.getpid()}")
                 time.sleep(60)  # the second SIGINT ends the run here, at once
         return compute_loss(module, batch)
 
@@ -114,12 +130,26 @@ def _resume_runs(root: Path, cases: list[str]) -> None:
         trainer(case, root / case / "cut", root / case / "cache-cut", resume_from_checkpoint="latest").train()
 
 
-def _fork(name: str, work, *args) -> int:
-    """Run ``work(*args)`` in a child process; the child ends with its own exit code."""
+def _say(line: str) -> None:
+    """One line to the test, in a single write (several children share the pipe)."""
+    os.write(_REPORT_FD, f"{line}\n".encode())
+
+
+_REPORT_FD = 1  # a child's stdout goes to its log file; its reports go here
+
+
+def _fork(name: str, root: Path, work, *args) -> int:
+    """Run ``work(*args)`` in a child process whose output goes to ROOT/<name>.log; the child
+    ends with its own exit code."""
+    global _REPORT_FD
     sys.stdout.flush()  # or the child would print the parent's buffered output again
     pid = os.fork()
     if pid:
         return pid
+    _REPORT_FD = os.dup(1)
+    log = os.open(root / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     code, error = 0, "-"
     try:
         torch.set_num_threads(1)  # bit-identical runs need the same reduction order in every process
@@ -127,8 +157,9 @@ def _fork(name: str, work, *args) -> int:
     except BaseException as exception:  # noqa: BLE001 - reported to the test, which judges it
         traceback.print_exc()
         code, error = 1, type(exception).__name__
-    print(f"EXIT {name} {os.getpid()} {code} {error}", flush=True)
+    sys.stdout.flush()
     sys.stderr.flush()
+    _say(f"EXIT {name} {os.getpid()} {code} {error}")
     os._exit(code)
 
 
@@ -137,7 +168,7 @@ def _wait(children: dict[int, str]) -> None:
         pid, status = os.wait()
         name = children.pop(pid)
         if os.WIFSIGNALED(status):
-            print(f"EXIT {name} {pid} -{os.WTERMSIG(status)} signal", flush=True)
+            _say(f"EXIT {name} {pid} -{os.WTERMSIG(status)} signal")
 
 
 def _import_everything() -> None:
@@ -154,9 +185,9 @@ def _import_everything() -> None:
 def main(root: str, cases: list[str]) -> None:
     _import_everything()
     out = Path(root)
-    first = {_fork(case, _first_runs, out, case): case for case in [*cases, SIGINT, SIGINT2]}
+    first = {_fork(case, out, _first_runs, out, case): case for case in [*cases, SIGINT, SIGINT2]}
     _wait(first)
-    _wait({_fork("resume", _resume_runs, out, [*cases, SIGINT]): "resume"})
+    _wait({_fork("resume", out, _resume_runs, out, [*cases, SIGINT]): "resume"})
 
 
 if __name__ == "__main__":
