@@ -3,9 +3,10 @@ tests/train/test_resume_processes.py. Not a test module itself (no ``test_`` pre
 
     python resume_worker.py ROOT CASE...
 
-Importing torch and transformers takes most of a process's start-up, so this script imports
-them once and forks a fresh child process for each run below. A child never shares a trainer,
-a model or a file handle with another: the parent builds none.
+Importing torch and transformers (much of it lazily, on a first model load) takes most of a
+process's start-up, so this script imports them once and forks a child process for each run
+below. No trainer, accelerator or model exists in the parent: a child shares nothing with the
+run it resumes but the files on disk.
 
 1. For every CASE at once (``<algorithm>`` or ``<algorithm>-<reference mode>``): a child trains
    the uninterrupted run into ROOT/CASE/full, then the same run into ROOT/CASE/cut, and SIGKILLs

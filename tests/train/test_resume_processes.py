@@ -1,5 +1,6 @@
 """Must-show: a run that dies and is resumed in a NEW process ends exactly where an uninterrupted
-run ends, for every trainer and every reference mode, with one metrics record per step; and
+run ends, for every trainer (SFT, RM, DPO, KTO, GRPO) and every reference mode (a frozen copy,
+LoRA adapters disabled, precomputed log-probs), with one metrics record per step; and
 Ctrl-C writes a checkpoint after the current optimizer step (twice: stops at once).
 
 All runs happen in child processes of tests/train/resume_worker.py (one process per run, SIGKILL
