@@ -365,15 +365,25 @@ class Trainer:
         if not hasattr(self, "_eval_loader"):
             loader, _ = self._dataloader(self.eval_source, self.config.per_device_eval_batch_size, shuffle=False)
             self._eval_loader = self.accelerator.prepare(loader)
-        module = getattr(self, "module", None) or self.accelerator.prepare(self.wrap_model(self.model))
+        module = getattr(self, "module", None) or self._module_before_training()
         was_training = module.training
         module.eval()
         metrics = MetricAccumulator()
-        for batch in self._eval_loader:
-            _, batch_metrics = self.compute_loss(module, batch)
-            metrics.update(batch_metrics)
+        with self.accelerator.autocast():
+            for batch in self._eval_loader:
+                _, batch_metrics = self.compute_loss(module, batch)
+                metrics.update(batch_metrics)
         module.train(was_training)
         return {f"eval/{name}": value for name, value in metrics.compute(self.accelerator).items()}
+
+    def _module_before_training(self) -> torch.nn.Module:
+        """The wrapped model for an evaluation before ``train()``, placed on the device by hand:
+        ``accelerator.prepare`` would register it for checkpointing, and accelerate pairs a
+        checkpoint's model files with the registered models by position, so a run that evaluated
+        first would write checkpoints that a run that did not could not load."""
+        if getattr(self, "_unprepared_module", None) is None:
+            self._unprepared_module = self.wrap_model(self.model).to(self.accelerator.device)
+        return self._unprepared_module
 
     # ------------------------------------------------------------------ resume, files, end
 

@@ -90,6 +90,15 @@ def test_kill_during_rotation_leaves_only_complete_checkpoints(two_checkpoints, 
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(p.name for p in named)
 
 
+def test_evaluating_before_training_leaves_the_trained_model_alone_in_checkpoints(tmp_path):
+    trainer = _sft(tmp_path, max_steps=2, save_steps=1, save_final_model=False, eval_fraction=0.25)
+    before = trainer.evaluate()
+    trainer.train()
+    # one model file: a resume that does not evaluate first registers one model, and loads it
+    assert [p.name for p in (tmp_path / "checkpoints" / "checkpoint-1").glob("model*")] == ["model.safetensors"]
+    assert trainer.evaluate()["eval/loss"] < before["eval/loss"]
+
+
 def test_rotation_retires_old_checkpoints_without_leftovers(two_checkpoints, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(two_checkpoints, out)
