@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
         inspect_config(config, split=args.split, start=args.start, count=args.rows)
         return 0
-    trainer_cls(config=config).train()
+    try:
+        trainer_cls(config=config).train()
+    except KeyboardInterrupt:  # Ctrl-C: the loop has said what it saved and how to resume
+        return 130
     return 0
 
 

@@ -83,6 +83,7 @@ class TrainConfig:
     save_steps: int = option(0, "Write a checkpoint every N optimizer steps (0: none during training).")
     save_total_limit: int = option(2, "Keep only the newest K checkpoints.")
     resume_from_checkpoint: Any = option(None, "'latest' (the newest in output_dir), a checkpoint path, or None.")
+    overwrite_output_dir: bool = option(False, "Delete an earlier run found in output_dir (its checkpoints, final model, config.yaml, metrics.jsonl, completions.jsonl, logs) and start afresh; without it such a run is refused unless resumed.")
     save_final_model: bool = option(True, "Save the final model and tokenizer with save_pretrained to output_dir/final.")
     dataloader_num_workers: int = option(0, "DataLoader worker processes.")
 

@@ -40,6 +40,7 @@ def demo_config(output_dir: str, steps: int | None = None, **overrides):
         logging_steps=100,
         save_final_model=True,
         mixed_precision="no",
+        overwrite_output_dir=True,  # a demo is rerun, each time from scratch
     )
     values.update(overrides)
     return SFTConfig(**values)
@@ -74,6 +75,7 @@ def preference_config(algorithm: str, output_dir: str, steps: int = PREFERENCE_S
         max_length=64,
         logging_steps=25,
         mixed_precision="no",
+        overwrite_output_dir=True,
     )
     values.update(overrides)
     return {"dpo": DPOConfig, "kto": KTOConfig}[algorithm](**values)

@@ -149,8 +149,13 @@ class ReferenceTrainer(Trainer):
 
     def _reference_module(self) -> TokenLogProbs:
         if self._ref_logps_module is None:
-            module = TokenLogProbs(self.ref_model, chunk_size=self.config.logits_chunk_size)
-            self._ref_logps_module = self.accelerator.prepare_model(module, evaluation_mode=True)
+            # Placed by hand, never through accelerator.prepare_model: that registers the frozen
+            # copy for checkpointing, and accelerate pairs a checkpoint's model files with the
+            # registered models by position. A run that prepared the copy first (to precompute)
+            # saved it as model 0; a resumed process that read the log-probs from the cache had
+            # only the policy registered and loaded the reference's weights into it.
+            self.ref_model.to(self.accelerator.device)
+            self._ref_logps_module = TokenLogProbs(self.ref_model, chunk_size=self.config.logits_chunk_size)
         return self._ref_logps_module
 
     @torch.no_grad()
@@ -160,12 +165,13 @@ class ReferenceTrainer(Trainer):
         """Reference log-probs ``(N,)`` of a collated batch of sequences (``sequence_ids`` and
         ``num_sequences`` for packed rows, see :func:`sequence_logps`), with the live reference
         (copy, or the policy with adapters disabled)."""
-        if self._reference_source == "model":
-            stats = self._reference_module()(input_ids, position_ids)
-        else:
-            module = policy_module if policy_module is not None else TokenLogProbs(self.model, chunk_size=self.config.logits_chunk_size)
-            with self.model.disable_adapter():
-                stats = module(input_ids, position_ids)
+        with self.accelerator.autocast():  # the mixed precision of the policy's forward
+            if self._reference_source == "model":
+                stats = self._reference_module()(input_ids, position_ids)
+            else:
+                module = policy_module if policy_module is not None else TokenLogProbs(self.model, chunk_size=self.config.logits_chunk_size)
+                with self.model.disable_adapter():
+                    stats = module(input_ids, position_ids)
         return sequence_logps(stats.logps, weights, sequence_ids, num_sequences).float()
 
     def reference_logps(self, module, batch, sequence_batch: dict) -> torch.Tensor:

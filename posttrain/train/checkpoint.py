@@ -3,12 +3,16 @@
 Layout: ``<output_dir>/checkpoints/checkpoint-<step>/`` holding accelerate's state (model,
 optimizer, every registered object such as the LR scheduler, and each process's RNG states)
 plus ``trainer_state.json`` (step, epoch, position in the epoch). Everything is first written
-to a ``.tmp-`` directory and renamed into place, so a run killed mid-save leaves the previous
-checkpoint intact and no half-written one that resume could pick up.
+to a ``.tmp-`` directory, flushed to disk (fsync) and renamed into place, so a run killed
+mid-save -- or a machine that loses power -- leaves the previous checkpoint intact and no
+half-written one that resume could pick up. Retiring a checkpoint renames it to a ``.tmp-`` name
+before deleting it, for the same reason: a directory named ``checkpoint-<step>`` is always
+complete.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -41,10 +45,15 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resume_requested(resume_from) -> bool:
+    """Whether the ``resume_from_checkpoint`` value asks for a resume at all."""
+    return resume_from not in (None, False, "", "none")
+
+
 def resolve_resume_path(resume_from, output_dir) -> Path | None:
     """``None``/``False`` -> no resume; ``"latest"``/``True`` -> newest checkpoint in
     ``output_dir`` (None if there is none yet); anything else is a checkpoint path."""
-    if resume_from in (None, False, "", "none"):
+    if not resume_requested(resume_from):
         return None
     if resume_from in (True, "latest", "true"):
         return latest_checkpoint(output_dir)
@@ -68,8 +77,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, keep
     if accelerator.is_main_process:
         state.save(staging)
         if final.exists():  # a re-run of the same step: replace it, never merge
-            shutil.rmtree(final)
-        staging.rename(final)
+            retire(final)
+        publish(staging, final)
         _rotate(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
@@ -88,7 +97,51 @@ def _rotate(output_dir, keep: int) -> None:
     if keep <= 0:
         return
     for path in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        retire(path)
+
+
+def retire(directory: Path) -> None:
+    """Delete ``directory`` so that a kill at any moment leaves it either complete under its name
+    or gone from it: renamed to a ``.tmp-retired-`` name first (atomic), then deleted. A leftover
+    is removed by :func:`remove_stale_staging` or the next retirement."""
+    trash = directory.with_name(f"{_TMP_PREFIX}retired-{directory.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    directory.rename(trash)
+    fsync_directory(directory.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Rename the complete directory ``staging`` to ``final`` (which must not exist), durably:
+    every file and directory is flushed to disk before the rename, the parent after it, so after
+    a power loss ``final`` either does not exist or holds every byte."""
+    fsync_tree(staging)
+    staging.rename(final)
+    fsync_directory(final.parent)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file below ``directory`` and every directory in it to disk."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            descriptor = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        fsync_directory(Path(root))
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory's entries (new names, renames) to disk. Windows cannot open a
+    directory for this; NTFS journals its metadata instead."""
+    if os.name == "nt":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def save_pretrained_atomic(model, tokenizer, directory: str | Path, state_dict: dict | None = None) -> Path:
@@ -118,6 +171,6 @@ def save_pretrained_atomic(model, tokenizer, directory: str | Path, state_dict: 
             hf_logging.enable_progress_bar()
     if directory.exists():
         directory.rename(previous)
-    staging.rename(directory)
+    publish(staging, directory)
     shutil.rmtree(previous, ignore_errors=True)
     return directory

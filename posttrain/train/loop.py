@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,13 +43,16 @@ from posttrain.train.checkpoint import (
     latest_checkpoint,
     remove_stale_staging,
     resolve_resume_path,
+    resume_requested,
     save_checkpoint,
     save_pretrained_atomic,
 )
 from posttrain.train.completions import CompletionLog
+from posttrain.train.interrupt import InterruptGuard, TrainingInterrupted
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.reporting import RunReporter
+from posttrain.train.output_dir import clear_previous_run, output_dir_problem
+from posttrain.train.reporting import RunReporter, resume_command
 from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.sampler import EpochBatchSampler
 from posttrain.train.state import TrainState
@@ -274,6 +278,7 @@ class Trainer:
         metrics = MetricAccumulator()
         stream = self._micro_batches(loader, sampler, state)
         last_log = (time.perf_counter(), state.tokens_seen)
+        interrupt = InterruptGuard.install()
         try:
             module.train()
             while state.step < state.total_steps:
@@ -281,7 +286,9 @@ class Trainer:
                 self._optimizer_step(module, optimizer, scheduler, window, state, metrics)
                 self.reporter.advance(state.step)
                 last_log = self._after_step(module, state, metrics, scheduler, last_log)
+                self._stop_if_interrupted(interrupt, state)
         finally:
+            interrupt.restore()
             self.reporter.close()
         self._finish()
         return state
@@ -359,7 +366,7 @@ class Trainer:
         if self.completion_log.due(state.step):
             self.log_sample_completions(state.step)
         if cfg.save_steps and state.step % cfg.save_steps == 0 and not final:
-            save_checkpoint(self.accelerator, cfg.output_dir, state, cfg.save_total_limit)
+            self._save_checkpoint(state)
         for callback in self.callbacks:
             callback(self, state)
         return last_log
@@ -374,35 +381,89 @@ class Trainer:
         if not hasattr(self, "_eval_loader"):
             loader, _ = self._dataloader(self.eval_source, self.config.per_device_eval_batch_size, shuffle=False)
             self._eval_loader = self.accelerator.prepare(loader)
-        module = getattr(self, "module", None) or self.accelerator.prepare(self.wrap_model(self.model))
+        module = getattr(self, "module", None) or self._module_before_training()
         was_training = module.training
         module.eval()
         metrics = MetricAccumulator()
-        for batch in self._eval_loader:
-            _, batch_metrics = self.compute_loss(module, batch)
-            metrics.update(batch_metrics)
+        with self.accelerator.autocast():
+            for batch in self._eval_loader:
+                _, batch_metrics = self.compute_loss(module, batch)
+                metrics.update(batch_metrics)
         module.train(was_training)
         return {f"eval/{name}": value for name, value in metrics.compute(self.accelerator).items()}
+
+    def _module_before_training(self) -> torch.nn.Module:
+        """The wrapped model for an evaluation before ``train()``, placed on the device by hand:
+        ``accelerator.prepare`` would register it for checkpointing, and accelerate pairs a
+        checkpoint's model files with the registered models by position, so a run that evaluated
+        first would write checkpoints that a run that did not could not load."""
+        if getattr(self, "_unprepared_module", None) is None:
+            self._unprepared_module = self.wrap_model(self.model).to(self.accelerator.device)
+        return self._unprepared_module
 
     # ------------------------------------------------------------------ resume, files, end
 
     def _maybe_resume(self, state: TrainState) -> TrainState:
+        """Load the checkpoint to resume from, if any, and drop the metrics records of the steps
+        this run will redo."""
+        path = self._prepare_output_dir()
+        if path is not None:
+            self.accelerator.load_state(str(path))
+            resumed = TrainState.load(path)
+            if resumed.total_steps != state.total_steps:
+                raise ValueError(
+                    f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
+                    f"{state.total_steps}; resume with the same data, batch size and schedule options"
+                )
+            self.reporter.print(f"resumed from {path} at step {resumed.step}")
+            state = resumed
+        self.reporter.rewind(state.step, self.completion_log.path)
+        return state
+
+    def _prepare_output_dir(self) -> Path | None:
+        """The output-directory guard (refuse, resume or overwrite; see ``train/output_dir.py``),
+        decided by the main process for all; returns the checkpoint to resume from."""
+        from accelerate.utils import broadcast_object_list
+
         cfg, acc = self.config, self.accelerator
+        path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir)
+        problem = None
         if acc.is_main_process:
             remove_stale_staging(cfg.output_dir)
+            problem = output_dir_problem(cfg.output_dir, path, resume_requested(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
+            if problem is None and cfg.overwrite_output_dir:
+                removed = clear_previous_run(cfg.output_dir)
+                if removed:
+                    self.reporter.print(f"overwrite_output_dir: deleted the earlier run's {', '.join(removed)} in {cfg.output_dir}")
+        problem = broadcast_object_list([problem])[0]
         acc.wait_for_everyone()
-        path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir)
-        if path is None:
-            return state
-        acc.load_state(str(path))
-        resumed = TrainState.load(path)
-        if resumed.total_steps != state.total_steps:
-            raise ValueError(
-                f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
-                f"{state.total_steps}; resume with the same data, batch size and schedule options"
-            )
-        self.reporter.print(f"resumed from {path} at step {resumed.step}")
-        return resumed
+        if problem is not None:
+            raise FileExistsError(problem)
+        return path
+
+    def _save_checkpoint(self, state: TrainState) -> Path:
+        cfg = self.config
+        path = save_checkpoint(self.accelerator, cfg.output_dir, state, cfg.save_total_limit)
+        self._saved_step = state.step
+        return path
+
+    def _stop_if_interrupted(self, interrupt: InterruptGuard, state: TrainState) -> None:
+        """After a Ctrl-C, stop at this step boundary with a checkpoint of it. All processes stop
+        after the same step (the checkpoint is written together), so they agree first."""
+        acc = self.accelerator
+        requested = interrupt.requested
+        if acc.num_processes > 1:
+            requested = acc.reduce(torch.tensor([float(requested)], device=acc.device), reduction="sum").item() > 0
+        if not requested or state.step >= state.total_steps:
+            return  # at the last step the run ends normally, final model included
+        saved = getattr(self, "_saved_step", None) == state.step
+        path = latest_checkpoint(self.config.output_dir) if saved else self._save_checkpoint(state)
+        message = (
+            f"interrupted: stopped after step {state.step} of {state.total_steps} with checkpoint {path}. Resume with\n"
+            f"  {resume_command(sys.argv)}"
+        )
+        self.reporter.print_verbatim(message)
+        raise TrainingInterrupted(message, path)
 
     def _write_run_files(self) -> None:
         if not self.accelerator.is_main_process:
