@@ -41,9 +41,9 @@ class KTOConfig(PreferenceDataConfig):
     data_kind: ClassVar[str] = "unpaired"
 
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
-    beta: float = option(0.1, "Scale of the log-ratio, as in DPO.")
-    desirable_weight: float = option(1.0, "lambda_D: weight of desirable examples' loss.")
-    undesirable_weight: float = option(1.0, "lambda_U: weight of undesirable examples' loss. Keep desirable_weight*n_D / (undesirable_weight*n_U) in [1, 4/3] (paper, eq. 8); a warning says when it is not.")
+    beta: float = option(0.1, "Scale of the log-ratio, as in DPO.", range="(0, inf)")
+    desirable_weight: float = option(1.0, "lambda_D: weight of desirable examples' loss.", range="(0, inf)")
+    undesirable_weight: float = option(1.0, "lambda_U: weight of undesirable examples' loss. Keep desirable_weight*n_D / (undesirable_weight*n_U) in [1, 4/3] (paper, eq. 8); a warning says when it is not.", range="(0, inf)")
 
 
 def kl_sequence(example: TokenizedExample, partner: TokenizedExample, max_length: int | None) -> TokenizedExample:

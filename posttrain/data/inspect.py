@@ -13,6 +13,7 @@ from rich.text import Text
 
 from posttrain.data.prepare import prepare_lm_data
 from posttrain.data.tokenize import LMDataOptions
+from posttrain.errors import ConfigError
 
 TRAINED = "bold green"
 WEIGHTED = "bold yellow"
@@ -134,7 +135,7 @@ def inspect_config(config, *, split: str = "train", start: int = 0, count: int =
     else:
         source = config.train_data if split == "train" else config.eval_data
         if source is None:
-            raise ValueError(f"the config names no {split}_data to inspect (nor an eval_fraction)")
+            raise ConfigError(f"the config names no {split}_data to inspect (nor an eval_fraction); set {split}_data")
         rows = load_rows(source, f"{split}_data")
     kind = getattr(config, "data_kind", "lm")
     if kind == "lm":

@@ -23,6 +23,7 @@ truncation) and pools with the same function.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -125,11 +126,11 @@ def default_add_eos(model: nn.Module | str) -> bool:
     """Causal backbones read the reward at the last token, so sequences end with EOS as in
     training a policy; encoders pool over everything and need no EOS. ``model`` may be a path:
     the architecture is then built on the meta device (no weights read)."""
-    if isinstance(model, str):
+    if isinstance(model, (str, os.PathLike)):
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model, num_labels=1))
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(os.fspath(model), num_labels=1))
     return pooling_of(model) == LAST_TOKEN
 
 
