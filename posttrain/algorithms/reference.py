@@ -25,6 +25,7 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
 from posttrain.config import TrainConfig, option
+from posttrain.errors import ConfigError
 from posttrain.data.collate import collate_padded
 from posttrain.data.example import TokenizedExample
 from posttrain.models.causal_lm import TokenLogProbs
@@ -116,7 +117,7 @@ class ReferenceTrainer(Trainer):
         if source == "auto":
             source = "adapters_disabled" if lora else "model"
         if source == "adapters_disabled" and not lora:
-            raise ValueError("reference 'adapters_disabled' needs LoRA (use_lora=true or a peft model); use 'model' otherwise")
+            raise ConfigError("reference 'adapters_disabled' needs LoRA (use_lora=true or a peft model); use 'model' otherwise")
         self.reference_mode, self._reference_source = mode, source
         self.ref_model = None
         if source == "model":

@@ -5,6 +5,9 @@ is examined here to say what is wrong in the user's terms: the file, the line, a
 that was expected, instead of an Arrow parser message. A JSON file that is valid JSON but that
 Arrow cannot type (a lone surrogate in a string, columns of mixed types) is read with Python's
 ``json`` instead, so the row checks of :mod:`posttrain.data.formats` can name the row and field.
+So is a JSON file that datasets could only read by giving a column its ``Json`` type: that type
+decodes a string that looks like JSON, so the reply ``"2"`` would come back as the number 2.
+Text files must be UTF-8; a file that is not is refused with the line of the first bad byte.
 
 CSV has no types: the text columns (``prompt``, ``completion``, ``chosen``, ``rejected``,
 ``text``) are read as text, so a completion ``113`` stays the string "113", and only an empty
@@ -38,6 +41,8 @@ def read_data_file(path: Path, option_name: str = "train_data"):
         raise DataFileError(f"{option_name}: no such file {path}")
     if _is_blank(path):
         raise DataFileError(f"{option_name}: {path} is empty; expected {_expected(suffix)}")
+    if FILE_FORMATS[suffix] != "parquet":
+        _check_utf8(path)
     reader = {"json": _read_json, "parquet": _read_parquet, "csv": _read_csv}[FILE_FORMATS[suffix]]
     rows = reader(path)
     if len(rows) == 0:
@@ -60,6 +65,28 @@ def _is_blank(path: Path) -> bool:
             if chunk.strip():
                 return False
     return True
+
+
+def _check_utf8(path: Path, chunk_size: int = 1 << 20) -> None:
+    """Refuse a file that is not UTF-8, naming the line of the first bad byte (decoded chunk by
+    chunk, each cut at a line end, at C speed)."""
+    line, carry = 1, b""
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(chunk_size)
+            data = carry + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            chunk, carry = data[:cut], data[cut:]
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as error:
+                where = line + chunk.count(b"\n", 0, error.start)
+                raise DataFileError(
+                    f"{path}, line {where}: not UTF-8 text (byte {chunk[error.start]:#04x}); save the file as UTF-8"
+                ) from None
+            line += chunk.count(b"\n")
+            if not block:
+                return
 
 
 @contextlib.contextmanager
@@ -98,15 +125,33 @@ def looks_local(name: str) -> bool:
 
 def _read_json(path: Path):
     try:
-        return _load("json", path)
+        rows = _load("json", path)
     except Exception:  # noqa: BLE001 - any failure is examined below and named precisely
-        pass
-    return _parse_json_rows(path)
+        return _parse_json_rows(path)
+    return _parse_json_rows(path) if _has_json_feature(rows.features) else rows
+
+
+def _has_json_feature(feature) -> bool:
+    """Whether datasets typed any column (or nested field) as ``Json``: mixed types it could
+    not unify, stored in a way that turns JSON-looking strings into numbers or lists."""
+    import datasets.features
+
+    json_type = getattr(datasets.features, "Json", None)
+    if json_type is None:
+        return False
+    if isinstance(feature, json_type):
+        return True
+    if isinstance(feature, dict):
+        return any(_has_json_feature(value) for value in feature.values())
+    if isinstance(feature, (list, tuple)):
+        return any(_has_json_feature(value) for value in feature)
+    inner = getattr(feature, "feature", None)
+    return inner is not None and _has_json_feature(inner)
 
 
 def _parse_json_rows(path: Path) -> list[dict]:
     """Every row of a .json/.jsonl file through Python's json, or a DataFileError with the line."""
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
             document = json.loads(text)

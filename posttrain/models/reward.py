@@ -34,6 +34,7 @@ from posttrain.data.collate import collate_padded
 from posttrain.data.errors import ChatTemplateError
 from posttrain.data.report import PreparationReport
 from posttrain.data.tokenize import LMDataOptions, tokenize_row
+from posttrain.errors import ModelError
 from posttrain.models.loading import is_peft_model
 
 LAST_TOKEN = "last_token"
@@ -55,7 +56,7 @@ def check_reward_head(model: nn.Module) -> None:
     """Refuse classifiers that do not output exactly one number per sequence."""
     labels = getattr(hf_model(model).config, "num_labels", None)
     if labels != 1:
-        raise ValueError(
+        raise ModelError(
             f"a reward model must have one output (num_labels=1), this one has {labels}. Fix: load it with "
             "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1) (a new head is initialised)"
         )
