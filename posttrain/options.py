@@ -162,7 +162,7 @@ def _wrong_type(name: str, annotation: Any, value: Any) -> ConfigError:
 # ----------------------------------------------------------------------------- validation
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_rules(config_cls: type) -> dict[str, dict]:
     """``{field: metadata}``, a field re-declared without a range keeping its base's."""
     rules: dict[str, dict] = {}
@@ -173,7 +173,7 @@ def _field_rules(config_cls: type) -> dict[str, dict]:
     return rules
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(config_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(config_cls)
 

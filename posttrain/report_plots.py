@@ -21,13 +21,13 @@ _MAX_COLUMNS = 3
 
 def draw_group(title: str, panels: list[str], runs: list, path: Path) -> Path:
     """Write ``path``: one panel per metric name in ``panels`` for every run in ``runs``."""
-    columns = min(_MAX_COLUMNS, len(panels))
+    columns = 2 if len(panels) == 4 else min(_MAX_COLUMNS, len(panels))
     rows = math.ceil(len(panels) / columns)
     width, height = 4.6 * columns, 3.3 * rows + 0.5
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
     # Fixed margins in inches: matplotlib's automatic layouts cost more than the drawing itself.
-    figure.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.75 / height, wspace=0.32, hspace=0.55 * 3.3 / (3.3 - 0.6) if rows > 1 else 0.2)
+    figure.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.75 / height, wspace=0.32, hspace=0.5)
     for number, panel in enumerate(panels):
         axes = figure.add_subplot(rows, columns, number + 1)
         _draw_panel(axes, panel, runs)

@@ -29,7 +29,6 @@ from posttrain.models.packing_check import check_packing_isolation
 from posttrain.train.loop import BatchSource
 from posttrain.train.metrics import Metric
 
-
 # Losses that read only the policy's log-probs.
 REFERENCE_FREE_LOSSES = ("simpo", "nll")
 

@@ -25,9 +25,9 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
 from posttrain.config import TrainConfig, option
-from posttrain.errors import ConfigError
 from posttrain.data.collate import collate_padded
 from posttrain.data.example import TokenizedExample
+from posttrain.errors import ConfigError
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import apply_lora, enable_activation_checkpointing, is_peft_model, load_causal_lm
 from posttrain.ops import masked_sum

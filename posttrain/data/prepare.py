@@ -8,9 +8,9 @@ from dataclasses import dataclass, fields
 
 from posttrain.data import formats
 from posttrain.data.errors import DataFormatError
-from posttrain.errors import DataError
 from posttrain.data.report import PreparationReport
 from posttrain.data.tokenize import LMDataOptions, resolve_loss_mode, tokenize_row
+from posttrain.errors import DataError
 
 _STATS = [f.name for f in fields(PreparationReport)]
 _KEEP = "_keep"

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import testing
-from posttrain.algorithms.dpo import DPOConfig, DPOTrainer
+from posttrain.algorithms.dpo import DPOTrainer
 from posttrain.algorithms.kto import KTOConfig, KTOTrainer
 from posttrain.algorithms.sft import SFTConfig, SFTTrainer
 from posttrain.errors import ConfigError, ModelError
