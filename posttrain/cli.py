@@ -12,6 +12,7 @@ A user error (a bad option, file, row or model path) prints one message and exit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 # command -> (module, trainer class, config class); imported lazily so `posttrain --help` is fast.
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "report":  # reads files only: no need to import the model libraries
+            return _run(args)
         from posttrain.train.console import quiet_third_party
 
         with quiet_third_party():
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # piped into a reader that stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:
         from posttrain.errors import UserError
 

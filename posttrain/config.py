@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from posttrain.errors import ConfigError
-from posttrain.options import coerce, option, validate_config
+from posttrain.options import coerce, field_rules, option, validate_config
 
 __all__ = ["TrainConfig", "coerce", "config_from_dict", "config_to_dict", "describe_config", "load_config", "option"]
 
@@ -151,13 +151,12 @@ def config_from_dict(config_cls: type, values: dict[str, Any]):
 
 def describe_config(config_cls: type) -> str:
     """One line per option: name, default, allowed values, and help (for --help-config)."""
-    lines = []
+    lines, rules = [], field_rules(config_cls)
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        allowed = f.metadata.get("range")
-        allowed = f" in {allowed.text}" if allowed is not None else ""
-        choices = f.metadata.get("choices")
-        allowed += f" (one of {', '.join(map(str, choices))})" if choices else ""
+        rule = rules.get(f.name, {})
+        allowed = f" in {rule['range'].text}" if "range" in rule else ""
+        allowed += f" (one of {', '.join(map(str, rule['choices']))})" if "choices" in rule else ""
         lines.append(f"  {f.name} = {default!r}{allowed}\n      {f.metadata.get('help', '')}")
     return "\n".join(lines)
 

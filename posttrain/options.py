@@ -163,7 +163,7 @@ def _wrong_type(name: str, annotation: Any, value: Any) -> ConfigError:
 
 
 @functools.cache
-def _field_rules(config_cls: type) -> dict[str, dict]:
+def field_rules(config_cls: type) -> dict[str, dict]:
     """``{field: metadata}``, a field re-declared without a range keeping its base's."""
     rules: dict[str, dict] = {}
     for klass in reversed(config_cls.__mro__):
@@ -182,7 +182,7 @@ def validate_config(config) -> None:
     """Convert every option of ``config`` to its type, check its range/choices and the rules
     between options; raise :class:`ConfigError` at the first problem."""
     hints = _type_hints(type(config))
-    rules = _field_rules(type(config))
+    rules = field_rules(type(config))
     for f in dataclasses.fields(config):
         name = f.name
         value = coerce(getattr(config, name), hints.get(name, Any), name)

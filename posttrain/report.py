@@ -145,7 +145,7 @@ def render_page(runs: list[Run], charts: list[Path], out: Path, note: str | None
 
 
 def _numbers_table(runs: list[Run]) -> list[str]:
-    columns = [c for c in ("loss", "eval/loss", "token_accuracy", "eval/token_accuracy", "rewards/accuracies", "eval/rewards/accuracies")
+    columns = [c for c in ("loss", "eval/loss", "token_accuracy", "eval/token_accuracy", "accuracy", "eval/accuracy", "rewards/accuracies", "eval/rewards/accuracies")
                if any(c in run.series for run in runs)]
     lines = ["| run | steps | " + " | ".join(f"final {c}" for c in columns) + " | best eval/loss |", "|---" * (len(columns) + 3) + "|"]
     for run in runs:

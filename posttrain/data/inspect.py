@@ -125,6 +125,8 @@ def inspect_config(config, *, split: str = "train", start: int = 0, count: int =
     from posttrain.data.loading import load_rows
     from posttrain.models.loading import load_tokenizer, set_chat_template
 
+    if config.model is None and config.tokenizer is None:
+        raise ConfigError("inspect needs the tokenizer: set the option 'model' (or 'tokenizer') in the config")
     tokenizer = load_tokenizer(config.tokenizer, config.model)
     set_chat_template(tokenizer, getattr(config, "chat_template", None))
     if split == "eval" and config.eval_data is None and config.eval_fraction > 0:
