@@ -43,6 +43,9 @@ CASES = [
     (["inspect", "model={model}", "train_data={tmp}/rows.txt"], ["unsupported file type '.txt'"]),
     (["inspect", "model={model}"], ["no train_data to inspect"]),
     (["report", "{tmp}"], ["no metrics at", "metrics.jsonl"]),
+    (["grpo", "num_generations=1"], ["num_generations must be >= 2"]),
+    (["grpo", "scale_rewards=sometimes"], ["scale_rewards"]),
+    (["grpo", "model={model}", "train_data={data}", "reward_funcs=[no_such_reward]", "num_generations=2"], ["unknown reward 'no_such_reward'"]),
 ]
 
 
@@ -57,7 +60,7 @@ def placeholders(tmp_path, model_path):
 
 @pytest.mark.parametrize("argv, fragments", CASES, ids=[" ".join(case[0][:2]) for case in CASES])
 def test_user_error_is_one_line_and_exit_code_2(argv, fragments, placeholders, capsys):
-    argv = [arg.format(**placeholders) for arg in argv] + (["progress_bar=false"] if argv[0] in ("sft", "dpo", "kto") else [])
+    argv = [arg.format(**placeholders) for arg in argv] + (["progress_bar=false"] if argv[0] in ("sft", "dpo", "kto", "grpo") else [])
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
