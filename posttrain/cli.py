@@ -1,13 +1,18 @@
 """``posttrain <command> --config file.yaml key=value ...``
 
 Commands: ``sft``, ``rm``, ``dpo``, ``kto``, ``grpo`` (train), ``inspect`` (show which tokens get loss), ``demo`` (the embedded
-default: SFT on the arithmetic task, before/after accuracy). Every training command takes a
-YAML config and ``key=value`` overrides of any option; ``--help-config`` lists the options.
+default: SFT on the arithmetic task, before/after accuracy), ``report`` (charts and a page for
+finished runs). Every training command takes a YAML config and ``key=value`` overrides of any
+option; ``--help-config`` lists the options.
+
+A user error (a bad option, file, row or model path) prints one message and exits with status
+2; only a bug in posttrain prints a traceback (exit 1). ``--debug`` shows the traceback always.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 # command -> (module, trainer class, config class); imported lazily so `posttrain --help` is fast.
@@ -28,7 +33,12 @@ def _trainer_classes(command: str):
     return getattr(module, trainer_name), getattr(module, config_name)
 
 
+def _add_debug_argument(parser: argparse.ArgumentParser, default=False) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show the full traceback of any error")
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_debug_argument(parser, argparse.SUPPRESS)
     parser.add_argument("--config", help="YAML file of options")
     parser.add_argument("--help-config", action="store_true", help="list every option with its default and meaning")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any option")
@@ -36,6 +46,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posttrain", description="Post-train language models.")
+    _add_debug_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     for command in TRAINERS:
         _add_config_arguments(commands.add_parser(command, help=f"train with {command.upper()}"))
@@ -52,11 +63,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (sft) or outputs/demo-<algorithm>")
     demo.add_argument("--steps", type=int, default=None, help="SFT optimizer steps (default: the demo's tuned value)")
+    _add_debug_argument(demo, argparse.SUPPRESS)
+    report = commands.add_parser("report", help="charts of metrics.jsonl and a report.md for one or more finished runs (overlaid)")
+    report.add_argument("runs", nargs="+", metavar="OUTPUT_DIR", help="output directories of training runs")
+    report.add_argument("--out", default=None, help="where to write report.md and plots/ (default: the run's directory; ./report for several)")
+    _add_debug_argument(report, argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        if args.command == "report":  # reads files only: no need to import the model libraries
+            return _run(args)
+        from posttrain.train.console import quiet_third_party
+
+        with quiet_third_party():
+            return _run(args)
+    except KeyboardInterrupt:
+        print("posttrain: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # piped into a reader that stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as error:
+        from posttrain.errors import UserError
+
+        if args.debug or not isinstance(error, UserError):
+            raise
+        print(f"posttrain {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    if args.command == "report":
+        from posttrain.report import write_report
+
+        report = write_report(args.runs, args.out)
+        print(f"wrote {report.page}" + (f" and {len(report.charts)} chart(s) in {report.page.parent / 'plots'}" if report.charts else ""))
+        if report.note:
+            print(report.note)
+        return 0
     if args.command == "demo":
         from posttrain.demo import run_demo, run_preference_demo
 

@@ -20,14 +20,14 @@ from posttrain.config import option
 from posttrain.data.collate import collate_packed, collate_padded
 from posttrain.data.packing import best_fit_decreasing, make_packed_row
 from posttrain.data.preference import prepare_preference_pairs
-from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, LMDataOptions
-from posttrain.losses.preference import PreferenceLogps, preference_loss
+from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, OVERLONG_POLICIES, LMDataOptions
+from posttrain.errors import ConfigError
+from posttrain.losses.preference import PREFERENCE_LOSSES, PreferenceLogps, preference_loss
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
 from posttrain.models.packing_check import check_packing_isolation
 from posttrain.train.loop import BatchSource
 from posttrain.train.metrics import Metric
-
 
 # Losses that read only the policy's log-probs.
 REFERENCE_FREE_LOSSES = ("simpo", "nll")
@@ -39,13 +39,13 @@ class PreferenceDataConfig(ReferenceConfig):
 
     data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares: preference pairs
 
-    max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
-    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP)
-    overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
+    max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.", range="[2, inf)")
+    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP, range="[2, inf)")
+    overlong: str = option("truncate", "truncate or drop sequences longer than max_length.", choices=OVERLONG_POLICIES)
     add_eos: bool = option(True, "Append EOS to string completions when missing (never doubled).")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
     chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
-    pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this.")
+    pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this.", range="[1, inf)")
 
     def data_options(self) -> LMDataOptions:
         return LMDataOptions(
@@ -58,15 +58,29 @@ class PreferenceDataConfig(ReferenceConfig):
         )
 
 
+def _check_loss_types(config: DPOConfig) -> None:
+    """Loss names, weights and flip rate checked when the config is made, not at the first step."""
+    names = config.loss_types()
+    unknown = [name for name in names if name not in PREFERENCE_LOSSES]
+    if not names or unknown:
+        raise ConfigError(f"option 'loss_type': unknown loss {unknown or names!r}; choose from {', '.join(PREFERENCE_LOSSES)}")
+    if config.loss_weights is not None and len(config.loss_weights) != len(names):
+        raise ConfigError(f"option 'loss_weights' has {len(config.loss_weights)} weight(s) for {len(names)} loss type(s) {names}; give one per loss type")
+    if "robust" in names and config.label_smoothing >= 0.5:
+        raise ConfigError(f"option 'label_smoothing' must be below 0.5 for the robust loss, got {config.label_smoothing}")
+
+
 @dataclass
 class DPOConfig(PreferenceDataConfig):
     """DPO options (plus everything in TrainConfig and the reference options)."""
 
+    config_rules: ClassVar[tuple] = (_check_loss_types,)
+
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
-    beta: float = option(0.1, "Strength of the KL anchor to the reference (SimPO: the reward scale, typically 2-10).")
+    beta: float = option(0.1, "Strength of the KL anchor to the reference (SimPO: the reward scale, typically 2-10).", range="(0, inf)")
     loss_type: object = option("sigmoid", "Loss name or list of names: sigmoid, robust, hinge, ipo, simpo, nll (the chosen sequences' NLL, as in RPO; combine with a weight). With only simpo/nll no reference is kept.")
     loss_weights: list | None = option(None, "One weight per loss_type when several are combined (default 1 each).")
-    label_smoothing: float = option(0.0, "Assumed label-flip rate for sigmoid (conservative DPO) and robust.")
+    label_smoothing: float = option(0.0, "Assumed label-flip rate for sigmoid (conservative DPO) and robust (below 0.5).", range="[0, 1)")
     simpo_gamma: float = option(0.5, "SimPO target reward margin.")
     padding_free: bool = option(False, "Put all chosen and rejected sequences of a micro-batch in one row without padding (position ids restart per sequence; a start-up probe checks that attention does not cross sequences). Pays off with a variable-length attention kernel (flash_attention_2 on GPU); under sdpa/eager attention spans the whole row through a block mask (on CPU: 0.94-0.98x the padded speed over three runs, benchmarks/dpo_throughput.py). See packing.")
     packing: bool = option(False, "Pack the chosen and rejected sequences of a micro-batch into rows of max_length (best-fit decreasing): little padding, and attention bounded by max_length, so it also pays off with sdpa/eager (CPU: 1.14-1.19x the padded speed at 4 pairs per step, two runs).")

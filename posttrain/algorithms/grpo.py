@@ -33,6 +33,7 @@ import torch
 from posttrain.algorithms.experience import Rollout, completion_view
 from posttrain.algorithms.online import OnlineConfig, OnlineTrainer, completion_metrics, reward_metrics
 from posttrain.config import option
+from posttrain.errors import ConfigError
 from posttrain.losses.advantages import group_relative_advantages, leave_one_out_advantages
 from posttrain.losses.kl import kl_estimate
 from posttrain.losses.policy import clipped_policy_loss
@@ -64,7 +65,7 @@ class GRPOConfig(OnlineConfig):
     epsilon_high: float | None = option(None, "Upper clip range (1 + epsilon_high); DAPO's clip-higher uses 0.28. Default: epsilon.")
     importance_sampling_level: str = option("token", "token: one ratio per token (PPO, GRPO); sequence: one per completion, the mean token log-ratio (GSPO).")
     loss_type: str = option("dapo", "How token losses are averaged: dapo (token mean over the whole accumulated batch), grpo (mean of per-completion means), dr_grpo (sum over a constant: completions x max_completion_length), bnpo (= dapo here).")
-    scale_rewards: str = option("group", "Divide advantages by the group's reward std (group), the whole batch's (batch), or not at all (none, Dr. GRPO).")
+    scale_rewards: str | bool = option("group", "Divide advantages by the group's reward std (group), the whole batch's (batch), or not at all (none, Dr. GRPO).")
     advantage_estimator: str = option("grpo", "grpo: reward minus the group mean; rloo: minus the mean of the group's other completions.")
     dynamic_sampling: bool = option(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal and generate for more prompts until the batch is full.")
     max_sampling_rounds: int = option(4, "With dynamic_sampling, generation rounds per step at most; a batch still short then is filled with equal-reward groups (advantage 0), counted.")
@@ -72,19 +73,19 @@ class GRPOConfig(OnlineConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.loss_type not in LOSS_AGGREGATIONS:
-            raise ValueError(f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}, got {self.loss_type!r}")
+            raise ConfigError(f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}, got {self.loss_type!r}")
         if isinstance(self.scale_rewards, bool):  # TRL accepts True/False
             self.scale_rewards = "group" if self.scale_rewards else "none"
         if self.scale_rewards not in ("group", "batch", "none"):
-            raise ValueError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+            raise ConfigError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}")
+            raise ConfigError(f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}")
         if self.importance_sampling_level not in ("token", "sequence"):
-            raise ValueError(f"importance_sampling_level must be token or sequence, got {self.importance_sampling_level!r}")
+            raise ConfigError(f"importance_sampling_level must be token or sequence, got {self.importance_sampling_level!r}")
         if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
         if self.num_generations < 2:
-            raise ValueError("GRPO compares completions of the same prompt: num_generations must be >= 2")
+            raise ConfigError("GRPO compares completions of the same prompt: num_generations must be >= 2")
 
     @property
     def aggregation(self) -> str:

@@ -24,6 +24,7 @@ from posttrain.config import option
 from posttrain.data.collate import collate_padded
 from posttrain.data.example import TokenizedExample
 from posttrain.data.preference import completion_start, prepare_unpaired
+from posttrain.errors import DataError
 from posttrain.losses.kto import check_weight_ratio, kto_loss
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
@@ -41,9 +42,9 @@ class KTOConfig(PreferenceDataConfig):
     data_kind: ClassVar[str] = "unpaired"
 
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
-    beta: float = option(0.1, "Scale of the log-ratio, as in DPO.")
-    desirable_weight: float = option(1.0, "lambda_D: weight of desirable examples' loss.")
-    undesirable_weight: float = option(1.0, "lambda_U: weight of undesirable examples' loss. Keep desirable_weight*n_D / (undesirable_weight*n_U) in [1, 4/3] (paper, eq. 8); a warning says when it is not.")
+    beta: float = option(0.1, "Scale of the log-ratio, as in DPO.", range="(0, inf)")
+    desirable_weight: float = option(1.0, "lambda_D: weight of desirable examples' loss.", range="(0, inf)")
+    undesirable_weight: float = option(1.0, "lambda_U: weight of undesirable examples' loss. Keep desirable_weight*n_D / (undesirable_weight*n_U) in [1, 4/3] (paper, eq. 8); a warning says when it is not.", range="(0, inf)")
 
 
 def kl_sequence(example: TokenizedExample, partner: TokenizedExample, max_length: int | None) -> TokenizedExample:
@@ -67,7 +68,7 @@ def assign_partners(items: list[dict]) -> list[int]:
         candidates = [(index + count // 2 + k) % count for k in range(min(PARTNER_SEARCH, count))]
         different = [j for j in candidates if j != index and prompts[j] != prompts[index]]
         if not different:
-            raise ValueError(
+            raise DataError(
                 f"row {items[index]['row']}: no row with a different prompt found for KTO's KL estimate; "
                 "KTO needs a dataset with several distinct prompts"
             )
@@ -112,7 +113,7 @@ class KTOTrainer(ReferenceTrainer):
         prepared = prepare_unpaired(rows, self.tokenizer, cfg.data_options())
         items = prepared.items
         if len(items) < 2:
-            raise ValueError("KTO needs at least 2 rows: the KL reference point pairs each prompt with another row's completion")
+            raise DataError("KTO needs at least 2 rows: the KL reference point pairs each prompt with another row's completion")
         for item, partner in zip(items, assign_partners(items)):
             item["kl"] = kl_sequence(item["example"], items[partner]["example"], cfg.max_length)
         desirable = sum(1 for i in items if i["label"])

@@ -29,6 +29,7 @@ from posttrain.algorithms.reference import ReferenceConfig, ReferenceTrainer
 from posttrain.config import option
 from posttrain.data import formats
 from posttrain.data.prepare import column_names, first_row
+from posttrain.errors import ConfigError
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
 from posttrain.models.packing_check import check_packing_isolation
@@ -69,15 +70,15 @@ class OnlineConfig(ReferenceConfig):
         super().__post_init__()
         per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if self.num_generations < 1 or per_step % self.num_generations:
-            raise ValueError(
+            raise ConfigError(
                 f"per_device_train_batch_size x gradient_accumulation_steps = {per_step} completions per step must be a "
                 f"multiple of num_generations = {self.num_generations}, so every prompt's group stays whole on one "
                 "process. Fix: change one of the three."
             )
         if self.max_completion_length < 1 or self.num_iterations < 1:
-            raise ValueError("max_completion_length and num_iterations must be >= 1")
+            raise ConfigError("max_completion_length and num_iterations must be >= 1")
         if self.reference_mode == "precomputed":
-            raise ValueError("reference_mode 'precomputed' needs fixed completions; online algorithms sample new ones. Use 'model' or 'adapters_disabled'.")
+            raise ConfigError("reference_mode 'precomputed' needs fixed completions; online algorithms sample new ones. Use 'model' or 'adapters_disabled'.")
 
     @property
     def prompts_per_step(self) -> int:
@@ -254,7 +255,7 @@ class OnlineTrainer(ReferenceTrainer):
     def score(self, items: list[dict], completions: list, group_size: int):
         """Rewards of ``completions`` (``group_size`` per item, contiguous)."""
         if self.rewards is None:
-            raise ValueError("no reward functions: pass reward_funcs=[...] (or set reward_funcs in the config)")
+            raise ConfigError("no reward functions: pass reward_funcs=[...] (or set reward_funcs in the config)")
         repeated = [item for item in items for _ in range(group_size)]
         columns = {name: [item["columns"][name] for item in repeated] for name in self._columns}
         return self.rewards(

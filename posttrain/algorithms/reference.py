@@ -27,6 +27,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from posttrain.config import TrainConfig, option
 from posttrain.data.collate import collate_padded
 from posttrain.data.example import TokenizedExample
+from posttrain.errors import ConfigError
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import apply_lora, enable_activation_checkpointing, is_peft_model, load_causal_lm
 from posttrain.ops import masked_sum
@@ -39,9 +40,9 @@ REFERENCE_MODES = ("auto", "model", "adapters_disabled", "precomputed")
 class ReferenceConfig(TrainConfig):
     """Options shared by every trainer with a reference policy (DPO, KTO)."""
 
-    reference_mode: str = option("auto", "Reference policy: auto (adapters_disabled with LoRA, else model), model (a frozen copy), adapters_disabled (LoRA only: the policy without adapters, no second copy), precomputed (log-probs computed once and cached on disk).")
+    reference_mode: str = option("auto", "Reference policy: auto (adapters_disabled with LoRA, else model), model (a frozen copy), adapters_disabled (LoRA only: the policy without adapters, no second copy), precomputed (log-probs computed once and cached on disk).", choices=REFERENCE_MODES)
     ref_model: str | None = option(None, "Path of the reference model; default: the starting weights of the policy.")
-    precompute_source: str = option("auto", "What computes the log-probs in precomputed mode: auto, model or adapters_disabled.")
+    precompute_source: str = option("auto", "What computes the log-probs in precomputed mode: auto, model or adapters_disabled.", choices=("auto", "model", "adapters_disabled"))
     disable_dropout: bool = option(True, "Switch off dropout in policy and reference (as the DPO authors' code does): otherwise every log-ratio carries dropout noise and a policy equal to its reference does not score ln 2.")
     ref_logps_cache_dir: str | None = option(None, "Directory for cached reference log-probs (default: $POSTTRAIN_CACHE/ref_logps or ~/.cache/posttrain/ref_logps).")
 
@@ -116,7 +117,7 @@ class ReferenceTrainer(Trainer):
         if source == "auto":
             source = "adapters_disabled" if lora else "model"
         if source == "adapters_disabled" and not lora:
-            raise ValueError("reference 'adapters_disabled' needs LoRA (use_lora=true or a peft model); use 'model' otherwise")
+            raise ConfigError("reference 'adapters_disabled' needs LoRA (use_lora=true or a peft model); use 'model' otherwise")
         self.reference_mode, self._reference_source = mode, source
         self.ref_model = None
         if source == "model":

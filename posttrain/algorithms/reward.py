@@ -28,7 +28,7 @@ from posttrain.config import TrainConfig, option
 from posttrain.data import formats
 from posttrain.data.preference import prepare_preference_pairs
 from posttrain.data.prepare import column_names, first_row
-from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, LMDataOptions
+from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, OVERLONG_POLICIES, LMDataOptions
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models.loading import apply_lora, enable_activation_checkpointing, load_sequence_classifier, set_chat_template
 from posttrain.models.reward import RewardModule, check_reward_head, default_add_eos, padded_batch, require_chat_template
@@ -43,15 +43,15 @@ class RewardConfig(TrainConfig):
     data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares
 
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW); 1e-5 suits full fine-tuning of pretrained backbones, tiny models from scratch want ~1e-3.")
-    max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.")
-    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP)
-    overlong: str = option("truncate", "truncate or drop sequences longer than max_length.")
-    center_rewards_coefficient: float = option(0.0, "Weight of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred on 0 (Eisenstein et al. 2023); 0.01 is a good value, 0 disables it.")
+    max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.", range="[2, inf)")
+    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP, range="[2, inf)")
+    overlong: str = option("truncate", "truncate or drop sequences longer than max_length.", choices=OVERLONG_POLICIES)
+    center_rewards_coefficient: float = option(0.0, "Weight of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred on 0 (Eisenstein et al. 2023); 0.01 is a good value, 0 disables it.", range="[0, inf)")
     add_eos: bool | None = option(None, "Append EOS to string completions when missing; None: yes for causal backbones (the reward is read at the last token), no for encoders.")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's; needed for conversational rows when the tokenizer has none.")
     chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
     disable_dropout: bool = option(True, "Switch off dropout: chosen and rejected are scored in one forward and compared, and dropout noise in that difference only slows learning.")
-    pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this.")
+    pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this.", range="[1, inf)")
 
     def data_options(self, model=None) -> LMDataOptions:
         """How pairs are tokenized; ``add_eos=None`` is decided by the backbone: ``model`` (a

@@ -21,7 +21,7 @@ from posttrain.config import TrainConfig, option
 from posttrain.data.collate import Collator
 from posttrain.data.packing import best_fit_decreasing
 from posttrain.data.prepare import prepare_lm_data
-from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, LMDataOptions
+from posttrain.data.tokenize import LOSS_MODES, MAX_PROMPT_LENGTH_HELP, OVERLONG_POLICIES, LMDataOptions
 from posttrain.losses.sft import token_nll
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
@@ -38,19 +38,19 @@ class SFTConfig(TrainConfig):
     """Supervised fine-tuning options (plus everything in TrainConfig)."""
 
     learning_rate: float = option(2e-5, "Peak learning rate (AdamW).")
-    max_length: int | None = option(1024, "Longest example in tokens; longer ones are truncated (or dropped, see overlong) and counted.")
-    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP)
-    loss_mode: str = option("auto", "Which tokens are trained on: auto (completion for prompt-completion data, all otherwise), all, completion, assistant, last_assistant.")
+    max_length: int | None = option(1024, "Longest example in tokens; longer ones are truncated (or dropped, see overlong) and counted.", range="[2, inf)")
+    max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP, range="[2, inf)")
+    loss_mode: str = option("auto", "Which tokens are trained on: auto (completion for prompt-completion data, all otherwise), all, completion, assistant, last_assistant.", choices=LOSS_MODES)
     turn_weights: object = option("uniform", "Weights of trained turns: uniform, decay:<gamma> (the last turn weighs 1, each earlier one gamma times the next) or a list from the first turn.")
-    overlong: str = option("truncate", "What to do with examples longer than max_length: truncate or drop (both counted).")
+    overlong: str = option("truncate", "What to do with examples longer than max_length: truncate or drop (both counted).", choices=OVERLONG_POLICIES)
     add_eos: bool = option(True, "Append the EOS token to plain text and string completions when missing (never doubled).")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
     chat_template_kwargs: dict = option({}, "Extra variables for the chat template (e.g. enable_thinking).")
     packing: bool = option(False, "Pack examples into rows of max_length (best-fit decreasing); attention never crosses examples.")
     padding_free: bool = option(False, "Flatten each batch into one row without padding (examples isolated as in packing).")
     group_by_length: bool = option(False, "Batch examples of similar length together to cut padding (padded batches only). Off by default: on short, uniform data (arithmetic) length-homogeneous batches bias each step and slowed learning several-fold in our runs; packing or padding_free cut padding without that bias.")
-    pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this (e.g. 8 for tensor cores).")
-    dataset_num_proc: int | None = option(None, "Processes for tokenizing the dataset.")
+    pad_to_multiple_of: int | None = option(None, "Round padded lengths up to a multiple of this (e.g. 8 for tensor cores).", range="[1, inf)")
+    dataset_num_proc: int | None = option(None, "Processes for tokenizing the dataset.", range="[1, inf)")
 
     def data_options(self) -> LMDataOptions:
         return LMDataOptions(

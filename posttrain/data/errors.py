@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from posttrain.errors import DataError
 
-class DataFormatError(ValueError):
+
+class DataFormatError(DataError):
     """A dataset row that cannot be used as given.
 
     The message always reads ``row <index>, field '<field>': <problem>. Fix: <fix>`` so a user
@@ -19,6 +21,6 @@ class DataFormatError(ValueError):
         super().__init__(f"{where}, field '{field}': {problem}. Fix: {fix}")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(DataError):
     """The tokenizer's chat template cannot be used for what was asked (missing, or it rewrites
     earlier turns in a way the requested loss mode cannot handle)."""

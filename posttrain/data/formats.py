@@ -21,8 +21,10 @@ in seconds rather than after an hour of preprocessing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 from posttrain.data.errors import DataFormatError
 
@@ -44,6 +46,9 @@ _FORMAT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (TEXT, ("text",)),
     (PROMPT_ONLY, ("prompt",)),
 )
+
+
+FORMAT_COLUMNS = dict(_FORMAT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,43 @@ def _check_string(value, index: int, field: str, *, allow_empty: bool = False) -
         )
     if not allow_empty and not value.strip():
         raise DataFormatError(index, field, "empty text", "remove the row or fill in the text")
+    check_encodable(value, index, field)
+
+
+def check_encodable(text: str, index: int, field: str) -> None:
+    """Refuse text that is not valid Unicode (a lone UTF-16 surrogate such as ``\\ud800``, left by
+    a broken JSON escape or a mis-decoded file): no tokenizer or Arrow table can store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataFormatError(
+            index,
+            field,
+            f"invalid character {text[error.start]!r} at position {error.start} (a lone surrogate: the text is not valid Unicode)",
+            "repair the text's encoding (e.g. decode the source file as UTF-8, or replace the character)",
+        ) from None
+
+
+def content_text(content):
+    """Message content as one string: a string as is; a list of ``{"type": "text", "text": ...}``
+    parts joined without a separator (as chat templates that take parts render them). Anything
+    else is returned unchanged for :func:`check_messages` to refuse by row."""
+    if isinstance(content, list) and all(isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
+        return "".join(part["text"] for part in content)
+    return content
+
+
+def _check_content_parts(parts: list, index: int, where: str) -> None:
+    for position, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            what = f"a {kind!r} part" if kind else f"a part that is not {{'type': 'text', 'text': ...}} ({part!r:.60})"
+            raise DataFormatError(
+                index,
+                f"{where}.content[{position}]",
+                f"{what}; only text is trained on",
+                'give the content as a string or as text parts [{"type": "text", "text": "..."}], or drop the row',
+            )
 
 
 def check_messages(
@@ -157,24 +199,38 @@ def check_messages(
                 f"unknown role {role!r}" if role is not None else "missing role",
                 f"use one of {', '.join(KNOWN_ROLES)}",
             )
-        content = message.get("content")
-        if content is None and not message.get("tool_calls"):
-            raise DataFormatError(
-                index, f"{where}.content", "missing", "give every message a 'content' string"
-            )
-        if content is not None and not isinstance(content, (str, list)):
-            raise DataFormatError(
-                index,
-                f"{where}.content",
-                f"expected a string, got {type(content).__name__}",
-                "store message content as a string",
-            )
+        _check_content(message, index, where)
     if require_assistant and not any(m.get("role") == "assistant" for m in value):
         raise DataFormatError(
             index,
             field,
             "no assistant turn, but the loss mode trains on assistant turns",
             "add an assistant reply, drop the row, or use loss_mode='all'",
+        )
+
+
+def _check_content(message: Mapping, index: int, where: str) -> None:
+    content = message.get("content")
+    if content is None and not message.get("tool_calls"):
+        raise DataFormatError(index, f"{where}.content", "missing", "give every message a 'content' string")
+    if isinstance(content, list):
+        _check_content_parts(content, index, where)
+        content = content_text(content)
+    if content is not None and not isinstance(content, str):
+        raise DataFormatError(
+            index,
+            f"{where}.content",
+            f"expected a string, got {type(content).__name__}",
+            "store message content as a string (or a list of text parts)",
+        )
+    if content is not None:
+        check_encodable(content, index, f"{where}.content")
+    if message.get("role") == "assistant" and not message.get("tool_calls") and not (content or "").strip():
+        raise DataFormatError(
+            index,
+            f"{where}.content",
+            "an assistant turn with empty content: the model would be trained to answer with nothing",
+            "fill in the reply, or drop the turn or the row",
         )
 
 
@@ -229,10 +285,12 @@ def _validate_preference(row, index, conversational, require_assistant):
             "fix or drop the row",
         )
     margin = row.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, Real)):
         raise DataFormatError(
             index, "margin", f"expected a number, got {type(margin).__name__}", "store the margin as a float"
         )
+    if margin is not None and not math.isfinite(margin):
+        raise DataFormatError(index, "margin", f"{margin} is not a finite number", "give a finite margin, or leave it empty for no margin")
 
 
 def _starts_with_user_turn(messages, text: str) -> bool:

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from posttrain.data.prepare import prepare_lm_data
 from posttrain.data.tokenize import LMDataOptions
+from posttrain.errors import ConfigError
 
 TRAINED = "bold green"
 WEIGHTED = "bold yellow"
@@ -124,6 +125,8 @@ def inspect_config(config, *, split: str = "train", start: int = 0, count: int =
     from posttrain.data.loading import load_rows
     from posttrain.models.loading import load_tokenizer, set_chat_template
 
+    if config.model is None and config.tokenizer is None:
+        raise ConfigError("inspect needs the tokenizer: set the option 'model' (or 'tokenizer') in the config")
     tokenizer = load_tokenizer(config.tokenizer, config.model)
     set_chat_template(tokenizer, getattr(config, "chat_template", None))
     if split == "eval" and config.eval_data is None and config.eval_fraction > 0:
@@ -134,7 +137,7 @@ def inspect_config(config, *, split: str = "train", start: int = 0, count: int =
     else:
         source = config.train_data if split == "train" else config.eval_data
         if source is None:
-            raise ValueError(f"the config names no {split}_data to inspect (nor an eval_fraction)")
+            raise ConfigError(f"the config names no {split}_data to inspect (nor an eval_fraction); set {split}_data")
         rows = load_rows(source, f"{split}_data")
     kind = getattr(config, "data_kind", "lm")
     if kind == "lm":

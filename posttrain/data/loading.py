@@ -3,29 +3,31 @@ json/jsonl/parquet/csv files, or hub dataset names (through ``datasets.load_data
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+from posttrain.data.files import FILE_FORMATS, looks_local, read_data_file
+from posttrain.errors import ConfigError, DataFileError
 
 
 def load_rows(source, option_name: str = "train_data"):
     """A list of dicts or a ``datasets.Dataset`` from ``source``.
 
-    ``source``: a list of dicts or a Dataset (returned as is), a file path, a directory saved
-    with ``Dataset.save_to_disk``, a hub dataset name, or a mapping with ``path`` and optional
-    ``name``, ``split`` (default ``train``) and ``data_files``.
+    ``source``: a list of dicts or a Dataset (returned as is), a file path (``str`` or any
+    ``os.PathLike``), a directory saved with ``Dataset.save_to_disk``, a hub dataset name, or a
+    mapping with ``path`` and optional ``name``, ``split`` (default ``train``) and ``data_files``.
     """
     if source is None:
-        raise ValueError(f"no data given: pass a dataset or set {option_name}")
+        raise ConfigError(f"no data given: pass a dataset or set {option_name}")
     if isinstance(source, list):
         return source
     if _is_dataset(source):
         return source
-    if isinstance(source, (str, Path)):
-        source = {"path": str(source)}
+    if isinstance(source, (str, os.PathLike)):
+        source = {"path": os.fspath(source)}
     if not isinstance(source, Mapping) or "path" not in source:
-        raise ValueError(f"{option_name}: expected a list of rows, a Dataset, a path or {{path, split}}, got {source!r}")
+        raise ConfigError(f"{option_name}: expected a list of rows, a Dataset, a path or {{path, split}}, got {source!r}")
     return _load(dict(source), option_name)
 
 
@@ -40,16 +42,21 @@ def _is_dataset(source) -> bool:
 def _load(spec: dict, option_name: str):
     import datasets
 
-    path, split = spec.pop("path"), spec.pop("split", "train")
-    local = Path(path)
+    path, split = os.fspath(spec.pop("path")), spec.pop("split", "train")
+    local = Path(path).expanduser()
     if local.is_dir() and (local / "dataset_info.json").exists():
         return datasets.load_from_disk(str(local))
-    builder = _FILE_BUILDERS.get(local.suffix.lower())
-    if builder is not None:
-        if not local.is_file():
-            raise FileNotFoundError(f"{option_name}: no such file {path}")
-        return datasets.load_dataset(builder, data_files=str(local), split="train")
-    return datasets.load_dataset(path, split=split, **spec)
+    if local.is_file() or local.suffix.lower() in FILE_FORMATS:
+        return read_data_file(local, option_name)
+    if looks_local(path):
+        raise DataFileError(f"{option_name}: no such file or directory {path}")
+    try:
+        return datasets.load_dataset(path, split=split, **spec)
+    except Exception as error:  # noqa: BLE001 - hub/network/builder errors, re-raised with the name
+        raise DataFileError(
+            f"{option_name}: could not load dataset {path!r} (no local file or directory of that name, and the hub "
+            f"gave: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
+        ) from error
 
 
 def split_rows(rows, fraction: float, seed: int):
@@ -59,7 +66,7 @@ def split_rows(rows, fraction: float, seed: int):
     count = len(rows)
     held = max(1, round(count * fraction))
     if held >= count:
-        raise ValueError(f"eval_fraction={fraction} leaves no training rows out of {count}")
+        raise ConfigError(f"option 'eval_fraction'={fraction} leaves no training rows out of {count}; use a smaller fraction")
     order = list(range(count))
     random.Random(seed).shuffle(order)
     eval_index, train_index = sorted(order[:held]), sorted(order[held:])

@@ -24,6 +24,7 @@ from posttrain.data.example import TokenizedExample
 from posttrain.data.prepare import clean_row, column_names
 from posttrain.data.report import PreparationReport
 from posttrain.data.tokenize import LMDataOptions, tokenize_row
+from posttrain.errors import DataError
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _tokenize_completion(prompt, completion, row: int, tokenizer, conversational
 
 def _rows_of(rows) -> tuple[list[Mapping], formats.DataFormat]:
     if len(rows) == 0:
-        raise ValueError("the dataset is empty")
+        raise DataFormatError(None, "<rows>", "the dataset is empty", "pass at least one row")
     data_format = formats.detect_format(column_names(rows), rows[0])
     return rows, data_format
 
@@ -123,7 +124,7 @@ def prepare_preference_pairs(rows, tokenizer, options: LMDataOptions) -> Prepare
         margin = row.get("margin")
         items.append({"chosen": sides[0], "rejected": sides[1], "margin": None if margin is None else float(margin), "row": index})
     if not items:
-        raise ValueError("no preference pair has completion tokens left to train on; " + "; ".join(report.lines()))
+        raise DataError("no preference pair has completion tokens left to train on; " + "; ".join(report.lines()))
     return PreparedPreferences(items, report, data_format, dropped)
 
 
@@ -166,7 +167,7 @@ def prepare_unpaired(rows, tokenizer, options: LMDataOptions) -> PreparedPrefere
             continue
         items.append({"example": example, "label": bool(row["label"]), "row": source})
     if not items:
-        raise ValueError("no row has completion tokens left to train on; " + "; ".join(report.lines()))
+        raise DataError("no row has completion tokens left to train on; " + "; ".join(report.lines()))
     return PreparedPreferences(items, report, data_format, dropped)
 
 

@@ -26,6 +26,7 @@ from posttrain.data.chat import NotPrefixPreservingError, tokenize_conversation
 from posttrain.data.errors import DataFormatError
 from posttrain.data.example import TokenizedExample
 from posttrain.data.report import PreparationReport
+from posttrain.errors import ConfigError, ModelError
 
 LOSS_MODES = ("auto", "all", "completion", "assistant", "last_assistant")
 OVERLONG_POLICIES = ("truncate", "drop")
@@ -52,13 +53,13 @@ class LMDataOptions:
 
     def __post_init__(self):
         if self.loss_mode not in LOSS_MODES:
-            raise ValueError(f"loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
+            raise ConfigError(f"loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
         if self.overlong not in OVERLONG_POLICIES:
-            raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
+            raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+            raise ConfigError(f"max_length must be at least 2, got {self.max_length}")
         if self.max_prompt_length is not None and self.max_prompt_length < 2:
-            raise ValueError(f"max_prompt_length must be at least 2, got {self.max_prompt_length}")
+            raise ConfigError(f"max_prompt_length must be at least 2, got {self.max_prompt_length}")
         parse_turn_weights(self.turn_weights)
 
 
@@ -74,7 +75,7 @@ def resolve_loss_mode(loss_mode: str, data_format: formats.DataFormat) -> str:
     if conversational:
         allowed.update({"assistant", "last_assistant"})
     if loss_mode not in allowed:
-        raise ValueError(
+        raise ConfigError(
             f"loss_mode={loss_mode!r} does not apply to {data_format} data; "
             f"choose one of {sorted(allowed)}"
         )
@@ -96,12 +97,15 @@ def parse_turn_weights(spec: str | Sequence[float]) -> tuple[str, object]:
             except ValueError:
                 gamma = -1.0
             if not 0.0 < gamma <= 1.0:
-                raise ValueError(f"turn_weights {spec!r}: the decay must be a number in (0, 1]")
+                raise ConfigError(f"option 'turn_weights' {spec!r}: the decay must be a number in (0, 1]")
             return ("decay", gamma)
-        raise ValueError(f"turn_weights must be 'uniform', 'decay:<gamma>' or a list, got {spec!r}")
-    weights = [float(w) for w in spec]
-    if not weights or any(w < 0 for w in weights):
-        raise ValueError(f"turn_weights list must be non-empty and non-negative, got {list(spec)}")
+        raise ConfigError(f"option 'turn_weights' must be 'uniform', 'decay:<gamma>' or a list of numbers, got {spec!r}")
+    try:
+        weights = [float(w) for w in spec]
+    except (TypeError, ValueError):
+        raise ConfigError(f"option 'turn_weights' must be 'uniform', 'decay:<gamma>' or a list of numbers, got {spec!r}") from None
+    if not weights or any(not w >= 0 for w in weights):
+        raise ConfigError(f"option 'turn_weights': a list must be non-empty and non-negative, got {list(spec)}")
     return ("list", weights)
 
 
@@ -164,7 +168,7 @@ def tokenize_row(
 
 def _eos_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
-        raise ValueError(
+        raise ModelError(
             "the tokenizer has no eos_token, so the model could never learn to stop; "
             "set tokenizer.eos_token (or eos_token in the tokenizer config)"
         )

@@ -3,27 +3,83 @@ and wrapping them with LoRA adapters through peft."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
+from posttrain.data.files import looks_local
+from posttrain.errors import ModelError
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+# A directory holds a model when it has one of these (a full checkpoint or peft adapters).
+_MODEL_FILES = ("config.json", "adapter_config.json")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
+
+
+def is_path(source) -> bool:
+    """Whether ``source`` names a model/tokenizer (``str`` or any ``os.PathLike``) rather than
+    being an object already built."""
+    return isinstance(source, (str, os.PathLike))
+
+
+def tokenizer_source(model):
+    """Where ``model``'s tokenizer lives: the path or hub name itself, or, for a model object,
+    the ``name_or_path`` it was loaded from (``from_pretrained`` records it); None if unknown."""
+    if is_path(model):
+        return os.fspath(model)
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name) if name else None
+
+
+def resolve_source(source, what: str = "model", files: tuple[str, ...] = _MODEL_FILES) -> str:
+    """``source`` as a string for ``from_pretrained``, refusing a local path with nothing there.
+
+    A name that can only be a local path (absolute, ``./``, ``~``, or more than one ``/``) and
+    does not exist gives "no model at <path>", instead of the hub's complaint about repo ids."""
+    path = os.fspath(source)
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not any((local / name).is_file() for name in files):
+            raise ModelError(f"no {what} at {path}: the directory has none of {', '.join(files)} (write one with save_pretrained)")
+        return str(local)
+    if local.exists():
+        raise ModelError(f"no {what} at {path}: it is a file; give the directory that save_pretrained wrote")
+    if looks_local(path):
+        raise ModelError(f"no {what} at {path}: no such directory")
+    return path
+
+
+def _load_pretrained(auto_class, source, what: str, files: tuple[str, ...], **kwargs):
+    name = resolve_source(source, what, files)
+    try:
+        return auto_class.from_pretrained(name, **kwargs)
+    except OSError as error:  # transformers reports "not found" (local or hub) as OSError
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"could not load the {what} {name!r}: {first}") from error
 
 
 def load_tokenizer(source, fallback_source=None):
-    """A tokenizer object from ``source`` (object or path), else from ``fallback_source``.
+    """A tokenizer object from ``source`` (object, path or hub name), else from
+    ``fallback_source`` (the model's path, or where a model object was loaded from).
 
     A tokenizer without a pad token gets its EOS as pad: our batches weigh the loss explicitly,
     so an EOS that doubles as pad is still trained on.
     """
     from transformers import AutoTokenizer
 
+    what = "tokenizer"
     if source is None:
-        source = fallback_source
+        source, what = fallback_source, "model"
     if source is None:
-        raise ValueError("no tokenizer given and the model was passed as an object; pass tokenizer=...")
-    tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else source
+        raise ModelError(
+            "no tokenizer given, and the model object does not say where it was loaded from (its name_or_path is "
+            "empty); pass tokenizer=... (TRL's name, processing_class=..., works too)"
+        )
+    tokenizer = _load_pretrained(AutoTokenizer, source, what, _MODEL_FILES + _TOKENIZER_FILES) if is_path(source) else source
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+            raise ModelError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -32,26 +88,25 @@ def set_chat_template(tokenizer, template: str | None) -> None:
     """Replace the tokenizer's chat template with ``template`` (Jinja text or a file path)."""
     if not template:
         return
-    from pathlib import Path
-
     path = Path(template)
     tokenizer.chat_template = path.read_text() if "{" not in template and path.is_file() else template
 
 
-def _from_pretrained(auto_class, source: str, model_dtype: str, attn_implementation: str | None, **kwargs):
+def _from_pretrained(auto_class, source, model_dtype: str, attn_implementation: str | None, **kwargs):
     if model_dtype not in _DTYPES:
-        raise ValueError(f"model_dtype must be one of {sorted(_DTYPES)}, got {model_dtype!r}")
+        raise ModelError(f"model_dtype must be one of {sorted(_DTYPES)}, got {model_dtype!r}")
     kwargs["dtype"] = _DTYPES[model_dtype]
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    return auto_class.from_pretrained(source, **kwargs)
+    return _load_pretrained(auto_class, source, "model", _MODEL_FILES, **kwargs)
 
 
 def load_causal_lm(source, *, model_dtype: str = "float32", attn_implementation: str | None = "sdpa"):
-    """A causal LM from a path/hub name, or ``source`` itself when it is already a model."""
+    """A causal LM from a path (``str`` or ``os.PathLike``) or hub name, or ``source`` itself
+    when it is already a model."""
     from transformers import AutoModelForCausalLM
 
-    if not isinstance(source, str):
+    if not is_path(source):
         return source
     return _from_pretrained(AutoModelForCausalLM, source, model_dtype, attn_implementation)
 
@@ -62,7 +117,7 @@ def load_sequence_classifier(source, *, model_dtype: str = "float32", attn_imple
     score head."""
     from transformers import AutoModelForSequenceClassification
 
-    if not isinstance(source, str):
+    if not is_path(source):
         return source
     return _from_pretrained(AutoModelForSequenceClassification, source, model_dtype, attn_implementation, num_labels=1)
 

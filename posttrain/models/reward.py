@@ -23,6 +23,7 @@ truncation) and pools with the same function.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +34,7 @@ from posttrain.data.collate import collate_padded
 from posttrain.data.errors import ChatTemplateError
 from posttrain.data.report import PreparationReport
 from posttrain.data.tokenize import LMDataOptions, tokenize_row
+from posttrain.errors import ModelError
 from posttrain.models.loading import is_peft_model
 
 LAST_TOKEN = "last_token"
@@ -54,7 +56,7 @@ def check_reward_head(model: nn.Module) -> None:
     """Refuse classifiers that do not output exactly one number per sequence."""
     labels = getattr(hf_model(model).config, "num_labels", None)
     if labels != 1:
-        raise ValueError(
+        raise ModelError(
             f"a reward model must have one output (num_labels=1), this one has {labels}. Fix: load it with "
             "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1) (a new head is initialised)"
         )
@@ -125,11 +127,11 @@ def default_add_eos(model: nn.Module | str) -> bool:
     """Causal backbones read the reward at the last token, so sequences end with EOS as in
     training a policy; encoders pool over everything and need no EOS. ``model`` may be a path:
     the architecture is then built on the meta device (no weights read)."""
-    if isinstance(model, str):
+    if isinstance(model, (str, os.PathLike)):
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model, num_labels=1))
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(os.fspath(model), num_labels=1))
     return pooling_of(model) == LAST_TOKEN
 
 

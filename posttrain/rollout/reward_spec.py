@@ -22,8 +22,8 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from posttrain.errors import ConfigError
 from posttrain.rollout.builtin_rewards import exact_answer, format_regex, math_verify_accuracy, reward_model_function
-
 
 BUILTIN_REWARDS: dict[str, Callable] = {
     "exact_answer": exact_answer,
@@ -51,7 +51,7 @@ def _build(name: str, options: Mapping, where: str):
     try:
         inspect.signature(BUILTIN_REWARDS[name]).bind(**arguments)
     except TypeError as exc:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: built-in reward '{name}' cannot be built from options {dict(options)} ({exc}). "
             f"Its options: {_options_of(name)}"
         ) from exc
@@ -60,7 +60,7 @@ def _build(name: str, options: Mapping, where: str):
 
 def _load_file(path: Path, where: str):
     if not path.is_file():
-        raise ValueError(f"{where}: reward file {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
+        raise ConfigError(f"{where}: reward file {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
     module_name = f"posttrain_reward_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
@@ -71,21 +71,21 @@ def _load_file(path: Path, where: str):
 def _import_path(text: str, where: str) -> Callable:
     location, _, attribute = text.rpartition(":")
     if not location or not attribute:
-        raise ValueError(f"{where}: {text!r} is not 'module:function' or 'path/to/file.py:function'")
+        raise ConfigError(f"{where}: {text!r} is not 'module:function' or 'path/to/file.py:function'")
     if location.endswith(".py") or os.sep in location or "/" in location:
         module = _load_file(Path(location), where)
     else:
         try:
             module = importlib.import_module(location)
         except ImportError as exc:
-            raise ValueError(f"{where}: cannot import module {location!r} for reward {text!r} ({exc})") from exc
+            raise ConfigError(f"{where}: cannot import module {location!r} for reward {text!r} ({exc})") from exc
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"{where}: {location!r} has no attribute {attribute!r} (reward {text!r})")
+            raise ConfigError(f"{where}: {location!r} has no attribute {attribute!r} (reward {text!r})")
         target = getattr(target, part)
     if not callable(target):
-        raise ValueError(f"{where}: {text!r} is a {type(target).__name__}, not a callable reward function")
+        raise ConfigError(f"{where}: {text!r} is a {type(target).__name__}, not a callable reward function")
     return target
 
 
@@ -96,7 +96,7 @@ def _from_string(text: str, where: str) -> Callable:
         return reward_model_function(text)
     if ":" in text:
         return _import_path(text, where)
-    raise ValueError(f"{where}: unknown reward {text!r}. A reward is {_FORMS}")
+    raise ConfigError(f"{where}: unknown reward {text!r}. A reward is {_FORMS}")
 
 
 def _from_mapping(item: Mapping, where: str) -> Callable:
@@ -105,7 +105,7 @@ def _from_mapping(item: Mapping, where: str) -> Callable:
     if name not in BUILTIN_REWARDS:
         if isinstance(name, str) and not options:
             return _from_string(name, where)
-        raise ValueError(
+        raise ConfigError(
             f"{where}: options are for built-in rewards; 'name' must be one of {list(BUILTIN_REWARDS)}, got {name!r} "
             f"with options {options}. A reward is {_FORMS}"
         )
@@ -122,7 +122,7 @@ def resolve_reward_func(item, index: int = 0) -> Callable:
     if isinstance(item, RewardScorer):
         return reward_model_function(item)
     if isinstance(item, nn.Module):
-        raise ValueError(
+        raise ConfigError(
             f"{where}: a model object is not a reward function. Fix: reward_model_function(model, tokenizer) "
             "for a reward model (sequence classifier), or pass a function"
         )
@@ -132,12 +132,12 @@ def resolve_reward_func(item, index: int = 0) -> Callable:
         return _from_mapping(item, where)
     if callable(item):
         return item
-    raise ValueError(f"{where}: {type(item).__name__} {item!r:.100} is not a reward. A reward is {_FORMS}")
+    raise ConfigError(f"{where}: {type(item).__name__} {item!r:.100} is not a reward. A reward is {_FORMS}")
 
 
 def resolve_reward_funcs(spec) -> list[Callable]:
     """Reward functions from a list of spec items (or a single item), in order."""
     items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if not items:
-        raise ValueError(f"no reward functions given; give at least one: {_FORMS}")
+        raise ConfigError(f"no reward functions given; give at least one: {_FORMS}")
     return [resolve_reward_func(item, index) for index, item in enumerate(items)]

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from posttrain.errors import ConfigError, DataError, UserError
+
 # The built-ins and the config resolver live beside this module; re-exported here.
 from posttrain.rollout.builtin_rewards import (
     RewardModelFunction,
@@ -53,7 +55,7 @@ STANDARD_ARGUMENTS = ("prompts", "completions", "completion_ids")
 NO_REWARD_POLICIES = ("error", "zero")
 
 
-class RewardFunctionError(RuntimeError):
+class RewardFunctionError(UserError, RuntimeError):
     """A reward function failed or returned something unusable (its name, the problem and a sample)."""
 
 
@@ -143,7 +145,7 @@ class RewardFunctions:
         self.weights = _check_weights(weights, len(self.funcs))
         self.names = _unique_names(names if names is not None else [reward_name(f) for f in self.funcs], len(self.funcs))
         if no_reward not in NO_REWARD_POLICIES:
-            raise ValueError(f"no_reward must be one of {NO_REWARD_POLICIES}, got {no_reward!r}")
+            raise ConfigError(f"no_reward must be one of {NO_REWARD_POLICIES}, got {no_reward!r}")
         self.no_reward = no_reward
         self._signatures = [_signature(f, n) for f, n in zip(self.funcs, self.names)]
 
@@ -158,14 +160,14 @@ class RewardFunctions:
         columns = [c for c in column_names if c != "prompt"]
         clashes = [c for c in columns if c in STANDARD_ARGUMENTS]
         if clashes:
-            raise ValueError(
+            raise DataError(
                 f"dataset column(s) {clashes} clash with the arguments every reward function receives "
                 f"({', '.join(STANDARD_ARGUMENTS)}). Fix: rename the column(s)"
             )
         for name, signature in zip(self.names, self._signatures):
             for column in signature.required_columns:
                 if column not in columns:
-                    raise ValueError(
+                    raise DataError(
                         f"reward function '{name}' needs the column '{column}', which the prompt rows do not have "
                         f"(columns: {sorted(columns) or 'none besides prompt'}). Fix: add '{column}' to every prompt row, "
                         "point the function at an existing column, or give that parameter a default"
@@ -234,10 +236,10 @@ def _check_weights(weights, count: int) -> list[float]:
         return [1.0] * count
     weights = list(weights)
     if len(weights) != count:
-        raise ValueError(f"reward_weights has {len(weights)} values for {count} reward functions; give one weight per function")
+        raise ConfigError(f"reward_weights has {len(weights)} values for {count} reward functions; give one weight per function")
     for weight in weights:
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
-            raise ValueError(f"reward_weights must be finite numbers, got {weight!r} in {weights}")
+            raise ConfigError(f"reward_weights must be finite numbers, got {weight!r} in {weights}")
     return [float(w) for w in weights]
 
 

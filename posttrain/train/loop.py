@@ -31,6 +31,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from posttrain.config import TrainConfig, config_from_dict, config_to_dict
+from posttrain.errors import ConfigError, TrainingError
 from posttrain.models.loading import (
     apply_lora,
     count_parameters,
@@ -38,6 +39,7 @@ from posttrain.models.loading import (
     enable_activation_checkpointing,
     load_causal_lm,
     load_tokenizer,
+    tokenizer_source,
 )
 from posttrain.train.checkpoint import (
     latest_checkpoint,
@@ -48,6 +50,7 @@ from posttrain.train.checkpoint import (
     save_pretrained_atomic,
 )
 from posttrain.train.completions import CompletionLog
+from posttrain.train.console import quiet_third_party
 from posttrain.train.interrupt import InterruptGuard, TrainingInterrupted
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
@@ -58,7 +61,7 @@ from posttrain.train.sampler import EpochBatchSampler
 from posttrain.train.state import TrainState
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The loss or gradient became NaN/Inf. Raised before the optimizer step, so the weights
     and every checkpoint on disk are from the last good step."""
 
@@ -78,7 +81,13 @@ class Trainer:
 
     config_class: type = TrainConfig
 
-    def __init__(self, model=None, config=None, *, train_dataset=None, eval_dataset=None, tokenizer=None, callbacks=(), **overrides):
+    @quiet_third_party()
+    def __init__(
+        self, model=None, config=None, *, train_dataset=None, eval_dataset=None, tokenizer=None, callbacks=(), args=None, processing_class=None, **overrides
+    ):
+        # ``args`` and ``processing_class`` are TRL's names for ``config`` and ``tokenizer``.
+        config = _one_of("config", config, "args", args)
+        tokenizer = _one_of("tokenizer", tokenizer, "processing_class", processing_class)
         self.config = self._resolve_config(config, overrides)
         cfg = self.config
         self.accelerator = self._build_accelerator(cfg)
@@ -88,8 +97,8 @@ class Trainer:
         self.reporter = RunReporter(self.accelerator, cfg.output_dir, progress_bar=cfg.progress_bar)
         model = model if model is not None else cfg.model
         if model is None:
-            raise ValueError("no model given: pass model=... (a path, hub name or model object) or set config.model")
-        self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, model if isinstance(model, str) else None)
+            raise ConfigError("no model given: pass model=... (a path, hub name or model object) or set the option 'model'")
+        self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, tokenizer_source(model))
         self.model = self.load_model(model)
         if cfg.disable_dropout:
             for module in (self.model, getattr(self, "ref_model", None)):
@@ -277,7 +286,7 @@ class Trainer:
         self.reporter.start(state.total_steps, state.step)
         metrics = MetricAccumulator()
         stream = self._micro_batches(loader, sampler, state)
-        last_log = (time.perf_counter(), state.tokens_seen)
+        last_log = None  # (time, tokens) the next rate is measured from: set after the first step, so start-up is excluded
         interrupt = InterruptGuard.install()
         try:
             module.train()
@@ -347,20 +356,20 @@ class Trainer:
     def _after_step(self, module, state, metrics, scheduler, last_log):
         cfg = self.config
         final = state.step == state.total_steps
-        if cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final):
+        logged = cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)
+        if logged:
             values = metrics.compute(self.accelerator)
             now = time.perf_counter()
-            elapsed = max(now - last_log[0], 1e-9)
             values.update(
                 {
                     "learning_rate": scheduler.get_last_lr()[0],
                     "epoch": state.epoch + state.batches_in_epoch / self._batches_per_epoch,
                     "tokens_seen": float(state.tokens_seen),
-                    "tokens_per_second": (state.tokens_seen - last_log[1]) / elapsed,
                 }
             )
+            if last_log is not None:
+                values["tokens_per_second"] = (state.tokens_seen - last_log[1]) / max(now - last_log[0], 1e-9)
             self.reporter.log(state.step, values)
-            last_log = (now, state.tokens_seen)
         if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final):
             self.reporter.log(state.step, self.evaluate())
         if self.completion_log.due(state.step):
@@ -369,7 +378,8 @@ class Trainer:
             self._save_checkpoint(state)
         for callback in self.callbacks:
             callback(self, state)
-        return last_log
+        # evaluation and checkpoints above are not training time: the next interval starts here
+        return (time.perf_counter(), state.tokens_seen) if logged or last_log is None else last_log
 
     # ------------------------------------------------------------------ evaluation
 
@@ -472,17 +482,19 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(_flat_config(self.config), sort_keys=False))
 
+    @quiet_third_party()
     def _finish(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        path = None
         if self.config.save_final_model:
             state_dict = self._full_state_dict()  # every process takes part in the gather
             if acc.is_main_process:
                 final = Path(self.config.output_dir) / "final"
                 path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, final, state_dict=state_dict)
-                self.reporter.print(f"saved model and tokenizer to {path}")
         if self.config.report_to:
             acc.end_training()
+        self.reporter.finish(self.state, model_dir=path)
 
     def _full_state_dict(self) -> dict | None:
         """The trained model's complete weights, keyed as in ``self.model.state_dict()``.
@@ -507,6 +519,12 @@ class Trainer:
     def unwrapped_model(self):
         """The Hugging Face (or peft) model being trained, without accelerate's wrappers."""
         return self.model
+
+
+def _one_of(name: str, value, trl_name: str, trl_value):
+    if value is not None and trl_value is not None:
+        raise ConfigError(f"both {name}= and {trl_name}= given; they are the same thing (TRL calls {name} {trl_name}): pass one")
+    return value if value is not None else trl_value
 
 
 def _release_accelerator_state(mixed_precision: str) -> None:

@@ -1,5 +1,6 @@
 """Where metrics go: the console (Rich progress bar and one line per logging step), a local
-``metrics.jsonl`` that is always written, and accelerate's trackers (TensorBoard, wandb)."""
+``metrics.jsonl`` that is always written, and accelerate's trackers (TensorBoard, wandb). At the
+end of a run: a summary on the console, and ``report.md`` with charts (:mod:`posttrain.report`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-# Shown first on a console line, in this order; everything else follows alphabetically.
-_LEADING = ("loss", "eval/loss", "token_accuracy", "learning_rate", "grad_norm")
+from posttrain.train.summary import RunSummary, format_metrics
 
 
 class RunReporter:
@@ -25,13 +25,19 @@ class RunReporter:
         self.accelerator = accelerator
         self.enabled = accelerator.is_main_process
         self.console = console or Console(highlight=False)
-        self.metrics_path = Path(output_dir) / "metrics.jsonl"
+        self.output_dir = Path(output_dir)
+        self.metrics_path = self.output_dir / "metrics.jsonl"
         self._progress: Progress | None = None
         self._task = None
         self._show_progress = progress_bar and self.enabled
         self._started = time.perf_counter()
+        self._training: list[float] = []  # perf_counter at start() and close()
+        self._total_steps: int | None = None
+        self.summary = RunSummary()
 
     def start(self, total_steps: int, completed: int = 0) -> None:
+        self._training = [time.perf_counter()]
+        self._total_steps = total_steps
         if self.enabled:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         if not self._show_progress:
@@ -62,7 +68,9 @@ class RunReporter:
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         self.accelerator.log(metrics, step=step)
-        self.print(format_metrics(step, metrics))
+        self.summary.add(step, metrics)
+        if self.enabled:
+            self.console.print(format_metrics(step, metrics, self._total_steps), markup=False, soft_wrap=True)
 
     def rewind(self, step: int, *other_logs: Path) -> None:
         """Drop the records of steps after ``step`` from ``metrics.jsonl`` and the other JSON-lines
@@ -77,7 +85,7 @@ class RunReporter:
 
     def print(self, *objects) -> None:
         if self.enabled:
-            self.console.print(*objects)
+            self.console.print(*objects, soft_wrap=True)
 
     def print_verbatim(self, text: str) -> None:
         """``text`` as it is: no Rich markup (a path or command may hold brackets), no line
@@ -86,26 +94,46 @@ class RunReporter:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
+        if len(self._training) == 1:
+            self._training.append(time.perf_counter())
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
+    def finish(self, state, model_dir: Path | None = None) -> None:
+        """End of a run: write ``report.md`` and its charts, then print the summary."""
+        if not self.enabled:
+            return
+        report = self._write_report()
+        train_seconds = self._training[1] - self._training[0] if len(self._training) == 2 else 0.0
+        config = self.output_dir / "config.yaml"
+        places = {
+            "model": model_dir,
+            "metrics": self.metrics_path if self.metrics_path.exists() else None,
+            "config": config if config.exists() else None,
+            "report": report,
+        }
+        lines = self.summary.lines(
+            steps=state.step, total_steps=state.total_steps, seconds=time.perf_counter() - self._started,
+            train_seconds=train_seconds, tokens=state.tokens_seen, places=places,
+        )
+        self.console.rule("[bold]run summary", style="dim")
+        for line in lines:
+            self.console.print(line, markup=False, soft_wrap=True)
 
-def format_metrics(step: int, metrics: dict[str, float]) -> str:
-    """``step 20 | loss 1.2345 | token_accuracy 0.5120 | learning_rate 1.9e-05 | ...``"""
-    names = [n for n in _LEADING if n in metrics] + sorted(n for n in metrics if n not in _LEADING)
-    parts = [f"step {step}"] + [f"{name} {_format_value(metrics[name])}" for name in names]
-    return " | ".join(parts)
+    def _write_report(self) -> Path | None:
+        if not self.metrics_path.exists():
+            return None
+        from posttrain.report import write_report
 
-
-def _format_value(value: float) -> str:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return str(value)
-    if value == int(value) and abs(value) >= 1:
-        return f"{int(value):,}"
-    if abs(value) < 1e-3 or abs(value) >= 1e5:
-        return f"{value:.3e}"
-    return f"{value:.4f}"
+        try:
+            report = write_report([self.output_dir])
+        except Exception as error:  # noqa: BLE001 - a chart must never fail a finished run; say so and go on
+            self.console.print(f"[yellow]warning[/]: could not write the report ({type(error).__name__}: {error})")
+            return None
+        if report.note:
+            self.console.print(f"report: {report.note}", markup=False, soft_wrap=True)
+        return report.page
 
 
 def drop_records_after(path: Path, step: int) -> int:
