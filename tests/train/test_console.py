@@ -26,11 +26,18 @@ def bars_on(monkeypatch):
 
     datasets_tqdm = importlib.import_module("datasets.utils.tqdm")  # the attribute of that name is a class
 
+    switches = [
+        (lambda: not datasets_tqdm.are_progress_bars_disabled(), datasets_tqdm.enable_progress_bars, datasets_tqdm.disable_progress_bars),
+        (transformers_logging.is_progress_bar_enabled, transformers_logging.enable_progress_bar, transformers_logging.disable_progress_bar),
+        (lambda: not hub_utils.are_progress_bars_disabled(), hub_utils.enable_progress_bars, hub_utils.disable_progress_bars),
+    ]
+    before = [enabled() for enabled, _, _ in switches]
     monkeypatch.setattr(datasets_tqdm, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
-    datasets_tqdm.enable_progress_bars()
-    transformers_logging.enable_progress_bar()
-    hub_utils.enable_progress_bars()
+    for _, enable, _ in switches:
+        enable()
     yield
+    for was_enabled, (_, enable, disable) in zip(before, switches):
+        (enable if was_enabled else disable)()  # as the session had them, for the tests that follow
 
 
 def test_training_console_has_no_third_party_bars_and_ends_with_the_summary(bars_on, model_path, tmp_path, capfd):
