@@ -44,6 +44,7 @@ class TrainConfig:
     adam_beta1: float = option(0.9, "AdamW beta1.", range="[0, 1)")
     adam_beta2: float = option(0.999, "AdamW beta2.", range="[0, 1)")
     adam_epsilon: float = option(1e-8, "AdamW epsilon.", range="(0, inf)")
+    adamw_implementation: str = option("auto", "AdamW kernels: auto (fused on CUDA, foreach elsewhere), fused (one kernel for all parameters; CUDA and CPU), foreach, for_loop (least memory). All give the same update up to float rounding.", choices=("auto", "fused", "foreach", "for_loop"))
     lr_scheduler: str = option("cosine", "Schedule after warm-up: any transformers scheduler name (linear, cosine, constant_with_warmup, ...).")
     warmup_ratio: float = option(0.0, "Warm-up length as a fraction of all optimizer steps (ignored if warmup_steps > 0).", range="[0, 1]")
     warmup_steps: int = option(0, "Warm-up length in optimizer steps.", range="[0, inf)")
@@ -56,8 +57,10 @@ class TrainConfig:
 
     # --- precision and memory
     mixed_precision: str = option("auto", "auto (bf16 on GPUs that support it, else none), no, bf16 or fp16 (GPU only).", choices=("auto", "no", "bf16", "fp16"))
-    model_dtype: str = option("float32", "dtype to load weights in: float32, bfloat16, float16 or auto (the checkpoint's).", choices=("float32", "bfloat16", "float16", "auto"))
-    attn_implementation: str | None = option("sdpa", "Attention kernel: sdpa, eager, flash_attention_2, ... (None: transformers' default).")
+    model_dtype: str = option("float32", "dtype to load weights in: float32, bfloat16, float16 or auto (the checkpoint's). bfloat16 with master_weights is the fast GPU setting: no weight cast at every matmul, half-size activations, float32 updates.", choices=("float32", "bfloat16", "float16", "auto"))
+    master_weights: bool = option(True, "With 16-bit trainable weights (model_dtype bfloat16/float16), keep float32 master copies in the optimizer and update those, so updates smaller than 16-bit resolution are not lost (+4 bytes per parameter). False updates the 16-bit weights directly.")
+    attn_implementation: str | None = option("sdpa", "Attention kernel: sdpa, eager, flex_attention, torch_varlen (PyTorch's FlashAttention varlen kernel, CUDA: packed rows without a materialised mask), flash_attention_2 (needs flash-attn) (None: transformers' default). Packed and padding-free runs are probed at start-up whichever kernel is chosen.")
+    torch_compile: bool = option(False, "Compile each transformer block and the log-prob head with torch.compile (fuses elementwise work, saves activation memory; the first steps pay the compile time, minutes on CPU).")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
     disable_dropout: bool = option(False, "Switch off dropout in the model (and reference). On by default in every trainer that compares two forward passes (DPO, KTO, reward models, GRPO, PPO), whose differences would otherwise carry dropout noise.")
     logits_chunk_size: int | None = option(None, "Tokens per chunk of the LM head when computing log-probs; None picks one so a chunk's logits stay under ~256 MB, 0 never chunks.", range="[0, inf)")

@@ -86,25 +86,42 @@ def auto_chunk_size(num_tokens: int, vocab_size: int, budget_elements: int = 2**
     return max(1, budget_elements // vocab_size)
 
 
+def logps_and_stats(
+    logits: torch.Tensor, labels: torch.Tensor, with_stats: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Log-probs of ``labels`` ``(n,)`` under ``logits`` ``(n, V)``, plus entropy and argmax
+    correctness when ``with_stats`` (no gradient).
+
+    One logsumexp serves the log-probs and the entropy (``H = lse - sum_v p_v z_v`` with
+    ``p = exp(z - lse)``), so the stats cost two more passes over the ``(n, V)`` float32 logits,
+    not a separate softmax and a second logsumexp. Negative labels (ignore index) get log-prob 0
+    and ``argmax_correct`` False; their entropy is still reported.
+    """
+    logits = _upcast(logits)
+    ignored = labels < 0
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logps = (picked - lse).masked_fill(ignored, 0.0)
+    if not with_stats:
+        return logps, None, None
+    # Computed last: during the checkpointed recomputation in backward, autograd stops as soon
+    # as the tensors saved for the gradient are rebuilt, so this part is not re-run (a test
+    # counts the calls).
+    with torch.no_grad():
+        probs = (logits - lse.unsqueeze(-1)).exp_()
+        entropy = lse - (probs * logits).sum(dim=-1)
+        correct = (logits.argmax(dim=-1) == labels) & ~ignored
+    return logps, entropy, correct
+
+
 def _head_chunk(
-    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module, temperature: float, with_stats: bool
+    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module, temperature: float, with_stats: bool, stats_fn=None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Log-probs (and optionally stats) of one chunk: hidden ``(n, H)``, labels ``(n,)``."""
     logits = lm_head(hidden)
     if temperature != 1.0:
         logits = logits / temperature
-    # Negative labels (the usual -100 ignore index) gather from token 0 and are zeroed below.
-    ignored = labels < 0
-    safe_labels = labels.clamp(min=0)
-    logps = selective_log_softmax(logits, safe_labels).masked_fill(ignored, 0.0)
-    entropy = correct = None
-    if with_stats:
-        # Computed last: during the checkpointed recomputation in backward, autograd stops as
-        # soon as the tensors saved for the gradient are rebuilt, so this part is not re-run.
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits)
-            correct = (logits.argmax(dim=-1) == labels) & ~ignored
-    return logps, entropy, correct
+    return (stats_fn or logps_and_stats)(logits, labels, with_stats)
 
 
 def token_logps(
@@ -115,6 +132,7 @@ def token_logps(
     chunk_size: int | None = None,
     temperature: float = 1.0,
     with_stats: bool = False,
+    stats_fn=None,
 ) -> TokenStats:
     """Log-probabilities of ``labels`` under ``lm_head(hidden) / temperature``.
 
@@ -132,6 +150,8 @@ def token_logps(
             backward), at the price of a second head matmul. Gradients are exact.
         temperature: logits are divided by it (sampling temperature of the policy).
         with_stats: also return entropy and argmax correctness (no gradient).
+        stats_fn: replaces :func:`logps_and_stats` (same signature), e.g. a ``torch.compile``-d
+            copy of it that fuses the passes over the ``(chunk, V)`` logits.
 
     Returns:
         :class:`TokenStats` with ``(B, T)`` tensors.
@@ -143,12 +163,12 @@ def token_logps(
     flat_labels = labels.reshape(-1)
     num_tokens = flat_labels.numel()
     if chunk_size is None or chunk_size >= num_tokens:
-        parts = [_head_chunk(flat_hidden, flat_labels, lm_head, temperature, with_stats)]
+        parts = [_head_chunk(flat_hidden, flat_labels, lm_head, temperature, with_stats, stats_fn)]
     else:
         # split (not indexing) so the backward of all chunks is one concatenation, not one
         # zero-filled (N, H) gradient per chunk.
         parts = [
-            checkpoint(_head_chunk, h, y, lm_head, temperature, with_stats, use_reentrant=False)
+            checkpoint(_head_chunk, h, y, lm_head, temperature, with_stats, stats_fn, use_reentrant=False)
             for h, y in zip(flat_hidden.split(chunk_size), flat_labels.split(chunk_size))
         ]
 

@@ -163,8 +163,8 @@ class DPOTrainer(ReferenceTrainer):
     def wrap_model(self, model) -> torch.nn.Module:
         if self.config.padding_free or self.config.packing:
             # the reference shares the architecture; padding-free batches are one row
-            check_packing_isolation(model, batch_rows=1 if self.config.padding_free else 2)
-        return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
+            check_packing_isolation(model, batch_rows=1 if self.config.padding_free else 2, device=self.accelerator.device)
+        return TokenLogProbs.for_config(model, self.config)
 
     def count_units(self, batch) -> torch.Tensor:
         return torch.tensor(float(batch["pairs"]))
@@ -172,7 +172,8 @@ class DPOTrainer(ReferenceTrainer):
     def pair_logps(self, module, batch) -> PreferenceLogps:
         """Policy (and, unless every loss is reference-free, reference) log-probs of a batch."""
         sequences, pairs = batch["sequences"], batch["pairs"]
-        stats = module(sequences["input_ids"], sequences["position_ids"])
+        # only the completion tokens are summed: the head skips prompts and pads
+        stats = module(sequences["input_ids"], sequences["position_ids"], positions=sequences["trained_positions"])
         packed = sequences.get("sequence_ids"), sequences.get("num_sequences")
         policy = sequence_logps(stats.logps, sequences["loss_weights"], *packed)
         lengths = sequence_logps(torch.ones_like(stats.logps), sequences["loss_weights"], *packed)

@@ -134,7 +134,7 @@ class KTOTrainer(ReferenceTrainer):
 
     def wrap_model(self, model) -> torch.nn.Module:
         self._window_kl = None
-        return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
+        return TokenLogProbs.for_config(model, self.config)
 
     def count_units(self, batch) -> torch.Tensor:
         return torch.tensor(float(batch["size"]))

@@ -200,8 +200,8 @@ class OnlineTrainer(ReferenceTrainer):
 
     def wrap_model(self, model) -> torch.nn.Module:
         if self.config.packing:
-            check_packing_isolation(model, batch_rows=2)
-        return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
+            check_packing_isolation(model, batch_rows=2, device=self.accelerator.device)
+        return TokenLogProbs.for_config(model, self.config)
 
     def engine(self, module):
         """The generation engine over the live policy weights (built once)."""

@@ -59,9 +59,11 @@ def sequence_logps(
     """
     if sequence_ids is None:
         return masked_sum(token_logps, (weights > 0), dim=1)
-    trained = (weights > 0) & (sequence_ids >= 0)
+    trained = ((weights > 0) & (sequence_ids >= 0)).reshape(-1)
+    # every token is added (0 when untrained): boolean indexing would wait for the device
+    values = torch.where(trained, token_logps.reshape(-1), 0.0)
     sums = torch.zeros(num_sequences, dtype=token_logps.dtype, device=token_logps.device)
-    return sums.index_add(0, sequence_ids[trained], token_logps[trained])
+    return sums.index_add(0, sequence_ids.reshape(-1).clamp(min=0), values)
 
 
 def _cache_dir(configured: str | None) -> Path:
@@ -156,23 +158,24 @@ class ReferenceTrainer(Trainer):
             # saved it as model 0; a resumed process that read the log-probs from the cache had
             # only the policy registered and loaded the reference's weights into it.
             self.ref_model.to(self.accelerator.device)
-            self._ref_logps_module = TokenLogProbs(self.ref_model, chunk_size=self.config.logits_chunk_size)
+            self._ref_logps_module = TokenLogProbs.for_config(self.ref_model, self.config)
         return self._ref_logps_module
 
     @torch.no_grad()
     def compute_reference(
-        self, input_ids, position_ids, weights, policy_module=None, sequence_ids=None, num_sequences=None
+        self, input_ids, position_ids, weights, policy_module=None, sequence_ids=None, num_sequences=None, positions=None
     ) -> torch.Tensor:
         """Reference log-probs ``(N,)`` of a collated batch of sequences (``sequence_ids`` and
         ``num_sequences`` for packed rows, see :func:`sequence_logps`), with the live reference
-        (copy, or the policy with adapters disabled)."""
+        (copy, or the policy with adapters disabled). ``positions``: the trained tokens' flat
+        indices (the collator's ``trained_positions``), so the head skips the others."""
         with self.accelerator.autocast():  # the mixed precision of the policy's forward
             if self._reference_source == "model":
-                stats = self._reference_module()(input_ids, position_ids)
+                stats = self._reference_module()(input_ids, position_ids, positions=positions)
             else:
-                module = policy_module if policy_module is not None else TokenLogProbs(self.model, chunk_size=self.config.logits_chunk_size)
+                module = policy_module if policy_module is not None else TokenLogProbs.for_config(self.model, self.config)
                 with self.model.disable_adapter():
-                    stats = module(input_ids, position_ids)
+                    stats = module(input_ids, position_ids, positions=positions)
         return sequence_logps(stats.logps, weights, sequence_ids, num_sequences).float()
 
     def reference_logps(self, module, batch, sequence_batch: dict) -> torch.Tensor:
@@ -182,7 +185,7 @@ class ReferenceTrainer(Trainer):
             return batch["ref_logps"].to(sequence_batch["input_ids"].device)
         return self.compute_reference(
             sequence_batch["input_ids"], sequence_batch["position_ids"], sequence_batch["loss_weights"], module,
-            sequence_batch.get("sequence_ids"), sequence_batch.get("num_sequences"),
+            sequence_batch.get("sequence_ids"), sequence_batch.get("num_sequences"), sequence_batch.get("trained_positions"),
         )
 
     # ------------------------------------------------------------------ precomputing

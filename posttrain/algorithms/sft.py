@@ -117,17 +117,19 @@ class SFTTrainer(Trainer):
     def wrap_model(self, model) -> torch.nn.Module:
         cfg = self.config
         if cfg.packing or cfg.padding_free:
-            # Probe the batch shape training will use: FlashAttention-2 separates examples by
-            # position ids only in one-row batches, which is what padding-free batches are.
+            # Probe the batch shape training will use (kernels have differed between one-row and
+            # multi-row batches: FlashAttention-2 alone reads position ids only in one row).
             one_row = (cfg.padding_free and not cfg.packing) or cfg.per_device_train_batch_size == cfg.per_device_eval_batch_size == 1
-            check_packing_isolation(model, batch_rows=1 if one_row else 2)
-        return TokenLogProbs(model, chunk_size=self.config.logits_chunk_size)
+            check_packing_isolation(model, batch_rows=1 if one_row else 2, device=self.accelerator.device)
+        return TokenLogProbs.for_config(model, self.config)
 
-    def count_units(self, batch) -> torch.Tensor:
-        return batch["loss_weights"].sum()
+    def count_units(self, batch) -> float:
+        return batch["loss_weight_sum"]  # summed by the collator on the host: no device read
 
     def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
-        stats = module(batch["input_ids"], batch["position_ids"], with_stats=True)
+        # The head runs on the trained tokens only: untrained ones have weight 0 in the loss
+        # and are masked out of every metric, so their log-probs would be thrown away.
+        stats = module(batch["input_ids"], batch["position_ids"], with_stats=True, positions=batch["trained_positions"])
         weights = batch["loss_weights"]
         per_token = token_nll(stats.logps, weights)
         loss_sum = per_token.sum()
@@ -145,9 +147,12 @@ class SFTTrainer(Trainer):
 def per_turn_losses(nll: torch.Tensor, turn_index: torch.Tensor, trained: torch.Tensor) -> dict[str, Metric]:
     """Mean unweighted NLL of the trained tokens of each turn index: ``nll``, ``turn_index`` and
     ``trained`` are ``(B, T)``; turns beyond the last bucket are pooled into it."""
-    in_turn = trained & (turn_index >= 0)
-    bucket = turn_index.clamp(min=0, max=MAX_TURN_BUCKETS - 1)[in_turn]
-    sums = torch.zeros(MAX_TURN_BUCKETS, device=nll.device).index_add_(0, bucket, nll[in_turn].float())
-    counts = torch.zeros(MAX_TURN_BUCKETS, device=nll.device).index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float))
+    in_turn = (trained & (turn_index >= 0)).reshape(-1)
+    # Every token goes into some bucket with value 0 when it is not in a trained turn: boolean
+    # indexing would wait for the device to learn how many tokens are selected.
+    bucket = turn_index.clamp(min=0, max=MAX_TURN_BUCKETS - 1).reshape(-1)
+    values = torch.where(in_turn, nll.reshape(-1).float(), 0.0)
+    sums = torch.zeros(MAX_TURN_BUCKETS, device=nll.device).index_add_(0, bucket, values)
+    counts = torch.zeros(MAX_TURN_BUCKETS, device=nll.device).index_add_(0, bucket, in_turn.float())
     names = [f"loss/turn_{k}" for k in range(MAX_TURN_BUCKETS - 1)] + [f"loss/turn_{MAX_TURN_BUCKETS - 1}+"]
     return {name: Metric.mean(sums[k], counts[k]) for k, name in enumerate(names)}

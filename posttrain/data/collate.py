@@ -6,7 +6,11 @@ Every layout gives the same dict of tensors:
 - ``position_ids`` ``(B, T)`` long, restarting at 0 at the start of every example;
 - ``loss_weights`` ``(B, T)`` float32, the examples' weights and 0 on every pad;
 - ``turn_index`` ``(B, T)`` long, -1 on every pad;
-- ``num_tokens``: int, how many real (non-pad) tokens the batch holds.
+- ``num_tokens``: int, how many real (non-pad) tokens the batch holds;
+- ``trained_positions`` ``(n,)`` long: flat indices into ``(B, T)`` of the tokens with a nonzero
+  loss weight (:func:`trained_positions`), so the LM head can run on those tokens only;
+- ``loss_weight_sum``: float, the sum of ``loss_weights``, counted here on the host so that the
+  training loop never has to read it back from the device.
 
 There is deliberately **no** ``attention_mask``. Why that is correct:
 
@@ -83,7 +87,21 @@ def _batch(rows: Sequence[Mapping], seq_lengths: Sequence[Sequence[int]], pad_to
         batch["turn_index"][b, :n] = torch.tensor(row["turn_index"], dtype=torch.long)
         batch["position_ids"][b] = _segment_positions(lengths if lengths else [0], width)
     batch["num_tokens"] = num_tokens
+    batch["trained_positions"] = trained_positions(batch["loss_weights"])
+    batch["loss_weight_sum"] = float(batch["loss_weights"].sum())
     return batch
+
+
+def trained_positions(loss_weights: torch.Tensor) -> torch.Tensor:
+    """Flat indices ``(n,)`` into ``loss_weights`` ``(B, T)`` of the tokens with a nonzero weight,
+    ascending. Computed while the batch is still on the host, where finding them costs no device
+    synchronisation. The first token of a row never has a weight (nothing predicts it; the
+    tokenizers guarantee weight 0 there), so every index has a predecessor in its row."""
+    flat = loss_weights.reshape(-1)
+    index = torch.nonzero(flat != 0).reshape(-1)
+    if loss_weights.dim() != 2 or bool((index % loss_weights.shape[1] == 0).any()):
+        raise ValueError("loss_weights must be (B, T) with weight 0 on the first token of every row (nothing predicts it)")
+    return index
 
 
 def collate_padded(

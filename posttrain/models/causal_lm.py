@@ -8,6 +8,12 @@ vocabulary never exist all at once.
 It is an ``nn.Module`` wrapping the Hugging Face model, and it is *this* module that accelerate
 wraps in DDP/FSDP, so the head computation happens inside the wrapped forward and gradient
 synchronisation stays correct.
+
+Objectives that train on a subset of the tokens (SFT's completion/assistant modes, DPO's
+completions) pass ``positions``: the flat indices of the tokens whose log-probs they need. The
+LM head then runs on those tokens only -- prompts and pads cost no head FLOPs and no
+full-vocabulary temporaries -- and the result is scattered back to ``(B, T)`` with zeros
+elsewhere, so the loss and its gradients are those of the full computation.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from posttrain.models.attention import varlen_kwargs
 from posttrain.ops import TokenStats, auto_chunk_size, token_logps
 
 
@@ -27,13 +34,33 @@ class TokenLogProbs(nn.Module):
     ``argmax_correct`` follow the same alignment when ``with_stats=True``.
 
     ``chunk_size``: tokens per LM-head chunk; None chooses automatically, 0 never chunks.
+    ``stats_fn``: replaces :func:`posttrain.ops.logps_and_stats` (a compiled copy, see
+    :mod:`posttrain.models.compile`).
+
+    ``positions`` (optional, ``(n,)`` long): flat indices into ``(B, T)`` of the tokens to
+    score, none of them the first token of a row (nothing predicts it). Log-probs, entropy and
+    ``argmax_correct`` are then computed for those tokens only and are 0 / False elsewhere.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int | None = None):
+    def __init__(self, model: nn.Module, chunk_size: int | None = None, stats_fn=None):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.stats_fn = stats_fn
         self._split_head_ok: bool | None = None  # decided on the first forward
+
+    @classmethod
+    def for_config(cls, model: nn.Module, config) -> TokenLogProbs:
+        """The module a trainer trains: ``config.logits_chunk_size``, and with
+        ``config.torch_compile`` the model's blocks and the head's stats compiled
+        (:mod:`posttrain.models.compile`)."""
+        stats_fn = None
+        if getattr(config, "torch_compile", False):
+            from posttrain.models.compile import compile_blocks, compiled_logps_and_stats
+
+            compile_blocks(model)
+            stats_fn = compiled_logps_and_stats()
+        return cls(model, chunk_size=config.logits_chunk_size, stats_fn=stats_fn)
 
     def forward(
         self,
@@ -43,25 +70,37 @@ class TokenLogProbs(nn.Module):
         *,
         temperature: float = 1.0,
         with_stats: bool = False,
+        positions: torch.Tensor | None = None,
     ) -> TokenStats:
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
-        labels = input_ids[:, 1:]
         if self._split_head_ok is None:
             self._split_head_ok = self._head_is_plain_linear(inputs)
-        if self._split_head_ok:
-            hidden = self._body(inputs)[:, :-1]
-            head = self.model.get_output_embeddings()
-            vocab = head.out_features if hasattr(head, "out_features") else None
-            chunk = self._chunk(labels.numel(), vocab)
-            stats = token_logps(hidden, head, labels, chunk_size=chunk, temperature=temperature, with_stats=with_stats)
-        else:
-            logits = self.model(**inputs, use_cache=False).logits[:, :-1]
-            stats = token_logps(logits, nn.Identity(), labels, temperature=temperature, with_stats=with_stats)
-        return _pad_first_column(stats)
+        options = {"temperature": temperature, "with_stats": with_stats, "stats_fn": self.stats_fn}
+        if not self._split_head_ok:
+            logits = self.model(**inputs, use_cache=False, **varlen_kwargs(self.model, position_ids)).logits
+            if positions is not None:
+                return _scatter(self._score(logits, nn.Identity(), input_ids, positions, options), positions, input_ids.shape)
+            return _pad_first_column(token_logps(logits[:, :-1], nn.Identity(), input_ids[:, 1:], **options))
+        hidden = self._body(inputs)
+        head = self.model.get_output_embeddings()
+        if positions is not None:
+            return _scatter(self._score(hidden, head, input_ids, positions, options), positions, input_ids.shape)
+        labels = input_ids[:, 1:]
+        chunk = self._chunk(labels.numel(), _vocab_size(head))
+        return _pad_first_column(token_logps(hidden[:, :-1], head, labels, chunk_size=chunk, **options))
+
+    def _score(self, states: torch.Tensor, head: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, options: dict) -> TokenStats:
+        """Stats ``(1, n)`` of the tokens at flat ``positions``, each predicted from the state
+        ``(B, T, H)`` (hidden states or logits) one place before it."""
+        flat_states = states.reshape(-1, states.shape[-1])
+        picked = flat_states.index_select(0, positions - 1).unsqueeze(0)
+        labels = input_ids.reshape(-1).index_select(0, positions).unsqueeze(0)
+        chunk = self._chunk(labels.numel(), _vocab_size(head)) if not isinstance(head, nn.Identity) else None
+        return token_logps(picked, head, labels, chunk_size=chunk, **options)
 
     def _body(self, inputs: dict) -> torch.Tensor:
         decoder = self.model.get_decoder()
-        return decoder(**inputs, use_cache=False).last_hidden_state
+        return decoder(**inputs, use_cache=False, **varlen_kwargs(self.model, inputs["position_ids"])).last_hidden_state
 
     def _chunk(self, num_tokens: int, vocab_size: int | None) -> int | None:
         if self.chunk_size == 0:
@@ -84,6 +123,23 @@ class TokenLogProbs(nn.Module):
             return False
         full = self.model(**probe, use_cache=False).logits
         return split.shape == full.shape and torch.allclose(split.float(), full.float(), atol=1e-4, rtol=1e-4)
+
+
+def _vocab_size(head: nn.Module) -> int | None:
+    return head.out_features if hasattr(head, "out_features") else None
+
+
+def _scatter(stats: TokenStats, positions: torch.Tensor, shape: torch.Size) -> TokenStats:
+    """``(1, n)`` stats of the tokens at flat ``positions`` -> ``(B, T)`` with 0 / False
+    elsewhere (differentiable in the log-probs)."""
+
+    def place(values, fill):
+        if values is None:
+            return None
+        out = torch.full((shape[0] * shape[1],), fill, dtype=values.dtype, device=values.device)
+        return out.index_copy(0, positions, values.reshape(-1)).reshape(shape)
+
+    return TokenStats(logps=place(stats.logps, 0.0), entropy=place(stats.entropy, 0.0), argmax_correct=place(stats.argmax_correct, False))
 
 
 def _pad_first_column(stats: TokenStats) -> TokenStats:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from posttrain.data.files import looks_local
-from posttrain.errors import ModelError
+from posttrain.errors import ConfigError, ModelError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 # A directory holds a model when it has one of these (a full checkpoint or peft adapters).
@@ -92,11 +92,24 @@ def set_chat_template(tokenizer, template: str | None) -> None:
     tokenizer.chat_template = path.read_text() if "{" not in template and path.is_file() else template
 
 
+def prepare_attention(attn_implementation: str | None) -> None:
+    """Refuse an attention kernel that cannot run here (missing package, wrong device) with the
+    fix, before any weights load; register ``torch_varlen`` with transformers when asked for."""
+    from posttrain.models.attention import TORCH_VARLEN, attention_problem, register_torch_varlen
+
+    problem = attention_problem(attn_implementation, "cuda" if torch.cuda.is_available() else "cpu")
+    if problem is not None:
+        raise ConfigError(f"option 'attn_implementation': {problem}")
+    if attn_implementation == TORCH_VARLEN:
+        register_torch_varlen()
+
+
 def _from_pretrained(auto_class, source, model_dtype: str, attn_implementation: str | None, **kwargs):
     if model_dtype not in _DTYPES:
         raise ModelError(f"model_dtype must be one of {sorted(_DTYPES)}, got {model_dtype!r}")
     kwargs["dtype"] = _DTYPES[model_dtype]
     if attn_implementation:
+        prepare_attention(attn_implementation)
         kwargs["attn_implementation"] = attn_implementation
     return _load_pretrained(auto_class, source, "model", _MODEL_FILES, **kwargs)
 

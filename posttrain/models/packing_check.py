@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from posttrain.models.attention import VARLEN_NAMES, attention_name, varlen_kwargs
+
 FIRST_LENGTH, SECOND_LENGTH = 7, 5
 # 16-bit models differ from separate forwards by rounding alone (other matmul shapes, other
 # kernels), so their tolerance is relative to the logit scale.
@@ -23,7 +25,9 @@ CROSS_TALK_RELATIVE_ATOL = 1e-4
 
 
 def _logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
-    out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    # called as TokenLogProbs calls it in training, varlen boundaries included
+    extra = varlen_kwargs(model, position_ids)
+    out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra)
     return out.logits.float()
 
 
@@ -58,7 +62,7 @@ def _probe(model, vocab_size: int, batch_rows: int) -> tuple[float, float, float
 
 
 def check_packing_isolation(
-    model, *, vocab_size: int | None = None, atol: float | None = None, batch_rows: int = 2
+    model, *, vocab_size: int | None = None, atol: float | None = None, batch_rows: int = 2, device=None
 ) -> float:
     """Check that examples packed into one row do not attend to each other; return the error.
 
@@ -73,9 +77,15 @@ def check_packing_isolation(
     The model is put in eval mode (no dropout) for the probe and every submodule's training flag
     is restored afterwards; no gradients are computed.
 
+    ``device``: where training will run. A model whose attention kernel exists on GPUs only
+    (flash_attention_*, torch_varlen) is moved there first, as ``accelerator.prepare`` would
+    right afterwards; other models are probed where they are.
+
     Returns the max absolute logit difference between packed and separate forwards. Raises
     ``RuntimeError`` naming the attention implementation when attention leaks across examples.
     """
+    if device is not None and attention_name(model) in VARLEN_NAMES:
+        model.to(device)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -97,8 +107,8 @@ def check_packing_isolation(
             f"forwards by {error:.3g} (tolerance {atol:.3g}) and changing one example moves the next "
             f"one's logits by {cross_talk:.3g} (tolerance {cross_atol:.3g}). The model must turn "
             "restarting position_ids into a block-diagonal mask when called with attention_mask=None "
-            "and use_cache=False (transformers 5.x does for sdpa and eager; flash_attention_2 only "
-            "for one-row batches). Fix: set packing=False and padding_free=False, or use "
-            "attn_implementation='flash_attention_2' with padding_free=True."
+            "and use_cache=False (transformers 5.x does for sdpa, eager and flex_attention; posttrain "
+            "passes torch_varlen and flash_attention_2 the boundaries itself). Fix: set packing=False "
+            "and padding_free=False, or use another attn_implementation."
         )
     return error

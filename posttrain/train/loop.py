@@ -51,6 +51,7 @@ from posttrain.train.checkpoint import (
 )
 from posttrain.train.completions import CompletionLog
 from posttrain.train.console import quiet_third_party
+from posttrain.train.host_sync import DeferredValue, count_window, first_non_finite, loss_scale
 from posttrain.train.interrupt import InterruptGuard, TrainingInterrupted
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
@@ -315,13 +316,9 @@ class Trainer:
 
     def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
         cfg, acc = self.config, self.accelerator
-        local = torch.tensor(
-            [float(sum(self.count_units(b) for b in window)), float(sum(self.count_tokens(b) for b in window))],
-            device=acc.device,
-        )
-        units, tokens = acc.reduce(local, reduction="sum").tolist()
-        # DDP averages gradients over processes, so multiply back by the process count.
-        scale = acc.num_processes / max(units, 1.0)
+        # Counted without reading the device where the batches say them (see train/host_sync.py).
+        units, tokens = count_window(acc, [self.count_units(b) for b in window], [self.count_tokens(b) for b in window])
+        scale = loss_scale(units, acc.num_processes)
         window_loss = torch.zeros((), device=acc.device)
         self.before_accumulation(module, window)
         for index, batch in enumerate(window):
@@ -331,17 +328,17 @@ class Trainer:
                 acc.backward(loss_sum * scale)
             window_loss += loss_sum.detach().float()
             metrics.update(batch_metrics)
-        if not torch.isfinite(window_loss):
-            self._stop_non_finite("loss", window_loss.item(), state)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(module.parameters(), max_norm)
-        if grad_norm is not None and not torch.isfinite(grad_norm) and acc.mixed_precision != "fp16":
-            self._stop_non_finite("gradient norm", float(grad_norm), state)
+        # The one read of the device per step, before the weights change.
+        problem = first_non_finite(window_loss, grad_norm, check_grad_norm=acc.mixed_precision != "fp16")
+        if problem is not None:
+            self._stop_non_finite(*problem, state)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        state.tokens_seen += int(tokens)
+        state.tokens_seen += int(tokens.get() if isinstance(tokens, DeferredValue) else tokens)
         if grad_norm is not None:
             metrics.update({"grad_norm": Metric.mean(grad_norm)})
 

@@ -49,13 +49,10 @@ class MetricAccumulator:
             seen = self._values.get(name)
             if seen is None:
                 self._values[name] = Metric(metric.kind, metric.value.clone(), _as_tensor(metric.count))
-            elif metric.kind == "mean":
-                seen.value = seen.value + metric.value.to(seen.value.device)
-                seen.count = seen.count + _as_tensor(metric.count).to(seen.value.device)
-            elif metric.kind == "max":
-                seen.value = torch.maximum(seen.value, metric.value.to(seen.value.device))
             else:
-                seen.value = torch.minimum(seen.value, metric.value.to(seen.value.device))
+                seen.value = _combine(seen.value, metric.value, metric.kind)
+                if metric.kind == "mean":
+                    seen.count = _combine(seen.count, _as_tensor(metric.count), "mean")
 
     def __bool__(self) -> bool:
         return bool(self._values)
@@ -81,6 +78,25 @@ class MetricAccumulator:
 
 def _as_tensor(count) -> torch.Tensor:
     return count if isinstance(count, torch.Tensor) else torch.tensor(float(count))
+
+
+def _combine(running: torch.Tensor, new: torch.Tensor, kind: str) -> torch.Tensor:
+    """``running`` and ``new`` (0-dim) summed (``mean``) or their max/min, without a blocking copy:
+    a host scalar meeting a device tensor becomes a Python number (a kernel argument), because
+    moving it with ``.to(device)`` would wait for all queued device work."""
+    a, b = running, new
+    if a.device != b.device:
+        if b.device.type == "cpu":
+            b = b.item()
+        elif a.device.type == "cpu":
+            a, b = b, a.item()  # all three operations are symmetric
+        else:
+            b = b.to(a.device)
+    if kind == "mean":
+        return a + b
+    if isinstance(b, float):
+        return a.clamp(min=b) if kind == "max" else a.clamp(max=b)
+    return torch.maximum(a, b) if kind == "max" else torch.minimum(a, b)
 
 
 def _reduce_across_processes(values: dict[str, Metric], accelerator) -> dict[str, Metric]:

@@ -7,10 +7,41 @@ import math
 import torch
 from torch import nn
 
+from posttrain.train.master_weights import HALF, MasterWeightAdamW
+
+ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+
+
+def adamw_flags(implementation: str, device_type: str) -> dict:
+    """``fused``/``foreach`` arguments of ``torch.optim.AdamW`` for ``adamw_implementation``.
+
+    ``auto``: fused on CUDA (one kernel for all parameters instead of a dozen per group),
+    foreach elsewhere (on CPU both are memory-bound and foreach is what earlier runs used, so
+    CPU results stay as they were). ``for_loop``: one parameter at a time (least memory).
+    """
+    if implementation not in ADAMW_IMPLEMENTATIONS:
+        raise ValueError(f"adamw_implementation must be one of {ADAMW_IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "auto":
+        implementation = "fused" if device_type == "cuda" else "foreach"
+    return {"fused": implementation == "fused", "foreach": implementation == "foreach"}
+
+
+def _device_type(module: nn.Module) -> str:
+    """Where the parameters will train: accelerate moves a CPU-loaded model to the GPU after the
+    optimizer is made, so a visible GPU counts."""
+    if torch.cuda.is_available():
+        return "cuda"
+    first = next(module.parameters(), None)
+    return first.device.type if first is not None else "cpu"
+
 
 def build_optimizer(module: nn.Module, config) -> torch.optim.Optimizer:
     """AdamW over trainable parameters; weight decay only on matrices (decaying biases and norm
-    gains pulls them towards zero for no benefit)."""
+    gains pulls them towards zero for no benefit).
+
+    16-bit trainable parameters get float32 master copies (:class:`MasterWeightAdamW`) unless
+    ``config.master_weights`` is False; ``config.adamw_implementation`` picks fused, foreach or
+    for-loop kernels (:func:`adamw_flags`)."""
     decay, no_decay = [], []
     for parameter in module.parameters():
         if parameter.requires_grad:
@@ -21,13 +52,17 @@ def build_optimizer(module: nn.Module, config) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon,
-        foreach=True,
-    )
+    options = {
+        "lr": config.learning_rate,
+        "betas": (config.adam_beta1, config.adam_beta2),
+        "eps": config.adam_epsilon,
+        **adamw_flags(getattr(config, "adamw_implementation", "auto"), _device_type(module)),
+    }
+    groups = [g for g in groups if g["params"]]
+    half = any(p.dtype in HALF for group in groups for p in group["params"])
+    if half and getattr(config, "master_weights", True):
+        return MasterWeightAdamW(groups, **options)
+    return torch.optim.AdamW(groups, **options)
 
 
 def warmup_steps(config, total_steps: int) -> int:
