@@ -56,8 +56,8 @@ from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.output_dir import clear_previous_run, output_dir_problem
 from posttrain.train.reporting import RunReporter, resume_command
-from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.sampler import EpochBatchSampler
+from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.state import TrainState
 
 
@@ -421,9 +421,9 @@ class Trainer:
             self.accelerator.load_state(str(path))
             resumed = TrainState.load(path)
             if resumed.total_steps != state.total_steps:
-                raise ValueError(
+                raise ConfigError(
                     f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
-                    f"{state.total_steps}; resume with the same data, batch size and schedule options"
+                    f"{state.total_steps}. Fix: resume with the same data, batch size and schedule options"
                 )
             self.reporter.print(f"resumed from {path} at step {resumed.step}")
             state = resumed
