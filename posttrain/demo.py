@@ -196,6 +196,26 @@ def noisy_sft_start(output_dir: str, seed: int = DEMO_SEED, console: Console | N
     return str(Path(output_dir) / "final"), start
 
 
+def preference_stage(algorithm: str, sft_path: str, output_dir: str, steps: int = PREFERENCE_STEPS, seed: int = DEMO_SEED, **overrides):
+    """DPO or KTO from the model at ``sft_path`` on the task's preference data (pairs, or unpaired
+    rows for KTO); returns ``(trainer, held-out EvalResult after training)``."""
+    from posttrain.algorithms.dpo import DPOTrainer
+    from posttrain.algorithms.kto import KTOTrainer
+    from posttrain.tasks import exact_match_accuracy
+
+    if algorithm not in ("dpo", "kto"):
+        raise ValueError(f"algorithm must be dpo or kto, got {algorithm!r}")
+    task = demo_task()
+    config = preference_config(algorithm, output_dir, steps, seed=seed, **overrides)
+    rows = steps * config.per_device_train_batch_size
+    if algorithm == "dpo":
+        trainer = DPOTrainer(sft_path, config, train_dataset=task.preference_pairs("train", rows))
+    else:
+        trainer = KTOTrainer(sft_path, config, train_dataset=task.unpaired("train", rows))
+    trainer.train()
+    return trainer, exact_match_accuracy(task, trainer.model, trainer.tokenizer, task.prompt_only("test", DEMO_EVAL_ROWS))
+
+
 def run_preference_demo(
     algorithm: str = "dpo",
     output_dir: str = "outputs/demo-preference",
@@ -205,33 +225,19 @@ def run_preference_demo(
     seed: int = DEMO_SEED,
     **overrides,
 ) -> dict:
-    """:func:`noisy_sft_start`, then DPO or KTO on the task's preference data; prints greedy
-    accuracy after each stage and the verdict. Returns ``accuracy_sft``, ``accuracy_after``,
+    """:func:`noisy_sft_start`, then :func:`preference_stage` (DPO or KTO); prints greedy accuracy
+    after each stage and the verdict. Returns ``accuracy_sft``, ``accuracy_after``,
     ``eos_rate_after`` and ``learned``. ``overrides`` go to both stages' configs."""
-    from posttrain.algorithms.dpo import DPOTrainer
-    from posttrain.algorithms.kto import KTOTrainer
-    from posttrain.tasks import exact_match_accuracy
-
     if algorithm not in ("dpo", "kto"):
         raise ValueError(f"algorithm must be dpo or kto, got {algorithm!r}")
     console = console or Console(highlight=False)
-    task = demo_task()
-    held_out = task.prompt_only("test", DEMO_EVAL_ROWS)
     console.rule(f"[bold]posttrain demo: SFT on noisy demonstrations, then {algorithm.upper()}")
     sft_path, start = noisy_sft_start(str(Path(output_dir) / "sft"), seed, console, sft_steps, **overrides)
-
-    config = preference_config(algorithm, str(Path(output_dir) / algorithm), steps, seed=seed, **overrides)
-    if algorithm == "dpo":
-        data = task.preference_pairs("train", steps * config.per_device_train_batch_size)
-        trainer = DPOTrainer(sft_path, config, train_dataset=data)
-    else:
-        data = task.unpaired("train", steps * config.per_device_train_batch_size)
-        trainer = KTOTrainer(sft_path, config, train_dataset=data)
-    console.print(f"{algorithm.upper()} data: rows like {data[0]}")
-    trainer.train()
-    after = exact_match_accuracy(task, trainer.model, trainer.tokenizer, held_out)
+    example = demo_task().preference_pairs("train", 1)[0] if algorithm == "dpo" else demo_task().unpaired("train", 1)[0]
+    console.print(f"{algorithm.upper()} data: rows like {example}")
+    _, after = preference_stage(algorithm, sft_path, str(Path(output_dir) / algorithm), steps, seed, **overrides)
 
     console.print(samples_table(after, f"held-out prompts after {algorithm.upper()} (greedy)"))
-    console.print(_accuracy_table(len(held_out), [("after SFT", start), (f"after {algorithm.upper()}", after)]))
+    console.print(_accuracy_table(DEMO_EVAL_ROWS, [("after SFT", start), (f"after {algorithm.upper()}", after)]))
     learned = _verdict(console, after.accuracy, PREFERENCE_PROMISE, sft_steps is not None or steps != PREFERENCE_STEPS, algorithm.upper())
     return {"accuracy_sft": start.accuracy, "accuracy_after": after.accuracy, "eos_rate_after": after.eos_rate, "learned": learned}
