@@ -108,11 +108,11 @@ def _run(args) -> int:
         from posttrain.demo import run_demo, run_preference_demo
 
         if args.algorithm == "sft":
-            run_demo(output_dir=args.output_dir or "outputs/demo", steps=args.steps)
+            result = run_demo(output_dir=args.output_dir or "outputs/demo", steps=args.steps)
         else:
             output_dir = args.output_dir or f"outputs/demo-{args.algorithm}"
-            run_preference_demo(args.algorithm, output_dir=output_dir, sft_steps=args.steps)
-        return 0
+            result = run_preference_demo(args.algorithm, output_dir=output_dir, sft_steps=args.steps)
+        return 0 if result["learned"] else 1  # a run below the recipe's promise must not look like success
     command = args.algorithm if args.command == "inspect" else args.command
     trainer_cls, config_cls = _trainer_classes(command)
     if args.help_config:

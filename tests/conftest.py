@@ -2,6 +2,11 @@
 
 Fixtures are cached on disk by ``posttrain.testing.fixture_path``; tests point that cache at a
 per-session temporary directory so they never depend on (or pollute) the user's cache.
+
+Writing a learning test ("did it learn?", e.g. for GRPO or PPO)? Follow the standard in
+tests/README.md: sweep training seeds and thread counts first (benchmarks/learning_sweep.py), set
+thresholds from the measured spread with the range written beside each one, take the seed from
+POSTTRAIN_TEST_SEED, and keep each test under ~90 s.
 """
 
 from __future__ import annotations

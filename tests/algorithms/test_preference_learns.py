@@ -21,37 +21,36 @@ What we measured and keep in mind when reading these tests:
 
 from __future__ import annotations
 
+import io
+import os
+
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from rich.console import Console
 
 from posttrain.algorithms.dpo import DPOTrainer
 from posttrain.algorithms.kto import KTOTrainer
-from posttrain.algorithms.sft import SFTTrainer
-from posttrain.demo import DEMO_ROWS, PREFERENCE_SLIP_RATE, demo_config, preference_config
-from posttrain.tasks import ArithmeticTask, exact_match_accuracy
+from posttrain.demo import DEMO_EVAL_ROWS, DEMO_SEED, demo_task, noisy_sft_start, preference_config
+from posttrain.tasks import exact_match_accuracy
 
-TASK = ArithmeticTask(seed=0)
-HELD_OUT = TASK.prompt_only("test", 200)
+SEED = int(os.environ.get("POSTTRAIN_TEST_SEED", DEMO_SEED))
+TASK = demo_task()
+HELD_OUT = TASK.prompt_only("test", DEMO_EVAL_ROWS)
 
 
 @pytest.fixture(scope="module")
-def sft_start(tmp_path_factory, model_path):
-    """(path, held-out greedy accuracy) of the demo SFT recipe run on 60%-slipped rows (~70 s)."""
+def sft_start(tmp_path_factory):
+    """(path, held-out greedy accuracy) of the noisy-SFT start of the preference demos."""
     output = tmp_path_factory.mktemp("sft-start")
-    config = demo_config(str(output), progress_bar=False, logging_steps=0)
-    rows = TASK.prompt_completion("train", DEMO_ROWS, slip_rate=PREFERENCE_SLIP_RATE)
-    SFTTrainer(model_path("llama-small"), config, train_dataset=rows).train()
-    path = str(output / "final")
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    start = exact_match_accuracy(TASK, model, tokenizer, HELD_OUT)
-    # the start must leave room to improve and must have learned the format (stops with EOS)
-    assert start.accuracy <= 0.5 and start.eos_rate >= 0.95, start
+    console = Console(file=io.StringIO())
+    path, start = noisy_sft_start(str(output), seed=SEED, console=console, progress_bar=False, logging_steps=0)
+    # the start has learned the format (stops with EOS) and leaves room to improve
+    assert 0.1 <= start.accuracy <= 0.5 and start.eos_rate >= 0.95, (start.accuracy, start.eos_rate)  # measured TODO
     return path, start.accuracy
 
 
 def _config(algorithm, tmp_path):
     # the preference demo's recipe: 100 steps x 16 rows, lr 3e-5, beta 0.1
-    return preference_config(algorithm, str(tmp_path), progress_bar=False, logging_steps=0, save_final_model=False)
+    return preference_config(algorithm, str(tmp_path), seed=SEED, progress_bar=False, logging_steps=0, save_final_model=False)
 
 
 def test_dpo_learns_held_out_preferences(sft_start, tmp_path):
