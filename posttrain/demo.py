@@ -22,16 +22,22 @@ from rich.table import Table
 # learning tests (tests override it with POSTTRAIN_TEST_SEED; see tests/README.md).
 DEMO_FIXTURE = "llama-demo"
 DEMO_SEED = 0
-# The SFT recipe: 8000 rows (one pass over the task's train split) seen 12 times, batch 64.
-DEMO_ROWS = 8000
-DEMO_STEPS = 1500
+# The task: sums of two two-digit numbers (10-99). Operands of one width put every digit at a
+# fixed distance from the answer; with 0-99 (widths 1 and 2) the same recipe found the alignment
+# after anywhere between 500 and 3000 steps depending on seed and CPU kernels (issue 12).
+DEMO_MIN_OPERAND = 10
+# The SFT recipe: one pass over the task's train split (6,483 problems) seen ~10 times, batch 64.
+DEMO_ROWS = None
+DEMO_STEPS = 1000
 DEMO_BATCH_SIZE = 64
 DEMO_EVAL_ROWS = 200
 # What the SFT demo promises: the lowest held-out accuracy of the sweep, rounded down.
 SFT_PROMISE = 0.95
-# The preference demo (and tests/algorithms/test_preference_learns.py): SFT on demonstrations of
-# which this share answers one too high, then this many DPO / KTO steps.
+# The noisy start of the preference and online-RL demos: the SFT demo's model, trained on for
+# NOISY_STEPS more steps on demonstrations of which this share answers one too high.
 PREFERENCE_SLIP_RATE = 0.6
+NOISY_STEPS = 150
+NOISY_LEARNING_RATE = 1e-3
 PREFERENCE_STEPS = 100
 PREFERENCE_PROMISE = 0.8
 
@@ -40,7 +46,7 @@ def demo_task():
     """The arithmetic task of every demo: two-digit addition, ``"What is 47+38?"`` -> ``" 85"``."""
     from posttrain.tasks import ArithmeticTask
 
-    return ArithmeticTask(seed=0)
+    return ArithmeticTask(seed=0, min_operand=DEMO_MIN_OPERAND)
 
 
 def demo_config(output_dir: str, steps: int | None = None, **overrides):
@@ -135,15 +141,16 @@ def _verdict(console: Console, accuracy: float, promise: float, recipe_changed: 
     return False
 
 
-def _train_and_evaluate(rows, output_dir: str, steps: int | None, seed: int, **overrides):
-    """SFT the demo fixture on ``rows``; returns ``(trainer, held-out EvalResult after training)``."""
+def _train_and_evaluate(rows, output_dir: str, steps: int | None, seed: int, model: str | None = None, **overrides):
+    """SFT ``model`` (default: the demo fixture) on ``rows``; returns ``(trainer, held-out
+    EvalResult after training)``."""
     from posttrain.algorithms.sft import SFTTrainer
     from posttrain.tasks import exact_match_accuracy
     from posttrain.testing import fixture_path
 
     task = demo_task()
     config = demo_config(output_dir, steps, seed=seed, **overrides)
-    trainer = SFTTrainer(str(fixture_path(DEMO_FIXTURE)), config, train_dataset=rows)
+    trainer = SFTTrainer(model or str(fixture_path(DEMO_FIXTURE)), config, train_dataset=rows)
     trainer.train()
     return trainer, exact_match_accuracy(task, trainer.model, trainer.tokenizer, task.prompt_only("test", DEMO_EVAL_ROWS))
 
@@ -171,7 +178,7 @@ def run_demo(
     model_dir = str(fixture_path(DEMO_FIXTURE))
     held_out = task.prompt_only("test", DEMO_EVAL_ROWS)
     console.rule("[bold]posttrain demo: SFT on arithmetic")
-    console.print(f"model: tiny Llama from {model_dir}\ndata: {DEMO_ROWS} training rows like {task.prompt_completion('train', 1)[0]}")
+    console.print(f"model: tiny Llama from {model_dir}\ndata: {len(task.split_problems('train')):,} training rows like {task.prompt_completion('train', 1)[0]}")
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     before = exact_match_accuracy(task, model, tokenizer, held_out)
     trainer, after = _train_and_evaluate(task.prompt_completion("train", DEMO_ROWS), output_dir, steps, seed, **overrides)
@@ -183,18 +190,36 @@ def run_demo(
     return {"accuracy_before": before.accuracy, "accuracy_after": after.accuracy, "eos_rate_after": after.eos_rate, "learned": learned}
 
 
-def noisy_sft_start(output_dir: str, seed: int = DEMO_SEED, console: Console | None = None, steps: int | None = None, **overrides):
-    """SFT of the demo model on demonstrations of which :data:`PREFERENCE_SLIP_RATE` answer one
-    too high: a model that has learned to add but whose greedy answer is often the slip.
+def noisy_sft_start(
+    output_dir: str,
+    seed: int = DEMO_SEED,
+    console: Console | None = None,
+    steps: int | None = None,
+    base: str | None = None,
+    **overrides,
+):
+    """The start of the preference and online-RL demos: a model that has learned to add but whose
+    greedy answer is often one too high, which leaves a preference or reward signal room to act.
 
-    The start of the preference demos (and of the online-RL ones): it leaves a preference or reward
-    signal room to act. Saves the model to ``<output_dir>/final``; returns that path and the
-    held-out :class:`~posttrain.tasks.EvalResult` (greedy accuracy and EOS rate).
+    ``base`` is a model that has learned the task (the SFT demo's ``final`` model); without it,
+    the SFT demo's recipe trains one first into ``<output_dir>/clean`` (``steps`` overrides its
+    step count). That model then trains :data:`NOISY_STEPS` more steps at
+    :data:`NOISY_LEARNING_RATE` on demonstrations of which :data:`PREFERENCE_SLIP_RATE` answer one
+    too high. Starting from a model that already adds makes where the start lands depend on the
+    slip rate, not on when in its run a model happened to learn addition. Saves the model to
+    ``<output_dir>/final``; returns that path and the held-out :class:`~posttrain.tasks.EvalResult`.
     """
     console = console or Console(highlight=False)
-    rows = demo_task().prompt_completion("train", DEMO_ROWS, slip_rate=PREFERENCE_SLIP_RATE)
-    console.print(f"SFT data: {DEMO_ROWS} rows, {PREFERENCE_SLIP_RATE:.0%} of them one too high, e.g. {rows[1]}")
-    _, start = _train_and_evaluate(rows, output_dir, steps, seed, **{**overrides, "save_final_model": True})
+    task = demo_task()
+    keep = {**overrides, "save_final_model": True}
+    if base is None:
+        console.print("SFT on correct demonstrations first (the SFT demo's recipe)")
+        _train_and_evaluate(task.prompt_completion("train", DEMO_ROWS), str(Path(output_dir) / "clean"), steps, seed, **keep)
+        base = str(Path(output_dir) / "clean" / "final")
+    rows = task.prompt_completion("train", NOISY_STEPS * DEMO_BATCH_SIZE, slip_rate=PREFERENCE_SLIP_RATE)
+    console.print(f"then {NOISY_STEPS} steps on demonstrations of which {PREFERENCE_SLIP_RATE:.0%} answer one too high, e.g. {rows[1]}")
+    keep.setdefault("learning_rate", NOISY_LEARNING_RATE)
+    _, start = _train_and_evaluate(rows, output_dir, NOISY_STEPS, seed, model=base, **keep)
     return str(Path(output_dir) / "final"), start
 
 

@@ -9,23 +9,15 @@ seeds 0-4 x 1 and 2 threads, each in a fresh process), measured range beside eac
 
 from __future__ import annotations
 
-import io
-import os
-
-from rich.console import Console
-
-from posttrain.demo import DEMO_EVAL_ROWS, DEMO_ROWS, DEMO_SEED, demo_task, run_demo
-
-SEED = int(os.environ.get("POSTTRAIN_TEST_SEED", DEMO_SEED))
+from posttrain.demo import DEMO_EVAL_ROWS, DEMO_ROWS, demo_task
 
 
-def test_sft_learns_arithmetic(tmp_path):
-    output = io.StringIO()
-    result = run_demo(str(tmp_path), console=Console(file=output, width=200), seed=SEED, progress_bar=False, logging_steps=0)
+def test_sft_learns_arithmetic(demo_run):
+    result, shown, _ = demo_run  # run_demo with POSTTRAIN_TEST_SEED (tests/conftest.py)
     assert result["accuracy_before"] <= 0.02  # measured 0.0 (the fixture's initialisation is fixed)
     assert result["accuracy_after"] >= 0.9, result  # measured TODO
     assert result["eos_rate_after"] >= 0.98, result  # measured TODO
-    assert result["learned"] and "learned" in output.getvalue()
+    assert result["learned"] and "SFT learned" in shown
     # held-out really means unseen: no test prompt was in the training rows
     task = demo_task()
     train_prompts = {row["prompt"] for row in task.prompt_completion("train", DEMO_ROWS)}
