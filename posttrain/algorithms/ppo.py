@@ -58,6 +58,7 @@ from posttrain.models.value import (
     check_same_vocabulary,
     copy_critic,
     hidden_size_of,
+    kept_trainable,
     new_value_head,
     value_model_critic,
 )
@@ -166,6 +167,7 @@ class PPOTrainer(StepAPI, OnlineTrainer):
             self.kl_controller = FixedKLController(cfg.kl_coef)
         self._approxkl = torch.zeros(2)
         self._generated = {}  # (prompt ids, text) -> Completion of generate(), for step()
+        self._generation_seconds = 0.0  # spent in generate() since the last step()
 
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0
@@ -174,7 +176,7 @@ class PPOTrainer(StepAPI, OnlineTrainer):
 
     def build_batch_source(self, rows, split: str):
         if rows is None:  # driven by step(): no prompt data
-            self._columns, self._prompt_capacity = [], 0
+            self._columns, self._prompt_capacity, self._conversational = [], 0, False
             return None
         return super().build_batch_source(rows, split)
 
@@ -182,6 +184,14 @@ class PPOTrainer(StepAPI, OnlineTrainer):
         if train_dataset is None and self.config.train_data is None:
             return None, None
         return super()._dataset_rows(train_dataset, eval_dataset)
+
+    def train(self):
+        if self.train_source is None:
+            raise ValueError(
+                "train() needs prompt rows: pass train_dataset=[{'prompt': ...}, ...] (or set train_data). "
+                "To drive PPO yourself, call generate() and step() instead"
+            )
+        return super().train()
 
     def steps_per_generation(self) -> int:
         return self.config.ppo_epochs * self.config.num_mini_batches
@@ -237,6 +247,11 @@ class PPOTrainer(StepAPI, OnlineTrainer):
         if cfg.disable_dropout:
             disable_dropout(critic)
         return layout, critic
+
+    def _reference_token_logps(self, input_ids, position_ids) -> torch.Tensor:
+        # peft's disable_adapter() leaves only the active adapter trainable afterwards: keep the critic's
+        with kept_trainable(self.model):
+            return super()._reference_token_logps(input_ids, position_ids)
 
     def wrap_model(self, model) -> torch.nn.Module:
         if self.config.packing:

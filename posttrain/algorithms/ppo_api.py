@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -107,7 +108,11 @@ class StepAPI:
         single = _is_single_query(queries)
         batch = [queries] if single else _as_list(queries, "queries")
         prompt_ids = [self._query_ids(query, index) for index, query in enumerate(batch)]
+        # replies to message lists also stop at the chat template's end-of-turn token
+        self._conversational = any(isinstance(query, list) and not _is_ids(query) for query in batch)
+        start = time.perf_counter()
         completions = self.engine(self.module).generate(prompt_ids, self._call_options(options), 1)
+        self._generation_seconds += time.perf_counter() - start
         for ids, completion in zip(prompt_ids, completions):
             self._generated[(tuple(ids), completion.text)] = completion
         out = [list(c.token_ids) if return_ids else c.text for c in completions]
@@ -137,7 +142,8 @@ class StepAPI:
         if 0 < state.total_steps <= state.step:
             raise RuntimeError(f"this run was set up for max_steps={state.total_steps} optimizer steps and they are done")
         items, completions, token_rewards = self._step_inputs(queries, responses, rewards)
-        windows = self.experience_windows(Samples(items, completions, token_rewards), state)
+        samples = Samples(items, completions, token_rewards, generation_seconds=self._generation_seconds)
+        windows = self.experience_windows(samples, state)
         self.buffer.schedule(windows)
         returned = MetricAccumulator()
         sink = _Both(self._step_metrics, returned)
@@ -147,6 +153,7 @@ class StepAPI:
             self._optimizer_step(module, optimizer, scheduler, window, state, sink)
             self._last_log = self._after_step(module, state, self._step_metrics, scheduler, self._last_log)
         self._generated.clear()
+        self._generation_seconds = 0.0
         stats = returned.compute(self.accelerator)
         stats["learning_rate"] = scheduler.get_last_lr()[0]
         stats["step"] = float(state.step)
@@ -158,8 +165,6 @@ class StepAPI:
             return
         if getattr(self, "module", None) is not None:
             raise RuntimeError("step() and generate() drive their own run; this trainer already ran train(). Build a new PPOTrainer for step()")
-        import time
-
         module, optimizer, scheduler, _ = self._set_up_training(None)
         self._step_parts = (module, optimizer, scheduler)
         self._step_metrics = MetricAccumulator()
@@ -211,6 +216,7 @@ class StepAPI:
     def _response(self, prompt_ids: list[int], response, index: int):
         from posttrain.rollout import Completion
         from posttrain.rollout.generation import stop_token_ids
+        from posttrain.rollout.prompts import end_of_turn_ids
 
         if isinstance(response, str):
             generated = self._generated.get((tuple(prompt_ids), response))
@@ -223,7 +229,8 @@ class StepAPI:
         if not _is_ids(response):
             raise TypeError(f"response {index}: expected a string or token ids, got {type(response).__name__}: {response!r:.100}")
         ids = self._checked_ids(response, f"response {index}")
-        stops = set(stop_token_ids(self.tokenizer, self.unwrapped_model(), self.config.stop_token_ids))
+        extra = [*self.config.stop_token_ids, *end_of_turn_ids(self.tokenizer)]
+        stops = set(stop_token_ids(self.tokenizer, self.unwrapped_model(), extra))
         reason = "eos" if ids[-1] in stops else "length"
         return Completion(ids, self.tokenizer.decode(ids, skip_special_tokens=True), reason)
 

@@ -79,23 +79,30 @@ class Critic(nn.Module):
 
 
 @contextmanager
-def active_adapter(model, name: str):
-    """Run the block with peft adapter ``name`` active, then the previous one again. peft's
-    ``set_adapter`` also freezes every other adapter; the ``requires_grad`` flags are put back
-    at once, since both adapter sets train under one optimizer."""
+def kept_trainable(model: nn.Module):
+    """Put every adapter parameter's ``requires_grad`` back after the block. peft's
+    ``set_adapter`` and ``disable_adapter`` leave only the active adapter trainable; PPO trains
+    two adapter sets (policy and critic) under one optimizer."""
     flags = [(p, p.requires_grad) for n, p in model.named_parameters() if "lora_" in n]
-    previous = model.active_adapter
-
-    def switch(adapter: str) -> None:
-        model.set_adapter(adapter)
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-
-    switch(name)
     try:
         yield
     finally:
-        switch(previous)
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+@contextmanager
+def active_adapter(model, name: str):
+    """Run the block with peft adapter ``name`` active, then the previous one again, every
+    adapter's ``requires_grad`` unchanged (:func:`kept_trainable`)."""
+    previous = model.active_adapter
+    with kept_trainable(model):
+        model.set_adapter(name)
+    try:
+        yield
+    finally:
+        with kept_trainable(model):
+            model.set_adapter(previous)
 
 
 class PolicyWithValue(TokenLogProbs):
