@@ -1,6 +1,6 @@
 """``posttrain <command> --config file.yaml key=value ...``
 
-Commands: ``sft``, ``rm``, ``dpo``, ``kto``, ``grpo`` (train), ``inspect`` (show which tokens get loss), ``demo`` (the embedded
+Commands: ``sft``, ``rm``, ``dpo``, ``kto``, ``grpo``, ``ppo`` (train), ``inspect`` (show which tokens get loss), ``demo`` (the embedded
 default: SFT on the arithmetic task, before/after accuracy). Every training command takes a
 YAML config and ``key=value`` overrides of any option; ``--help-config`` lists the options.
 """
@@ -17,6 +17,7 @@ TRAINERS = {
     "dpo": ("posttrain.algorithms.dpo", "DPOTrainer", "DPOConfig"),
     "kto": ("posttrain.algorithms.kto", "KTOTrainer", "KTOConfig"),
     "grpo": ("posttrain.algorithms.grpo", "GRPOTrainer", "GRPOConfig"),
+    "ppo": ("posttrain.algorithms.ppo", "PPOTrainer", "PPOConfig"),
 }
 
 

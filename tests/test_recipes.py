@@ -17,6 +17,8 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
 def _rows(command: str) -> list[dict]:
     task = ArithmeticTask(seed=0)
+    if command == "ppo":  # one rollout batch of the recipe
+        return task.prompt_only("train", 64, conversational=True)
     if command == "sft":
         return task.conversations("train", 8, turns=2)
     if command == "kto":
@@ -26,8 +28,8 @@ def _rows(command: str) -> list[dict]:
     return [{"chosen": row["prompt"] + row["chosen"], "rejected": row["prompt"] + row["rejected"]} for row in pairs]
 
 
-def test_there_is_a_recipe_per_offline_algorithm():
-    assert {path.name.split("-")[0] for path in RECIPES} == {"sft", "rm", "dpo", "kto"}
+def test_there_is_a_recipe_per_algorithm():
+    assert {path.name.split("-")[0] for path in RECIPES} == {"sft", "rm", "dpo", "kto", "ppo"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
@@ -37,7 +39,12 @@ def test_recipe_runs_one_step_on_fixtures(recipe, model_path, tmp_path):
     data.write_text("\n".join(json.dumps(row) for row in _rows(command)))
     model = model_path("classifier-llama" if command == "rm" else "llama")
     overrides = [f"model={model}", f"train_data={data}", f"eval_data={data}", f"output_dir={tmp_path / 'run'}",
-                 "max_steps=1", "max_length=128", "progress_bar=false", "report_to=[]", "save_steps=0"]
+                 "max_steps=1", "progress_bar=false", "report_to=[]", "save_steps=0"]
+    if command == "ppo":  # the reward model (and critic) of the recipe: the classifier fixture
+        classifier = model_path("classifier-llama")
+        overrides += ["max_completion_length=16", f"reward_funcs=[{classifier}]", f"value_model={classifier}"]
+    else:
+        overrides.append("max_length=128")
     assert yaml.safe_load(recipe.read_text())["model"]  # the recipe names a real model
     assert main([command, "--config", str(recipe), *overrides]) == 0
     assert (tmp_path / "run" / "final").is_dir()
