@@ -86,53 +86,22 @@ def test_experience_hand_values_on_ragged_completions(model_path, tmp_path):
     assert trainer.kl_controller.value == pytest.approx(0.096)
 
 
-def test_whitening_across_processes_equals_whitening_everything():
-    """Two 'processes' (threads) whiten their halves with an all-reduce of the sums: the result
-    is the whitening of the whole batch, not of each half."""
-    import threading
-
-    values = torch.tensor([[1.0, -2.0, 0.5, 9.0], [3.0, 0.0, -1.0, 9.0], [2.5, 4.0, 0.0, 0.0], [-3.0, 1.0, 2.0, 7.0]])
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
-    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
-
-    def run(rank):
-        def all_reduce(tensor):
-            slots[rank] = tensor.clone()
-            barrier.wait()
-            total = slots[0] + slots[1]
-            barrier.wait()
-            return total
-
-        results[rank] = whiten_advantages(values[2 * rank : 2 * rank + 2], mask[2 * rank : 2 * rank + 2], all_reduce=all_reduce)
-
-    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    whole = whiten_advantages(values, mask)
-    torch.testing.assert_close(torch.cat(results), whole)
-    assert not torch.allclose(results[0], whiten_advantages(values[:2], mask[:2]))
-
-
 # ----------------------------------------------------------------------------- the update on scripted experience
 
 
-def test_accumulation_splits_give_the_same_gradients(model_path, tmp_path, first_step_gradients):
-    whole = _trainer(model_path, _config(tmp_path, "whole"))
-    split = _trainer(model_path, _config(tmp_path, "split", per_device_train_batch_size=2, gradient_accumulation_steps=4))
-    expected, actual = first_step_gradients(whole.train), first_step_gradients(split.train)
+@pytest.mark.parametrize(
+    "variant", [{"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}, {"packing": False}], ids=["accumulation", "padded"]
+)
+def test_micro_batching_and_packing_leave_the_gradients_unchanged(model_path, tmp_path, first_step_gradients, variant):
+    """8 completions in one packed micro-batch, in 4 micro-batches of 2, or one per padded row:
+    the first step's gradients (policy and critic) are the same."""
+    expected = first_step_gradients(_trainer(model_path, _config(tmp_path, "whole")).train)
+    actual = first_step_gradients(_trainer(model_path, _config(tmp_path, "variant", **variant)).train)
     assert any(name.startswith("critic.") and g.abs().sum() > 0 for name, g in expected.items())  # the critic trains too
     assert any(name.startswith("model.") and g.abs().sum() > 0 for name, g in expected.items())
+    assert expected.keys() == actual.keys()
     for name, gradient in expected.items():
         torch.testing.assert_close(actual[name], gradient, atol=1e-6, rtol=1e-5, msg=name)
-
-
-def test_packed_and_padded_updates_agree(model_path, tmp_path, first_step_gradients):
-    packed = first_step_gradients(_trainer(model_path, _config(tmp_path, "packed")).train)
-    padded = first_step_gradients(_trainer(model_path, _config(tmp_path, "padded", packing=False)).train)
-    for name, gradient in padded.items():
-        torch.testing.assert_close(packed[name], gradient, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_rollout_batch_serves_epochs_times_mini_batches(model_path, tmp_path):
