@@ -98,8 +98,8 @@ class PPOConfig(OnlineConfig):
         super().__post_init__()
         checks = [
             (self.batch_size >= 1 and self.batch_size % self.mini_batch_size == 0,
-             f"batch_size = {self.batch_size} completions per rollout batch must be a multiple of the mini-batch, "
-             f"per_device_train_batch_size x gradient_accumulation_steps = {self.mini_batch_size}. Fix: change one of them"),
+             (f"batch_size = {self.batch_size} completions per rollout batch must be a multiple of the mini-batch, "
+              f"per_device_train_batch_size x gradient_accumulation_steps = {self.mini_batch_size}. Fix: change one of them")),
             (self.batch_size % self.num_generations == 0, f"batch_size = {self.batch_size} must be a multiple of num_generations = {self.num_generations}"),
             (self.num_iterations == 1, "num_iterations is GRPO's reuse of a generation batch; PPO's is ppo_epochs (x mini-batches). Fix: leave num_iterations at 1"),
             (self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}"),

@@ -138,7 +138,7 @@ class StepAPI:
         from posttrain.algorithms.ppo import Samples
 
         self._ensure_step_mode()
-        cfg, state = self.config, self.state
+        state = self.state
         if 0 < state.total_steps <= state.step:
             raise RuntimeError(f"this run was set up for max_steps={state.total_steps} optimizer steps and they are done")
         items, completions, token_rewards = self._step_inputs(queries, responses, rewards)
