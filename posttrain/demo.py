@@ -26,20 +26,24 @@ DEMO_SEED = 0
 # fixed distance from the answer; with 0-99 (widths 1 and 2) the same recipe found the alignment
 # after anywhere between 500 and 3000 steps depending on seed and CPU kernels (issue 12).
 DEMO_MIN_OPERAND = 10
-# The SFT recipe: one pass over the task's train split (6,483 problems) seen ~10 times, batch 64.
+# The SFT recipe: 1000 steps of 128 rows, ~20 passes over the train split (6,483 problems). Batch
+# 128 rather than 64 is what made every seed learn within the budget (benchmarks/learning_sweep.py).
 DEMO_ROWS = None
 DEMO_STEPS = 1000
-DEMO_BATCH_SIZE = 64
+DEMO_BATCH_SIZE = 128
 DEMO_EVAL_ROWS = 200
 # What the SFT demo promises: the lowest held-out accuracy of the sweep, rounded down.
 SFT_PROMISE = 0.95
 # The noisy start of the preference and online-RL demos: the SFT demo's model, trained on for
 # NOISY_STEPS more steps on demonstrations of which this share answers one too high.
 PREFERENCE_SLIP_RATE = 0.6
-NOISY_STEPS = 150
+NOISY_STEPS = 100
 NOISY_LEARNING_RATE = 1e-3
-PREFERENCE_STEPS = 100
-PREFERENCE_PROMISE = 0.8
+# What each algorithm's demo runs from the noisy start (optimizer steps) and the held-out accuracy
+# it promises afterwards: the lowest of benchmarks/learning_sweep.py's runs, rounded down.
+STAGE_STEPS = {"dpo": 100, "kto": 100, "grpo": 40, "ppo": 100}
+STAGE_PROMISE = {"dpo": 0.8, "kto": 0.8, "grpo": 0.8, "ppo": 0.8}
+ALGORITHMS = ("sft", *STAGE_STEPS)
 
 
 def demo_task():
@@ -78,7 +82,7 @@ def demo_config(output_dir: str, steps: int | None = None, **overrides):
     return SFTConfig(**values)
 
 
-def preference_config(algorithm: str, output_dir: str, steps: int = PREFERENCE_STEPS, **overrides):
+def preference_config(algorithm: str, output_dir: str, steps: int | None = None, **overrides):
     """The DPOConfig / KTOConfig of the preference demo: few steps at a low learning rate, since
     longer or hotter runs over-optimise on this task (see tests/algorithms/test_preference_learns.py)."""
     from posttrain.algorithms.dpo import DPOConfig
@@ -89,10 +93,10 @@ def preference_config(algorithm: str, output_dir: str, steps: int = PREFERENCE_S
         seed=DEMO_SEED,
         learning_rate=3e-5,
         per_device_train_batch_size=16,
-        max_steps=steps,
+        max_steps=steps or STAGE_STEPS[algorithm],
         beta=0.1,
         lr_scheduler="constant_with_warmup",
-        warmup_steps=min(10, steps),
+        warmup_steps=10,
         max_length=64,
         logging_steps=25,
         mixed_precision="no",
@@ -100,6 +104,45 @@ def preference_config(algorithm: str, output_dir: str, steps: int = PREFERENCE_S
     )
     values.update(overrides)
     return {"dpo": DPOConfig, "kto": KTOConfig}[algorithm](**values)
+
+
+def online_config(algorithm: str, output_dir: str, steps: int | None = None, **overrides):
+    """The GRPOConfig / PPOConfig of the online-RL demos: 64 completions per rollout batch of at
+    most 6 tokens (an answer such as " 113" and EOS), sampled at temperature 1 from the noisy start
+    and rewarded 1 for the exact answer."""
+    from posttrain.algorithms.grpo import GRPOConfig
+    from posttrain.algorithms.ppo import PPOConfig
+
+    values = dict(
+        output_dir=output_dir,
+        seed=DEMO_SEED,
+        max_steps=steps or STAGE_STEPS[algorithm],
+        max_completion_length=6,
+        lr_scheduler="constant_with_warmup",
+        warmup_steps=5,
+        logging_steps=10,
+        mixed_precision="no",
+        overwrite_output_dir=True,
+    )
+    if algorithm == "grpo":  # 8 prompts x 8 completions per step
+        values.update(learning_rate=1e-4, num_generations=8, per_device_train_batch_size=64)
+        config_cls = GRPOConfig
+    else:  # 64 prompts per rollout batch, 2 epochs of 2 mini-batches: 4 optimizer steps per batch
+        values.update(learning_rate=5e-4, batch_size=64, per_device_train_batch_size=32, ppo_epochs=2, kl_coef=0.02)
+        config_cls = PPOConfig
+    values.update(overrides)
+    return config_cls(**values)
+
+
+def stage_rows(algorithm: str, rows: int) -> list[dict]:
+    """Training rows of the demo task for ``algorithm``: preference pairs (DPO), unpaired labelled
+    completions (KTO), prompts with their answer (GRPO, PPO)."""
+    task = demo_task()
+    if algorithm == "dpo":
+        return task.preference_pairs("train", rows)
+    if algorithm == "kto":
+        return task.unpaired("train", rows)
+    return task.prompt_only("train", rows)
 
 
 def samples_table(result, title: str, count: int = 8) -> Table:
@@ -196,6 +239,7 @@ def noisy_sft_start(
     console: Console | None = None,
     steps: int | None = None,
     base: str | None = None,
+    noisy_steps: int = NOISY_STEPS,
     **overrides,
 ):
     """The start of the preference and online-RL demos: a model that has learned to add but whose
@@ -203,7 +247,7 @@ def noisy_sft_start(
 
     ``base`` is a model that has learned the task (the SFT demo's ``final`` model); without it,
     the SFT demo's recipe trains one first into ``<output_dir>/clean`` (``steps`` overrides its
-    step count). That model then trains :data:`NOISY_STEPS` more steps at
+    step count). That model then trains ``noisy_steps`` (:data:`NOISY_STEPS`) more steps at
     :data:`NOISY_LEARNING_RATE` on demonstrations of which :data:`PREFERENCE_SLIP_RATE` answer one
     too high. Starting from a model that already adds makes where the start lands depend on the
     slip rate, not on when in its run a model happened to learn addition. Saves the model to
@@ -216,55 +260,71 @@ def noisy_sft_start(
         console.print("SFT on correct demonstrations first (the SFT demo's recipe)")
         _train_and_evaluate(task.prompt_completion("train", DEMO_ROWS), str(Path(output_dir) / "clean"), steps, seed, **keep)
         base = str(Path(output_dir) / "clean" / "final")
-    rows = task.prompt_completion("train", NOISY_STEPS * DEMO_BATCH_SIZE, slip_rate=PREFERENCE_SLIP_RATE)
-    console.print(f"then {NOISY_STEPS} steps on demonstrations of which {PREFERENCE_SLIP_RATE:.0%} answer one too high, e.g. {rows[1]}")
+    rows = task.prompt_completion("train", noisy_steps * DEMO_BATCH_SIZE, slip_rate=PREFERENCE_SLIP_RATE)
+    console.print(f"then {noisy_steps} steps on demonstrations of which {PREFERENCE_SLIP_RATE:.0%} answer one too high, e.g. {rows[1]}")
     keep.setdefault("learning_rate", NOISY_LEARNING_RATE)
-    _, start = _train_and_evaluate(rows, output_dir, NOISY_STEPS, seed, model=base, **keep)
+    _, start = _train_and_evaluate(rows, output_dir, noisy_steps, seed, model=base, **keep)
     return str(Path(output_dir) / "final"), start
 
 
-def preference_stage(algorithm: str, sft_path: str, output_dir: str, steps: int = PREFERENCE_STEPS, seed: int = DEMO_SEED, **overrides):
-    """DPO or KTO from the model at ``sft_path`` on the task's preference data (pairs, or unpaired
-    rows for KTO); returns ``(trainer, held-out EvalResult after training)``."""
-    from posttrain.algorithms.dpo import DPOTrainer
-    from posttrain.algorithms.kto import KTOTrainer
+def stage(algorithm: str, start_path: str, output_dir: str, steps: int | None = None, seed: int = DEMO_SEED, **overrides):
+    """DPO, KTO, GRPO or PPO on the demo task from the model at ``start_path`` (the noisy start);
+    GRPO and PPO are rewarded by :func:`~posttrain.rollout.exact_answer`. Returns ``(trainer,
+    held-out EvalResult after training)``."""
     from posttrain.tasks import exact_match_accuracy
 
-    if algorithm not in ("dpo", "kto"):
-        raise ValueError(f"algorithm must be dpo or kto, got {algorithm!r}")
+    if algorithm not in STAGE_STEPS:
+        raise ValueError(f"algorithm must be one of {tuple(STAGE_STEPS)}, got {algorithm!r}")
     task = demo_task()
-    config = preference_config(algorithm, output_dir, steps, seed=seed, **overrides)
-    rows = steps * config.per_device_train_batch_size
-    if algorithm == "dpo":
-        trainer = DPOTrainer(sft_path, config, train_dataset=task.preference_pairs("train", rows))
+    if algorithm in ("dpo", "kto"):
+        from posttrain.algorithms.dpo import DPOTrainer
+        from posttrain.algorithms.kto import KTOTrainer
+
+        config = preference_config(algorithm, output_dir, steps, seed=seed, **overrides)
+        rows = stage_rows(algorithm, config.max_steps * config.per_device_train_batch_size)
+        trainer = {"dpo": DPOTrainer, "kto": KTOTrainer}[algorithm](start_path, config, train_dataset=rows)
     else:
-        trainer = KTOTrainer(sft_path, config, train_dataset=task.unpaired("train", rows))
+        from posttrain.algorithms.grpo import GRPOTrainer
+        from posttrain.algorithms.ppo import PPOTrainer
+        from posttrain.rollout import exact_answer
+
+        config = online_config(algorithm, output_dir, steps, seed=seed, **overrides)
+        trainer_cls = GRPOTrainer if algorithm == "grpo" else PPOTrainer
+        trainer = trainer_cls(start_path, config, train_dataset=stage_rows(algorithm, len(task.split_problems("train"))), reward_funcs=[exact_answer()])
     trainer.train()
     return trainer, exact_match_accuracy(task, trainer.model, trainer.tokenizer, task.prompt_only("test", DEMO_EVAL_ROWS))
 
 
-def run_preference_demo(
+def run_stage_demo(
     algorithm: str = "dpo",
-    output_dir: str = "outputs/demo-preference",
+    output_dir: str = "outputs/demo-dpo",
     sft_steps: int | None = None,
-    steps: int = PREFERENCE_STEPS,
+    steps: int | None = None,
     console: Console | None = None,
     seed: int = DEMO_SEED,
     **overrides,
 ) -> dict:
-    """:func:`noisy_sft_start`, then :func:`preference_stage` (DPO or KTO); prints greedy accuracy
-    after each stage and the verdict. Returns ``accuracy_sft``, ``accuracy_after``,
-    ``eos_rate_after`` and ``learned``. ``overrides`` go to both stages' configs."""
-    if algorithm not in ("dpo", "kto"):
-        raise ValueError(f"algorithm must be dpo or kto, got {algorithm!r}")
+    """:func:`noisy_sft_start`, then :func:`stage` (DPO, KTO, GRPO or PPO); prints greedy accuracy
+    after each and the verdict. Returns ``accuracy_sft``, ``accuracy_after``, ``eos_rate_after`` and
+    ``learned``. ``sft_steps`` (a quick look, e.g. ``posttrain demo --steps 5``) sets the SFT's
+    step count and caps the noisy start's and the stage's. ``overrides`` go to every stage's config."""
+    if algorithm not in STAGE_STEPS:
+        raise ValueError(f"algorithm must be one of {tuple(STAGE_STEPS)}, got {algorithm!r}")
+    name = algorithm.upper()
     console = console or Console(highlight=False)
-    console.rule(f"[bold]posttrain demo: SFT on noisy demonstrations, then {algorithm.upper()}")
-    sft_path, start = noisy_sft_start(str(Path(output_dir) / "sft"), seed, console, sft_steps, **overrides)
-    example = demo_task().preference_pairs("train", 1)[0] if algorithm == "dpo" else demo_task().unpaired("train", 1)[0]
-    console.print(f"{algorithm.upper()} data: rows like {example}")
-    _, after = preference_stage(algorithm, sft_path, str(Path(output_dir) / algorithm), steps, seed, **overrides)
+    console.rule(f"[bold]posttrain demo: SFT, SFT on noisy demonstrations, then {name}")
+    if sft_steps is not None:
+        steps = min(steps or STAGE_STEPS[algorithm], sft_steps)
+    noisy_steps = NOISY_STEPS if sft_steps is None else min(NOISY_STEPS, sft_steps)
+    start_path, start = noisy_sft_start(str(Path(output_dir) / "sft"), seed, console, sft_steps, noisy_steps=noisy_steps, **overrides)
+    what = {"dpo": "preference pairs", "kto": "unpaired labelled completions", "grpo": "prompts", "ppo": "prompts"}[algorithm]
+    console.print(f"{name} data: {what} like {stage_rows(algorithm, 1)[0]}")
+    if algorithm in ("grpo", "ppo"):
+        console.print("reward: 1 for the exact answer, else 0 (posttrain.rollout.exact_answer)")
+    _, after = stage(algorithm, start_path, str(Path(output_dir) / algorithm), steps, seed, **overrides)
 
-    console.print(samples_table(after, f"held-out prompts after {algorithm.upper()} (greedy)"))
-    console.print(_accuracy_table(DEMO_EVAL_ROWS, [("after SFT", start), (f"after {algorithm.upper()}", after)]))
-    learned = _verdict(console, after.accuracy, PREFERENCE_PROMISE, sft_steps is not None or steps != PREFERENCE_STEPS, algorithm.upper())
+    console.print(samples_table(after, f"held-out prompts after {name} (greedy)"))
+    console.print(_accuracy_table(DEMO_EVAL_ROWS, [("after noisy SFT", start), (f"after {name}", after)]))
+    changed = sft_steps is not None or steps not in (None, STAGE_STEPS[algorithm])
+    learned = _verdict(console, after.accuracy, STAGE_PROMISE[algorithm], changed, name)
     return {"accuracy_sft": start.accuracy, "accuracy_after": after.accuracy, "eos_rate_after": after.eos_rate, "learned": learned}

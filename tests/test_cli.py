@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from posttrain.cli import main
@@ -56,13 +57,15 @@ def test_inspect_preference_and_unpaired_rows(model_path, tmp_path, capsys):
         assert "<|endoftext|>" in shown, algorithm
 
 
-def test_preference_demo_runs_both_stages(tmp_path, capsys):
-    # wiring only (a few steps); tests/algorithms/test_preference_learns.py checks that it learns
-    args = ["demo", "--algorithm", "kto", "--steps", "5", "--output-dir", str(tmp_path)]
+@pytest.mark.parametrize("algorithm", ["kto", "grpo"])
+def test_demo_from_the_noisy_start_runs_every_stage(algorithm, tmp_path, capsys):
+    # wiring only (--steps 3 caps every stage); tests/algorithms/test_*_learns.py check that they learn
+    args = ["demo", "--algorithm", algorithm, "--steps", "3", "--output-dir", str(tmp_path)]
     assert main(args) == 0
     shown = capsys.readouterr().out
-    assert "after SFT" in shown and "after KTO" in shown
-    assert (tmp_path / "sft" / "final").is_dir() and (tmp_path / "kto" / "final").is_dir()
+    assert "after noisy SFT" in shown and f"after {algorithm.upper()}" in shown and "promise" in shown
+    for stage in ("sft/clean/final", "sft/final", f"{algorithm}/final"):
+        assert (tmp_path / stage).is_dir(), stage
 
 
 def test_inspect_eval_split_shows_the_rows_eval_fraction_holds_out(model_path, tmp_path, capsys):

@@ -86,29 +86,42 @@ class OnlineConfig(ReferenceConfig):
 
 
 class ExperienceBuffer:
-    """The micro-batches of one generation batch and how many optimizer steps still use them.
+    """The windows (micro-batch lists) that the optimizer steps still to come take from one
+    generation batch, in order: the same window ``num_iterations`` times for GRPO, one window
+    per mini-batch and epoch for PPO.
 
     Registered with accelerate's checkpointing (``state_dict`` / ``load_state_dict``), so a
-    checkpoint written between two of the ``num_iterations`` steps resumes on the same samples."""
+    checkpoint written between two steps of one generation batch resumes on the same samples
+    (a window repeated N times is one object, pickled once)."""
 
     def __init__(self):
-        self.window: list[dict] = []
-        self.steps_left = 0
+        self.windows: list[list[dict]] = []
 
     def fill(self, window: list[dict], steps: int) -> None:
-        self.window, self.steps_left = window, steps
+        """Serve ``window`` to the next ``steps`` optimizer steps."""
+        self.schedule([window] * steps)
+
+    def schedule(self, windows: list[list[dict]]) -> None:
+        """Serve ``windows[k]`` to the k-th optimizer step from now."""
+        self.windows = list(windows)
 
     def take(self) -> list[dict] | None:
-        if self.steps_left <= 0:
-            return None
-        self.steps_left -= 1
-        return self.window
+        return self.windows.pop(0) if self.windows else None
+
+    def clear(self) -> int:
+        """Drop the windows not yet served (e.g. PPO's early stop); returns how many."""
+        dropped, self.windows = len(self.windows), []
+        return dropped
+
+    @property
+    def steps_left(self) -> int:
+        return len(self.windows)
 
     def state_dict(self) -> dict:
-        return {"window": self.window if self.steps_left > 0 else [], "steps_left": self.steps_left}
+        return {"windows": self.windows}
 
     def load_state_dict(self, state: dict) -> None:
-        self.window, self.steps_left = state["window"], state["steps_left"]
+        self.windows = list(state["windows"])
 
 
 @dataclass
@@ -188,7 +201,11 @@ class OnlineTrainer(ReferenceTrainer):
         cfg = self.config
         if cfg.max_steps > 0:
             return cfg.max_steps
-        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * cfg.num_iterations
+        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * self.steps_per_generation()
+
+    def steps_per_generation(self) -> int:
+        """Optimizer steps each generation batch serves (GRPO: ``num_iterations``)."""
+        return self.config.num_iterations
 
     def checkpoint_objects(self) -> list:
         return [self.buffer]
@@ -236,10 +253,14 @@ class OnlineTrainer(ReferenceTrainer):
     def next_window(self, module, stream: Iterator, state: TrainState) -> list:
         window = self.buffer.take()
         if window is None:
-            window = self.make_window(module, stream, state)
-            self.buffer.fill(window, self.config.num_iterations)
+            self.buffer.schedule(self.make_windows(module, stream, state))
             window = self.buffer.take()
         return window
+
+    def make_windows(self, module, stream: Iterator, state: TrainState) -> list[list[dict]]:
+        """The windows of the optimizer steps one new generation batch serves (default: one
+        window, :meth:`make_window`, served ``num_iterations`` times)."""
+        return [self.make_window(module, stream, state)] * self.config.num_iterations
 
     def generate_and_score(self, module, stream: Iterator) -> Generated:
         """Next prompt batch -> ``num_generations`` samples each -> rewards."""
@@ -281,16 +302,39 @@ class OnlineTrainer(ReferenceTrainer):
     def token_logps(self, rollouts: list[Rollout], *, reference: bool = False) -> list[list[float]]:
         """Per-token log-probs ``[(completion length,)]`` of each rollout's completion under the
         current policy (or the reference), at the sampling temperature, without grad."""
+
+        def forward(ids, positions):
+            if reference:
+                return {"logps": self._reference_token_logps(ids, positions)}
+            return {"logps": self._policy_module()(ids, positions, temperature=self.config.temperature).logps}
+
+        return [values["logps"] for values in self.completion_passes(rollouts, forward)]
+
+    @torch.no_grad()
+    def completion_passes(self, rollouts: list[Rollout], forward) -> list[dict[str, list[float]]]:
+        """Per-token values of each rollout's completion tokens, without grad: ``forward(input_ids,
+        position_ids)`` maps packed ``(R, T)`` inputs to ``{name: (R, T) tensor}`` aligned with the
+        input tokens; returns, per rollout, ``{name: [one float per completion token]}``. Runs in
+        chunks of ``per_device_eval_batch_size`` rollouts."""
         out = []
         capacity = self._prompt_capacity + self.config.max_completion_length if self.config.packing else 0
+        device = self.accelerator.device
         for chunk in split_micro_batches(rollouts, self.config.per_device_eval_batch_size):
             batch = collate_rollouts(chunk, self.tokenizer.pad_token_id, capacity)
-            device = self.accelerator.device
-            ids, positions = batch["input_ids"].to(device), batch["position_ids"].to(device)
-            logps = self._reference_token_logps(ids, positions) if reference else self._policy_module()(ids, positions, temperature=self.config.temperature).logps
-            view = completion_view(logps, batch["completion_index"]).float().cpu()
-            out.extend(view[i, : len(r.completion_ids)].tolist() for i, r in enumerate(chunk))
+            values = forward(batch["input_ids"].to(device), batch["position_ids"].to(device))
+            views = {name: completion_view(v, batch["completion_index"]).float().cpu() for name, v in values.items()}
+            out.extend({name: view[i, : len(r.completion_ids)].tolist() for name, view in views.items()} for i, r in enumerate(chunk))
         return out
+
+    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
+        start = time.perf_counter()
+        super()._optimizer_step(module, optimizer, scheduler, window, state, metrics)
+        metrics.update({"time/training": Metric.mean(time.perf_counter() - start)})
+
+    def completion_log_step(self, state: TrainState, steps: int) -> int | None:
+        """The first of the next ``steps`` optimizer steps (those a new generation batch serves)
+        at which the completion log is due, or None."""
+        return next((s for s in range(state.step + 1, state.step + 1 + steps) if self.completion_log.due(s)), None)
 
     def _policy_module(self) -> TokenLogProbs:
         return self.accelerator.unwrap_model(self.module)

@@ -45,19 +45,26 @@ class TokenLogProbs(nn.Module):
         with_stats: bool = False,
     ) -> TokenStats:
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
-        labels = input_ids[:, 1:]
+        return self.stats_and_hidden(inputs, temperature=temperature, with_stats=with_stats)[0]
+
+    def stats_and_hidden(self, inputs: dict, *, temperature: float = 1.0, with_stats: bool = False, keep_hidden: bool = False):
+        """``(TokenStats, hidden)``: the forward's result and, with ``keep_hidden``, the last hidden
+        states ``(B, T, H)`` it was computed from (a value head on the policy's trunk reads them),
+        else None. ``inputs`` holds ``input_ids``, ``position_ids`` and ``attention_mask``."""
+        labels = inputs["input_ids"][:, 1:]
         if self._split_head_ok is None:
             self._split_head_ok = self._head_is_plain_linear(inputs)
         if self._split_head_ok:
-            hidden = self._body(inputs)[:, :-1]
+            full_hidden = self._body(inputs)
             head = self.model.get_output_embeddings()
             vocab = head.out_features if hasattr(head, "out_features") else None
             chunk = self._chunk(labels.numel(), vocab)
-            stats = token_logps(hidden, head, labels, chunk_size=chunk, temperature=temperature, with_stats=with_stats)
+            stats = token_logps(full_hidden[:, :-1], head, labels, chunk_size=chunk, temperature=temperature, with_stats=with_stats)
         else:
-            logits = self.model(**inputs, use_cache=False).logits[:, :-1]
-            stats = token_logps(logits, nn.Identity(), labels, temperature=temperature, with_stats=with_stats)
-        return _pad_first_column(stats)
+            output = self.model(**inputs, use_cache=False, output_hidden_states=keep_hidden)
+            full_hidden = output.hidden_states[-1] if keep_hidden else None
+            stats = token_logps(output.logits[:, :-1], nn.Identity(), labels, temperature=temperature, with_stats=with_stats)
+        return _pad_first_column(stats), (full_hidden if keep_hidden else None)
 
     def _body(self, inputs: dict) -> torch.Tensor:
         decoder = self.model.get_decoder()

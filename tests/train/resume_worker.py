@@ -33,7 +33,16 @@ from pathlib import Path
 import torch
 
 from posttrain import (
-    DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer,
+    DPOConfig,
+    DPOTrainer,
+    GRPOConfig,
+    GRPOTrainer,
+    KTOConfig,
+    KTOTrainer,
+    RewardConfig,
+    RewardTrainer,
+    SFTConfig,
+    SFTTrainer,
 )
 from posttrain.tasks import ArithmeticTask
 from posttrain.testing import fixture_path
