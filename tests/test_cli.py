@@ -68,6 +68,19 @@ def test_demo_from_the_noisy_start_runs_every_stage(algorithm, tmp_path, capsys)
         assert (tmp_path / stage).is_dir(), stage
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_inspect_prompts_shows_what_the_policy_is_prompted_with(algorithm, model_path, tmp_path, capsys):
+    rows = ArithmeticTask(seed=0).prompt_only("train", 3)
+    data = _jsonl(tmp_path / "prompts.jsonl", rows)
+    args = ["inspect", "--algorithm", algorithm, f"model={model_path('llama')}", f"train_data={data}", "system_prompt=Add.", "--rows", "2"]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    # the system prompt turned each string prompt into a conversation rendered with the
+    # generation prompt (ChatML here); the answer column is what the reward functions receive
+    assert "Add." in shown and rows[1]["prompt"] in shown and "<|im_start|>" in shown
+    assert f"answer = '{rows[1]['answer']}'" in shown and "0 trained" in shown and "3 prompts" in shown
+
+
 def test_inspect_eval_split_shows_the_rows_eval_fraction_holds_out(model_path, tmp_path, capsys):
     from posttrain.data.loading import split_rows
 

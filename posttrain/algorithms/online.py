@@ -21,14 +21,13 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from posttrain.algorithms.experience import Rollout, collate_rollouts, completion_view, split_micro_batches
 from posttrain.algorithms.reference import ReferenceConfig, ReferenceTrainer
 from posttrain.config import option
-from posttrain.data import formats
-from posttrain.data.prepare import column_names, first_row
 from posttrain.errors import ConfigError
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
@@ -38,13 +37,13 @@ from posttrain.train.metrics import Metric
 from posttrain.train.state import TrainState
 
 # Columns of a prompt row that are ours, not the user's: never passed to reward functions.
-_OWN_FIELDS = ("prompt",)
 
 
 @dataclass
 class OnlineConfig(ReferenceConfig):
     """Options of every online trainer: prompts, sampling, rewards, experience reuse."""
 
+    data_kind: ClassVar[str] = "prompts"  # what `posttrain inspect` prepares
     num_generations: int = option(8, "Completions sampled per prompt (a GRPO group).")
     max_prompt_length: int | None = option(512, "Prompts longer than this many tokens lose tokens from their start (counted); None keeps them whole.")
     max_completion_length: int = option(256, "Most tokens generated per completion.")
@@ -161,37 +160,22 @@ class OnlineTrainer(ReferenceTrainer):
         return False
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
-        from posttrain.rollout import encode_prompts
+        from posttrain.data.prompt_only import prepare_prompts
 
         cfg = self.config
         set_chat_template(self.tokenizer, cfg.chat_template)
-        data_format = formats.detect_format(column_names(rows), first_row(rows))
-        if data_format.name != formats.PROMPT_ONLY:
-            # prompt-completion and preference data carry a prompt too: train on it, say so
-            self.reporter.print(f"[yellow]{split} data is {data_format}; only its 'prompt' column is used[/]")
-        data_format = formats.DataFormat(formats.PROMPT_ONLY, data_format.conversational)
-        formats.validate_rows(rows, data_format)
-        if cfg.system_prompt and not data_format.conversational:
-            data_format = formats.DataFormat(formats.PROMPT_ONLY, True)
-        items, shortened = [], 0
-        columns = [c for c in column_names(rows) if c not in _OWN_FIELDS]
-        for index, row in enumerate(rows):
-            prompt = row["prompt"]
-            if cfg.system_prompt and isinstance(prompt, str):
-                prompt = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": prompt}]
-            items.append({"row": index, "prompt": prompt, "columns": {c: row.get(c) for c in columns}})
-        ids = encode_prompts(self.tokenizer, [item["prompt"] for item in items], cfg.chat_template_kwargs)
-        for item, prompt_ids in zip(items, ids):
-            if cfg.max_prompt_length and len(prompt_ids) > cfg.max_prompt_length:
-                prompt_ids, shortened = prompt_ids[-cfg.max_prompt_length :], shortened + 1
-            item["prompt_ids"] = prompt_ids
-        self._columns = columns
-        self.reporter.print(f"[bold]{split} data[/] ({data_format}): {len(items)} prompts, columns {columns or 'none'}")
-        if shortened:
-            self.reporter.print(f"  shortened {shortened} prompt(s) to their last {cfg.max_prompt_length} tokens (max_prompt_length)")
+        prepared = prepare_prompts(
+            rows, self.tokenizer, system_prompt=cfg.system_prompt, chat_template_kwargs=cfg.chat_template_kwargs,
+            max_prompt_length=cfg.max_prompt_length,
+        )
+        self.reporter.print(f"[bold]{split} data[/] ({prepared.data_format}):")
+        for line in prepared.lines(cfg.max_prompt_length):
+            self.reporter.print(f"  {line}")
+        items = prepared.items
+        self._columns = prepared.columns
         if split == "train":
             self._prompt_capacity = max(len(item["prompt_ids"]) for item in items)
-            self._conversational = data_format.conversational
+            self._conversational = prepared.data_format.conversational
         return BatchSource(items, [len(item["prompt_ids"]) for item in items], _as_list)
 
     def train_loader_batch_size(self) -> int:
