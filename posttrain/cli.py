@@ -59,12 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--algorithm", choices=tuple(TRAINERS), default="sft", help="whose data options to use")
     demo = commands.add_parser("demo", help="train a tiny model on the built-in arithmetic task; show before/after accuracy")
     demo.add_argument(
-        "--algorithm", choices=("sft", "dpo", "kto", "grpo", "ppo"), default="sft",
+        "--algorithm", choices=("sft", "dpo", "kto", "grpo", "ppo", "pipeline"), default="sft",
         help="sft: SFT from scratch; dpo, kto, grpo, ppo: SFT, then SFT on noisy demonstrations (greedy answers often one "
-        "too high), then that algorithm",
+        "too high), then that algorithm; pipeline: SFT -> reward model -> DPO, GRPO and PPO, one table (~5 minutes)",
     )
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (sft) or outputs/demo-<algorithm>")
-    demo.add_argument("--steps", type=int, default=None, help="SFT optimizer steps (default: the demo's tuned value)")
+    demo.add_argument("--steps", type=int, default=None, help="SFT optimizer steps, also capping every later stage's (default: the demo's tuned values)")
     _add_debug_argument(demo, argparse.SUPPRESS)
     report = commands.add_parser("report", help="charts of metrics.jsonl and a report.md for one or more finished runs (overlaid)")
     report.add_argument("runs", nargs="+", metavar="OUTPUT_DIR", help="output directories of training runs")
@@ -107,9 +107,11 @@ def _run(args) -> int:
             print(report.note)
         return 0
     if args.command == "demo":
-        from posttrain.demo import run_demo, run_stage_demo
+        from posttrain.demo import run_demo, run_pipeline_demo, run_stage_demo
 
-        if args.algorithm == "sft":
+        if args.algorithm == "pipeline":
+            result = run_pipeline_demo(output_dir=args.output_dir or "outputs/demo-pipeline", steps=args.steps)
+        elif args.algorithm == "sft":
             result = run_demo(output_dir=args.output_dir or "outputs/demo", steps=args.steps)
         else:
             output_dir = args.output_dir or f"outputs/demo-{args.algorithm}"

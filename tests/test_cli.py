@@ -57,6 +57,15 @@ def test_inspect_preference_and_unpaired_rows(model_path, tmp_path, capsys):
         assert "<|endoftext|>" in shown, algorithm
 
 
+def test_pipeline_demo_runs_every_stage_into_one_table(tmp_path, capsys):
+    # wiring only (--steps 2 caps every stage); the learning tests check what each stage learns
+    assert main(["demo", "--algorithm", "pipeline", "--steps", "2", "--output-dir", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert all(name in shown for name in ("SFT", "noisy SFT", "DPO", "GRPO", "PPO", "mean RM score", "pairwise accuracy"))
+    for stage in ("sft", "noisy", "rm", "dpo", "grpo", "ppo"):
+        assert (tmp_path / stage / "final").is_dir(), stage
+
+
 @pytest.mark.parametrize("algorithm", ["kto", "grpo"])
 def test_demo_from_the_noisy_start_runs_every_stage(algorithm, tmp_path, capsys):
     # wiring only (--steps 3 caps every stage); tests/algorithms/test_*_learns.py check that they learn

@@ -23,10 +23,11 @@ def test_exact_match_reward_raises_held_out_accuracy(noisy_start, tmp_path, lear
     path, start = noisy_start
     quiet = dict(progress_bar=False, save_final_model=False, logging_steps=5)
     trainer, after = stage("grpo", path, str(tmp_path), seed=learning_seed, **quiet)
-    # measured TODO
+    # measured 95-100% from starts at 10.5-26.5% (gains +69 to +85.5 points; seeds 0-4 x 1, 2 threads)
     assert after.accuracy >= start.accuracy + 0.3 and after.eos_rate >= 0.95, (start.accuracy, after.accuracy)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rewards = [record["reward"] for record in records if "reward" in record]
+    print(f"grpo exact-answer: start {start.accuracy:.3f} after {after.accuracy:.3f} rewards {rewards}")  # pytest -rP shows it
     assert sum(rewards[-3:]) / 3 >= sum(rewards[:3]) / 3 + 0.15, rewards  # measured TODO
 
 
@@ -44,4 +45,5 @@ def test_reward_model_as_reward_raises_its_score(noisy_start, echo_reward_model,
     before = mean_score(trainer)
     trainer.train()
     after = mean_score(trainer)
+    print(f"grpo reward-model score: before {before:.3f} after {after:.3f}")
     assert after - before >= 0.3, (before, after)  # measured TODO

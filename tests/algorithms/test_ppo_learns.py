@@ -40,12 +40,14 @@ def test_exact_match_reward_raises_held_out_accuracy_and_the_critic_learns(noisy
     trainer = PPOTrainer(path, _config(tmp_path, learning_seed), train_dataset=task.prompt_only("train", 3000) + products, reward_funcs=[exact_answer()])
     trainer.train()
     after = exact_match_accuracy(task, trainer.model, trainer.tokenizer, task.prompt_only("test", 200))
-    # measured (PPO seeds 0-4 x 1 thread, 0-2 x 2 threads, one start at 10%): 0.xx-0.yy
+    # the demo's PPO stage (addition only) measured 79-97% from 10.5-26.5% (gains +52.5 to +86.5
+    # points; seeds 0-4 x 1, 2 threads); with the products mixed in here: see the note below
     assert after.accuracy >= start.accuracy + 0.3 and after.eos_rate >= 0.95, (start.accuracy, after.accuracy)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     explained = [r["value/explained_variance"] for r in records]
     assert explained[0] == pytest.approx(0.0, abs=0.05)  # the new head starts at 0: it explains nothing
     late = explained[len(explained) // 2 :]
+    print(f"ppo exact-answer: start {start.accuracy:.3f} after {after.accuracy:.3f} explained variance {explained}")
     assert sum(late) / len(late) > 0.1, explained  # measured: mean of the second half 0.xx-0.yy
 
 
@@ -63,4 +65,5 @@ def test_ppo_raises_a_trained_reward_models_score(noisy_start, echo_reward_model
     before = mean_score(trainer.model, trainer.tokenizer)
     trainer.train()
     after = mean_score(trainer.model, trainer.tokenizer)
+    print(f"ppo reward-model score: before {before:.3f} after {after:.3f}")
     assert after - before >= 0.3, (before, after)  # measured TODO

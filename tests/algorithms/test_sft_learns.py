@@ -1,6 +1,6 @@
 """Must-show 6: SFT on the arithmetic task lifts held-out greedy exact match far above the
-untrained model, and the generations stop with EOS -- the demo itself (``posttrain.demo.run_demo``),
-~100 s on 2 cores.
+untrained model, and the generations stop with EOS -- the demo itself (``posttrain.demo.run_demo``,
+run once per session by tests/conftest.py's ``demo_run``; ~2-3 minutes on 2 cores).
 
 Thresholds follow tests/README.md: set from ``python benchmarks/learning_sweep.py`` (training
 seeds 0-4 x 1 and 2 threads, each in a fresh process), measured range beside each.
@@ -15,8 +15,9 @@ from posttrain.demo import DEMO_EVAL_ROWS, DEMO_ROWS, demo_task
 def test_sft_learns_arithmetic(demo_run):
     result, shown, _ = demo_run  # run_demo with POSTTRAIN_TEST_SEED (tests/conftest.py)
     assert result["accuracy_before"] <= 0.02  # measured 0.0 (the fixture's initialisation is fixed)
-    assert result["accuracy_after"] >= 0.9, result  # measured TODO
-    assert result["eos_rate_after"] >= 0.98, result  # measured TODO
+    # measured 100.0% and EOS 100% in all 10 runs (seeds 0-4 x 1, 2 threads; learning_sweep.py)
+    assert result["accuracy_after"] >= 0.95, result
+    assert result["eos_rate_after"] >= 0.98, result
     assert result["learned"] and "SFT learned" in shown
     # held-out really means unseen: no test prompt was in the training rows
     task = demo_task()
