@@ -125,6 +125,8 @@ def online_config(algorithm: str, output_dir: str, steps: int | None = None, **o
         lr_scheduler="constant_with_warmup",
         warmup_steps=5,
         logging_steps=10,
+        log_completions_steps=10,  # the completion log: what the policy samples, with its rewards
+        num_completions_to_print=4,
         mixed_precision="no",
         overwrite_output_dir=True,
     )
