@@ -28,7 +28,9 @@ def test_exact_match_reward_raises_held_out_accuracy(noisy_start, tmp_path, lear
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rewards = [record["reward"] for record in records if "reward" in record]
     print(f"grpo exact-answer: start {start.accuracy:.3f} after {after.accuracy:.3f} rewards {rewards}")  # pytest -rP shows it
-    assert sum(rewards[-3:]) / 3 >= sum(rewards[:3]) / 3 + 0.15, rewards  # measured TODO
+    # the mean sampled reward of the last 3 logged steps against the first 3: measured +0.19 to
+    # +0.31 (test seeds 0, 1, 2)
+    assert sum(rewards[-3:]) / 3 >= sum(rewards[:3]) / 3 + 0.1, rewards
 
 
 def test_reward_model_as_reward_raises_its_score(noisy_start, echo_reward_model, tmp_path, learning_seed):
@@ -46,4 +48,4 @@ def test_reward_model_as_reward_raises_its_score(noisy_start, echo_reward_model,
     trainer.train()
     after = mean_score(trainer)
     print(f"grpo reward-model score: before {before:.3f} after {after:.3f}")
-    assert after - before >= 0.3, (before, after)  # measured TODO
+    assert after - before >= 0.2, (before, after)  # measured +0.41 to +0.54 (test seeds 0, 1, 2)

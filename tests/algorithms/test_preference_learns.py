@@ -61,8 +61,9 @@ def test_dpo_learns_held_out_preferences(sft_start, _config, tmp_path):
     after = trainer.evaluate()
     greedy = exact_match_accuracy(TASK, trainer.model, trainer.tokenizer, HELD_OUT)
     print(f"dpo: start {start_accuracy:.3f} greedy {greedy.accuracy:.3f} eval {after}")  # pytest -rP shows it
-    assert after["eval/rewards/accuracies"] >= 0.55  # measured 0.65; most slips were already unlikely
+    assert after["eval/rewards/accuracies"] >= 0.6  # measured 0.83-0.86 (test seeds 0, 1, 2)
     assert after["eval/rewards/margins"] > 0
+    # measured 93-100% from 10.5-26.5% (seeds 0-4 x 1, 2 threads, benchmarks/learning_sweep.py)
     assert greedy.accuracy >= start_accuracy + 0.3 and greedy.eos_rate >= 0.95, (start_accuracy, greedy.accuracy)
 
 
@@ -76,5 +77,6 @@ def test_kto_learns_held_out_preferences(sft_start, _config, tmp_path):
     greedy = exact_match_accuracy(TASK, trainer.model, trainer.tokenizer, HELD_OUT)
     print(f"kto: start {start_accuracy:.3f} greedy {greedy.accuracy:.3f} eval {after}")  # pytest -rP shows it
     # desirable completions end up with a higher implicit reward than undesirable ones
-    assert after["eval/rewards/chosen"] - after["eval/rewards/rejected"] > 0.015, after  # measured 0.037
+    assert after["eval/rewards/chosen"] - after["eval/rewards/rejected"] > 0.05, after  # measured 0.15-0.21 (seeds 0-2)
+    # measured 92-100% from 10.5-26.5% (seeds 0-4 x 1, 2 threads)
     assert greedy.accuracy >= start_accuracy + 0.3 and greedy.eos_rate >= 0.95, (start_accuracy, greedy.accuracy)
