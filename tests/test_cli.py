@@ -61,7 +61,7 @@ def test_pipeline_demo_runs_every_stage_into_one_table(tmp_path, capsys):
     # wiring only (--steps 2 caps every stage); the learning tests check what each stage learns
     assert main(["demo", "--algorithm", "pipeline", "--steps", "2", "--output-dir", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
-    assert all(name in shown for name in ("SFT", "noisy SFT", "DPO", "GRPO", "PPO", "mean RM score", "pairwise accuracy"))
+    assert all(name in shown for name in ("SFT", "noisy start", "DPO", "GRPO", "PPO", "mean RM score", "pairwise accuracy"))
     for stage in ("sft", "noisy", "rm", "dpo", "grpo", "ppo"):
         assert (tmp_path / stage / "final").is_dir(), stage
 
