@@ -47,7 +47,6 @@ NOISY_LEARNING_RATE = 1e-3
 # promises (set as SFT_PROMISE is).
 STAGE_STEPS = {"dpo": 100, "kto": 100, "grpo": 40, "ppo": 100}
 STAGE_PROMISE = {"dpo": 0.8, "kto": 0.8, "grpo": 0.85, "ppo": 0.7}
-ALGORITHMS = ("sft", *STAGE_STEPS)
 
 
 def demo_task():
