@@ -92,7 +92,8 @@ def child(algorithms: list[str], seed: int, threads: int) -> list[dict]:
             rows.append(_row(name, start.accuracy, after.accuracy, after.eos_rate, demo.STAGE_PROMISE[name], clock.split()))
     for row in rows:
         row.update(seed=seed, threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability())
-    return [row for row in rows if row["algorithm"] in algorithms or (row["algorithm"] == "noisy" and len(algorithms) > 1)]
+    wanted = set(algorithms) | ({"noisy"} if stages else set())  # the start of every stage asked for
+    return [row for row in rows if row["algorithm"] in wanted]
 
 
 def _quiet_console():

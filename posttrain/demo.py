@@ -139,9 +139,10 @@ def online_config(algorithm: str, output_dir: str, steps: int | None = None, **o
     return config_cls(**values)
 
 
-def stage_rows(algorithm: str, rows: int) -> list[dict]:
+def stage_rows(algorithm: str, rows: int | None) -> list[dict]:
     """Training rows of the demo task for ``algorithm``: preference pairs (DPO), unpaired labelled
-    completions (KTO), prompts with their answer (GRPO, PPO)."""
+    completions (KTO), prompts with their answer (GRPO, PPO); ``None``: one pass over the train
+    split."""
     task = demo_task()
     if algorithm == "dpo":
         return task.preference_pairs("train", rows)
@@ -295,7 +296,7 @@ def stage(algorithm: str, start_path: str, output_dir: str, steps: int | None = 
 
         config = online_config(algorithm, output_dir, steps, seed=seed, **overrides)
         trainer_cls = GRPOTrainer if algorithm == "grpo" else PPOTrainer
-        trainer = trainer_cls(start_path, config, train_dataset=stage_rows(algorithm, len(task.split_problems("train"))), reward_funcs=[exact_answer()])
+        trainer = trainer_cls(start_path, config, train_dataset=stage_rows(algorithm, None), reward_funcs=[exact_answer()])
     trainer.train()
     return trainer, exact_match_accuracy(task, trainer.model, trainer.tokenizer, task.prompt_only("test", DEMO_EVAL_ROWS))
 

@@ -142,14 +142,9 @@ def echo_reward_model(tmp_path_factory):
     """``(model, tokenizer)`` of a reward model trained on the demo task's echo pairs (the right
     answer preferred to an echoed operand; tests/algorithms/test_reward.py measures that recipe
     at 0.965-0.995 held-out pairwise accuracy, ~6 s): the reward of the RM-as-reward tests."""
-    from posttrain.algorithms.reward import RewardConfig, RewardTrainer
-    from posttrain.demo import demo_task
+    from posttrain.demo import reward_model_stage
 
-    config = RewardConfig(
-        output_dir=str(tmp_path_factory.mktemp("echo-rm")), learning_rate=1e-3, max_steps=300, per_device_train_batch_size=32,
-        max_length=64, warmup_ratio=0.05, logging_steps=0, progress_bar=False, mixed_precision="no", seed=1, save_final_model=False,
-    )
-    pairs = demo_task().preference_pairs("train", 300 * 32, rejected="echo")
-    trainer = RewardTrainer(str(testing.fixture_path("classifier-llama")), config, train_dataset=pairs)
-    trainer.train()
+    output = tmp_path_factory.mktemp("echo-rm")
+    quiet = dict(logging_steps=0, progress_bar=False, save_final_model=False)
+    trainer, _ = reward_model_stage(str(output), seed=1, **quiet)  # the pipeline demo's reward model, data order 1
     return trainer.model, trainer.tokenizer

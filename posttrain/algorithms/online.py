@@ -169,7 +169,7 @@ class OnlineTrainer(ReferenceTrainer):
             max_prompt_length=cfg.max_prompt_length,
         )
         self.reporter.print(f"[bold]{split} data[/] ({prepared.data_format}):")
-        for line in prepared.lines(cfg.max_prompt_length):
+        for line in prepared.lines():
             self.reporter.print(f"  {line}")
         items = prepared.items
         self._columns = prepared.columns

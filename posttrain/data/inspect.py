@@ -134,7 +134,7 @@ def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int =
     )
     console.print(f"[bold]format[/] {prepared.data_format}")
     console.print(_legend())
-    for line in prepared.lines(config.max_prompt_length):
+    for line in prepared.lines():
         console.print(f"  {line}")
     shown = prepared.items[start : start + count]
     for offset, item in enumerate(shown):

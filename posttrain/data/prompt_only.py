@@ -24,15 +24,16 @@ class PreparedPrompts:
     items: list[dict]
     data_format: formats.DataFormat
     columns: list[str]
+    max_prompt_length: int | None = None
     shortened: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def lines(self, max_prompt_length: int | None) -> list[str]:
+    def lines(self) -> list[str]:
         """What happened to the data, for the console."""
         lines = list(self.notes)
         lines.append(f"{len(self.items)} prompts, columns for the reward functions: {self.columns or 'none'}")
         if self.shortened:
-            lines.append(f"shortened {self.shortened} prompt(s) to their last {max_prompt_length} tokens (max_prompt_length)")
+            lines.append(f"shortened {self.shortened} prompt(s) to their last {self.max_prompt_length} tokens (max_prompt_length)")
         return lines
 
 
@@ -71,4 +72,4 @@ def prepare_prompts(
         if max_prompt_length and len(prompt_ids) > max_prompt_length:
             prompt_ids, shortened = prompt_ids[-max_prompt_length:], shortened + 1
         item["prompt_ids"] = prompt_ids
-    return PreparedPrompts(items, data_format, columns, shortened, notes)
+    return PreparedPrompts(items, data_format, columns, max_prompt_length, shortened, notes)
