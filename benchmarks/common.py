@@ -26,6 +26,32 @@ def matmul_peak(size: int = 2048, repeats: int = 6) -> float:
     return best
 
 
+def parse_benchmark_args(argv, description: str, steps: int, warmup: int):
+    """The options every benchmark takes: ``--steps``, ``--warmup``, ``--force``, ``--json``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps first")
+    parser.add_argument("--force", action="store_true", help="run even when the machine is busy")
+    parser.add_argument("--json", help="also write the results to this file")
+    return parser.parse_args(argv)
+
+
+def peak_report(before: float, after: float, load: float) -> str:
+    """The line every benchmark prints about the matmul peak and the load around its run."""
+    return f"matmul peak {before / 1e9:.1f} / {after / 1e9:.1f} GFLOP/s (before/after); load average {load} -> {load_average()}"
+
+
+def save_results(path: str | None, peak: float, load: float, results: list[dict]) -> None:
+    """Write ``{peak_flops, load_before, results}`` as JSON to ``path`` (nothing when None)."""
+    if path:
+        import json
+
+        with open(path, "w") as handle:
+            json.dump({"peak_flops": peak, "load_before": load, "results": results}, handle, indent=2)
+
+
 def load_average() -> float:
     try:
         with open("/proc/loadavg") as handle:

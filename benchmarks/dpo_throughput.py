@@ -19,7 +19,17 @@ import sys
 import tempfile
 
 import torch
-from common import StepTimer, busy_message, flops_per_token, load_average, make_rows, matmul_peak, non_embedding_parameters, save_benchmark_model
+
+from common import (
+    StepTimer,
+    busy_message,
+    flops_per_token,
+    load_average,
+    make_rows,
+    matmul_peak,
+    non_embedding_parameters,
+    save_benchmark_model,
+)
 
 PAIRS_PER_STEP = 4
 

@@ -25,7 +25,17 @@ import sys
 import tempfile
 
 import torch
-from common import StepTimer, busy_message, flops_per_token, load_average, make_rows, matmul_peak, non_embedding_parameters, save_benchmark_model
+
+from common import (
+    StepTimer,
+    busy_message,
+    flops_per_token,
+    load_average,
+    make_rows,
+    matmul_peak,
+    non_embedding_parameters,
+    save_benchmark_model,
+)
 
 
 def run_layout(name: str, rows, model_dir: str, steps: int, warmup: int, **options) -> dict:

@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so ``import posttrain`` stays cheap)::
 
-    from posttrain import SFTTrainer, SFTConfig, RewardTrainer, DPOTrainer, KTOTrainer, GRPOTrainer
+    from posttrain import SFTTrainer, SFTConfig, RewardTrainer, DPOTrainer, KTOTrainer, GRPOTrainer, PPOTrainer
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ _EXPORTS = {
     "KTOConfig": "posttrain.algorithms.kto",
     "GRPOTrainer": "posttrain.algorithms.grpo",
     "GRPOConfig": "posttrain.algorithms.grpo",
+    "PPOTrainer": "posttrain.algorithms.ppo",
+    "PPOConfig": "posttrain.algorithms.ppo",
     "TrainConfig": "posttrain.config",
     "load_config": "posttrain.config",
 }

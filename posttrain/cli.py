@@ -1,9 +1,9 @@
 """``posttrain <command> --config file.yaml key=value ...``
 
-Commands: ``sft``, ``rm``, ``dpo``, ``kto``, ``grpo`` (train), ``inspect`` (show which tokens get loss), ``demo`` (the embedded
-default: SFT on the arithmetic task, before/after accuracy), ``report`` (charts and a page for
-finished runs). Every training command takes a YAML config and ``key=value`` overrides of any
-option; ``--help-config`` lists the options.
+Commands: ``sft``, ``rm``, ``dpo``, ``kto``, ``grpo``, ``ppo`` (train), ``inspect`` (show which tokens get loss), ``demo``
+(the embedded default: SFT on the arithmetic task, before/after accuracy), ``report`` (charts and
+a page for finished runs). Every training command takes a YAML config and ``key=value`` overrides
+of any option; ``--help-config`` lists the options.
 
 A user error (a bad option, file, row or model path) prints one message and exits with status
 2; only a bug in posttrain prints a traceback (exit 1). ``--debug`` shows the traceback always.
@@ -22,6 +22,7 @@ TRAINERS = {
     "dpo": ("posttrain.algorithms.dpo", "DPOTrainer", "DPOConfig"),
     "kto": ("posttrain.algorithms.kto", "KTOTrainer", "KTOConfig"),
     "grpo": ("posttrain.algorithms.grpo", "GRPOTrainer", "GRPOConfig"),
+    "ppo": ("posttrain.algorithms.ppo", "PPOTrainer", "PPOConfig"),
 }
 
 
@@ -58,11 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--algorithm", choices=tuple(TRAINERS), default="sft", help="whose data options to use")
     demo = commands.add_parser("demo", help="train a tiny model on the built-in arithmetic task; show before/after accuracy")
     demo.add_argument(
-        "--algorithm", choices=("sft", "dpo", "kto"), default="sft",
-        help="sft: SFT from scratch; dpo/kto: SFT on noisy demonstrations, then preference learning",
+        "--algorithm", choices=("sft", "dpo", "kto", "grpo", "ppo", "pipeline"), default="sft",
+        help="sft: SFT from scratch; dpo, kto, grpo, ppo: SFT, then SFT on noisy demonstrations (greedy answers often one "
+        "too high), then that algorithm; pipeline: SFT -> reward model -> DPO, GRPO and PPO, one table (~5 minutes)",
     )
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (sft) or outputs/demo-<algorithm>")
-    demo.add_argument("--steps", type=int, default=None, help="SFT optimizer steps (default: the demo's tuned value)")
+    demo.add_argument("--steps", type=int, default=None, help="SFT optimizer steps, also capping every later stage's (default: the demo's tuned values)")
     _add_debug_argument(demo, argparse.SUPPRESS)
     report = commands.add_parser("report", help="charts of metrics.jsonl and a report.md for one or more finished runs (overlaid)")
     report.add_argument("runs", nargs="+", metavar="OUTPUT_DIR", help="output directories of training runs")
@@ -105,14 +107,16 @@ def _run(args) -> int:
             print(report.note)
         return 0
     if args.command == "demo":
-        from posttrain.demo import run_demo, run_preference_demo
+        from posttrain.demo import run_demo, run_pipeline_demo, run_stage_demo
 
-        if args.algorithm == "sft":
-            run_demo(output_dir=args.output_dir or "outputs/demo", steps=args.steps)
+        if args.algorithm == "pipeline":
+            result = run_pipeline_demo(output_dir=args.output_dir or "outputs/demo-pipeline", steps=args.steps)
+        elif args.algorithm == "sft":
+            result = run_demo(output_dir=args.output_dir or "outputs/demo", steps=args.steps)
         else:
             output_dir = args.output_dir or f"outputs/demo-{args.algorithm}"
-            run_preference_demo(args.algorithm, output_dir=output_dir, sft_steps=args.steps)
-        return 0
+            result = run_stage_demo(args.algorithm, output_dir=output_dir, sft_steps=args.steps)
+        return 0 if result["learned"] else 1  # a run below the recipe's promise must not look like success
     command = args.algorithm if args.command == "inspect" else args.command
     trainer_cls, config_cls = _trainer_classes(command)
     if args.help_config:

@@ -201,7 +201,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, weights, dim) / safe
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, all_reduce=None
+) -> torch.Tensor:
     """Normalise ``values`` to unit variance over the masked elements (RL advantages).
 
     Args:
@@ -210,18 +212,22 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, ep
         shift_mean: subtract the masked mean; when False the mean is kept (only the scale
             changes), as for advantages whose sign must survive.
         eps: added to the variance.
+        all_reduce: ``tensor -> tensor`` summing a 0-d tensor over processes (e.g.
+            ``lambda t: accelerator.reduce(t, "sum")``), so that every process whitens with
+            the statistics of all processes' elements; None uses this tensor's alone.
 
     Returns:
         Same shape; positions outside the mask are 0. The variance is the unbiased (Bessel
         corrected) masked variance.
     """
+    total = all_reduce if all_reduce is not None else (lambda t: t)
     weights = mask.to(values.dtype)
-    count = weights.sum()
+    count = total(weights.sum())
     if count < 2:
         raise ValueError(f"whiten needs at least 2 masked elements, got {count.item():g}")
-    mean = masked_sum(values, weights) / count
+    mean = total(masked_sum(values, weights)) / count
     centered = values - mean
-    variance = masked_sum(centered.square(), weights) / (count - 1)
+    variance = total(masked_sum(centered.square(), weights)) / (count - 1)
     result = centered * torch.rsqrt(variance + eps)
     if not shift_mean:
         result = result + mean

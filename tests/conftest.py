@@ -2,6 +2,11 @@
 
 Fixtures are cached on disk by ``posttrain.testing.fixture_path``; tests point that cache at a
 per-session temporary directory so they never depend on (or pollute) the user's cache.
+
+Writing a learning test ("did it learn?", e.g. for GRPO or PPO)? Follow the standard in
+tests/README.md: sweep training seeds and thread counts first (benchmarks/learning_sweep.py), set
+thresholds from the measured spread with the range written beside each one, take the seed from
+POSTTRAIN_TEST_SEED, and keep each test under ~90 s.
 """
 
 from __future__ import annotations
@@ -85,3 +90,61 @@ def kill_at():
         return callback
 
     return make
+
+
+# ---------------------------------------------------------------------- learning tests
+# Expensive starts shared by the learning tests (tests/README.md): trained once per session.
+
+
+@pytest.fixture(scope="session")
+def learning_seed() -> int:
+    """The training seed of the learning tests: ``POSTTRAIN_TEST_SEED``, default the demo's."""
+    from posttrain.demo import DEMO_SEED
+
+    return int(os.environ.get("POSTTRAIN_TEST_SEED", DEMO_SEED))
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, learning_seed):
+    """The SFT demo (``posttrain.demo.run_demo``) run once: ``(its result dict, its console text,
+    the trained model's path)``. test_sft_learns checks it; :func:`noisy_start` continues from it."""
+    import io
+
+    from rich.console import Console
+
+    from posttrain.demo import run_demo
+
+    output = tmp_path_factory.mktemp("demo-sft")
+    text = io.StringIO()
+    result = run_demo(str(output), console=Console(file=text, width=200), seed=learning_seed, progress_bar=False, logging_steps=0)
+    return result, text.getvalue(), str(output / "final")
+
+
+@pytest.fixture(scope="session")
+def noisy_start(demo_run, tmp_path_factory, learning_seed):
+    """``(path, held-out EvalResult)`` of the noisy start of the preference and online-RL tests
+    (``posttrain.demo.noisy_sft_start`` from the SFT demo's model): it adds, but its greedy
+    answer is often one too high."""
+    from rich.console import Console
+
+    from posttrain.demo import noisy_sft_start
+
+    result, _, clean_path = demo_run
+    assert result["learned"], f"the SFT demo did not learn, so there is no start to add noise to: {result}"
+    output = tmp_path_factory.mktemp("noisy-sft")
+    return noisy_sft_start(
+        str(output), seed=learning_seed, console=Console(quiet=True), base=clean_path, progress_bar=False, logging_steps=0
+    )
+
+
+@pytest.fixture(scope="session")
+def echo_reward_model(tmp_path_factory):
+    """``(model, tokenizer)`` of a reward model trained on the demo task's echo pairs (the right
+    answer preferred to an echoed operand; tests/algorithms/test_reward.py measures that recipe
+    at 0.965-0.995 held-out pairwise accuracy, ~6 s): the reward of the RM-as-reward tests."""
+    from posttrain.demo import reward_model_stage
+
+    output = tmp_path_factory.mktemp("echo-rm")
+    quiet = dict(logging_steps=0, progress_bar=False, save_final_model=False)
+    trainer, _ = reward_model_stage(str(output), seed=1, **quiet)  # the pipeline demo's reward model, data order 1
+    return trainer.model, trainer.tokenizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from posttrain.cli import main
@@ -56,13 +57,37 @@ def test_inspect_preference_and_unpaired_rows(model_path, tmp_path, capsys):
         assert "<|endoftext|>" in shown, algorithm
 
 
-def test_preference_demo_runs_both_stages(tmp_path, capsys):
-    # wiring only (a few steps); tests/algorithms/test_preference_learns.py checks that it learns
-    args = ["demo", "--algorithm", "kto", "--steps", "5", "--output-dir", str(tmp_path)]
+def test_pipeline_demo_runs_every_stage_into_one_table(tmp_path, capsys):
+    # wiring only (--steps 2 caps every stage); the learning tests check what each stage learns
+    assert main(["demo", "--algorithm", "pipeline", "--steps", "2", "--output-dir", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert all(name in shown for name in ("SFT", "noisy start", "DPO", "GRPO", "PPO", "mean RM score", "pairwise accuracy"))
+    for stage in ("sft", "noisy", "rm", "dpo", "grpo", "ppo"):
+        assert (tmp_path / stage / "final").is_dir(), stage
+
+
+@pytest.mark.parametrize("algorithm", ["kto", "grpo"])
+def test_demo_from_the_noisy_start_runs_every_stage(algorithm, tmp_path, capsys):
+    # wiring only (--steps 3 caps every stage); tests/algorithms/test_*_learns.py check that they learn
+    args = ["demo", "--algorithm", algorithm, "--steps", "3", "--output-dir", str(tmp_path)]
     assert main(args) == 0
     shown = capsys.readouterr().out
-    assert "after SFT" in shown and "after KTO" in shown
-    assert (tmp_path / "sft" / "final").is_dir() and (tmp_path / "kto" / "final").is_dir()
+    assert "after noisy SFT" in shown and f"after {algorithm.upper()}" in shown and "promise" in shown
+    for stage in ("sft/clean/final", "sft/final", f"{algorithm}/final"):
+        assert (tmp_path / stage).is_dir(), stage
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_inspect_prompts_shows_what_the_policy_is_prompted_with(algorithm, model_path, tmp_path, capsys):
+    rows = ArithmeticTask(seed=0).prompt_only("train", 3)
+    data = _jsonl(tmp_path / "prompts.jsonl", rows)
+    args = ["inspect", "--algorithm", algorithm, f"model={model_path('llama')}", f"train_data={data}", "system_prompt=Add.", "--rows", "2"]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    # the system prompt turned each string prompt into a conversation rendered with the
+    # generation prompt (ChatML here); the answer column is what the reward functions receive
+    assert "Add." in shown and rows[1]["prompt"] in shown and "<|im_start|>" in shown
+    assert f"answer = '{rows[1]['answer']}'" in shown and "0 trained" in shown and "3 prompts" in shown
 
 
 def test_inspect_eval_split_shows_the_rows_eval_fraction_holds_out(model_path, tmp_path, capsys):

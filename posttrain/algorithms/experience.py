@@ -85,12 +85,12 @@ def collate_rollouts(rollouts: Sequence[Rollout], pad_token_id: int, capacity: i
         "input_ids": packed["input_ids"],
         "position_ids": packed["position_ids"],
         "completion_index": index,
-        "completion_mask": _right_padded([r.completion_mask for r in rollouts], longest),
+        "completion_mask": right_padded([r.completion_mask for r in rollouts], longest),
         "num_sequences": len(rollouts),
         "num_tokens": packed["num_tokens"],
     }
     for name in rollouts[0].token_values:
-        batch[name] = _right_padded([r.token_values[name] for r in rollouts], longest)
+        batch[name] = right_padded([r.token_values[name] for r in rollouts], longest)
     for name in rollouts[0].sequence_values:
         batch[name] = torch.tensor([r.sequence_values[name] for r in rollouts], dtype=torch.float32)
     return batch
@@ -104,7 +104,8 @@ def completion_view(per_token: torch.Tensor, completion_index: torch.Tensor) -> 
     return per_token.reshape(-1)[completion_index.to(per_token.device)]
 
 
-def _right_padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
+def right_padded(values: Sequence[Sequence[float]], width: int) -> torch.Tensor:
+    """``(len(values), width)`` float32, row ``i`` holding ``values[i]`` then zeros."""
     out = torch.zeros(len(values), width, dtype=torch.float32)
     for row, row_values in enumerate(values):
         out[row, : len(row_values)] = torch.tensor(row_values, dtype=torch.float32)

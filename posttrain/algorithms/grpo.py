@@ -229,11 +229,6 @@ class GRPOTrainer(OnlineTrainer):
         metrics.update(batch.pop("rollout_metrics", {}))
         return loss.total, metrics
 
-    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
-        start = time.perf_counter()
-        super()._optimizer_step(module, optimizer, scheduler, window, state, metrics)
-        metrics.update({"time/training": Metric.mean(time.perf_counter() - start)})
-
     # ------------------------------------------------------------------ reporting
 
     def rollout_metrics(self, groups: list[Group], advantages: torch.Tensor, stats: dict) -> dict[str, Metric]:
@@ -263,9 +258,7 @@ class GRPOTrainer(OnlineTrainer):
 
     def log_rollouts(self, state: TrainState, groups: list[Group], advantages: torch.Tensor) -> None:
         """The completion log, when one of the steps this generation batch serves is due."""
-        log = self.completion_log
-        steps = range(state.step + 1, state.step + 1 + self.config.num_iterations)
-        due = next((s for s in steps if log.due(s)), None)
+        due = self.completion_log_step(state, self.config.num_iterations)
         if due is None:
             return
         rows = []
@@ -276,4 +269,4 @@ class GRPOTrainer(OnlineTrainer):
                 row.update({name: float(group.per_function[k, f]) for f, name in enumerate(self.rewards.names)})
                 row["advantage"] = float(advantages[n])
                 rows.append(row)
-        log.log(due, rows)
+        self.completion_log.log(due, rows)

@@ -21,14 +21,13 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from posttrain.algorithms.experience import Rollout, collate_rollouts, completion_view, split_micro_batches
 from posttrain.algorithms.reference import ReferenceConfig, ReferenceTrainer
 from posttrain.config import option
-from posttrain.data import formats
-from posttrain.data.prepare import column_names, first_row
 from posttrain.errors import ConfigError
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
@@ -38,13 +37,13 @@ from posttrain.train.metrics import Metric
 from posttrain.train.state import TrainState
 
 # Columns of a prompt row that are ours, not the user's: never passed to reward functions.
-_OWN_FIELDS = ("prompt",)
 
 
 @dataclass
 class OnlineConfig(ReferenceConfig):
     """Options of every online trainer: prompts, sampling, rewards, experience reuse."""
 
+    data_kind: ClassVar[str] = "prompts"  # what `posttrain inspect` prepares
     num_generations: int = option(8, "Completions sampled per prompt (a GRPO group).")
     max_prompt_length: int | None = option(512, "Prompts longer than this many tokens lose tokens from their start (counted); None keeps them whole.")
     max_completion_length: int = option(256, "Most tokens generated per completion.")
@@ -86,29 +85,42 @@ class OnlineConfig(ReferenceConfig):
 
 
 class ExperienceBuffer:
-    """The micro-batches of one generation batch and how many optimizer steps still use them.
+    """The windows (micro-batch lists) that the optimizer steps still to come take from one
+    generation batch, in order: the same window ``num_iterations`` times for GRPO, one window
+    per mini-batch and epoch for PPO.
 
     Registered with accelerate's checkpointing (``state_dict`` / ``load_state_dict``), so a
-    checkpoint written between two of the ``num_iterations`` steps resumes on the same samples."""
+    checkpoint written between two steps of one generation batch resumes on the same samples
+    (a window repeated N times is one object, pickled once)."""
 
     def __init__(self):
-        self.window: list[dict] = []
-        self.steps_left = 0
+        self.windows: list[list[dict]] = []
 
     def fill(self, window: list[dict], steps: int) -> None:
-        self.window, self.steps_left = window, steps
+        """Serve ``window`` to the next ``steps`` optimizer steps."""
+        self.schedule([window] * steps)
+
+    def schedule(self, windows: list[list[dict]]) -> None:
+        """Serve ``windows[k]`` to the k-th optimizer step from now."""
+        self.windows = list(windows)
 
     def take(self) -> list[dict] | None:
-        if self.steps_left <= 0:
-            return None
-        self.steps_left -= 1
-        return self.window
+        return self.windows.pop(0) if self.windows else None
+
+    def clear(self) -> int:
+        """Drop the windows not yet served (e.g. PPO's early stop); returns how many."""
+        dropped, self.windows = len(self.windows), []
+        return dropped
+
+    @property
+    def steps_left(self) -> int:
+        return len(self.windows)
 
     def state_dict(self) -> dict:
-        return {"window": self.window if self.steps_left > 0 else [], "steps_left": self.steps_left}
+        return {"windows": self.windows}
 
     def load_state_dict(self, state: dict) -> None:
-        self.window, self.steps_left = state["window"], state["steps_left"]
+        self.windows = list(state["windows"])
 
 
 @dataclass
@@ -148,37 +160,22 @@ class OnlineTrainer(ReferenceTrainer):
         return False
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
-        from posttrain.rollout import encode_prompts
+        from posttrain.data.prompt_only import prepare_prompts
 
         cfg = self.config
         set_chat_template(self.tokenizer, cfg.chat_template)
-        data_format = formats.detect_format(column_names(rows), first_row(rows))
-        if data_format.name != formats.PROMPT_ONLY:
-            # prompt-completion and preference data carry a prompt too: train on it, say so
-            self.reporter.print(f"[yellow]{split} data is {data_format}; only its 'prompt' column is used[/]")
-        data_format = formats.DataFormat(formats.PROMPT_ONLY, data_format.conversational)
-        formats.validate_rows(rows, data_format)
-        if cfg.system_prompt and not data_format.conversational:
-            data_format = formats.DataFormat(formats.PROMPT_ONLY, True)
-        items, shortened = [], 0
-        columns = [c for c in column_names(rows) if c not in _OWN_FIELDS]
-        for index, row in enumerate(rows):
-            prompt = row["prompt"]
-            if cfg.system_prompt and isinstance(prompt, str):
-                prompt = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": prompt}]
-            items.append({"row": index, "prompt": prompt, "columns": {c: row.get(c) for c in columns}})
-        ids = encode_prompts(self.tokenizer, [item["prompt"] for item in items], cfg.chat_template_kwargs)
-        for item, prompt_ids in zip(items, ids):
-            if cfg.max_prompt_length and len(prompt_ids) > cfg.max_prompt_length:
-                prompt_ids, shortened = prompt_ids[-cfg.max_prompt_length :], shortened + 1
-            item["prompt_ids"] = prompt_ids
-        self._columns = columns
-        self.reporter.print(f"[bold]{split} data[/] ({data_format}): {len(items)} prompts, columns {columns or 'none'}")
-        if shortened:
-            self.reporter.print(f"  shortened {shortened} prompt(s) to their last {cfg.max_prompt_length} tokens (max_prompt_length)")
+        prepared = prepare_prompts(
+            rows, self.tokenizer, system_prompt=cfg.system_prompt, chat_template_kwargs=cfg.chat_template_kwargs,
+            max_prompt_length=cfg.max_prompt_length,
+        )
+        self.reporter.print(f"[bold]{split} data[/] ({prepared.data_format}):")
+        for line in prepared.lines():
+            self.reporter.print(f"  {line}")
+        items = prepared.items
+        self._columns = prepared.columns
         if split == "train":
             self._prompt_capacity = max(len(item["prompt_ids"]) for item in items)
-            self._conversational = data_format.conversational
+            self._conversational = prepared.data_format.conversational
         return BatchSource(items, [len(item["prompt_ids"]) for item in items], _as_list)
 
     def train_loader_batch_size(self) -> int:
@@ -188,7 +185,11 @@ class OnlineTrainer(ReferenceTrainer):
         cfg = self.config
         if cfg.max_steps > 0:
             return cfg.max_steps
-        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * cfg.num_iterations
+        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * self.steps_per_generation()
+
+    def steps_per_generation(self) -> int:
+        """Optimizer steps each generation batch serves (GRPO: ``num_iterations``)."""
+        return self.config.num_iterations
 
     def checkpoint_objects(self) -> list:
         return [self.buffer]
@@ -236,10 +237,14 @@ class OnlineTrainer(ReferenceTrainer):
     def next_window(self, module, stream: Iterator, state: TrainState) -> list:
         window = self.buffer.take()
         if window is None:
-            window = self.make_window(module, stream, state)
-            self.buffer.fill(window, self.config.num_iterations)
+            self.buffer.schedule(self.make_windows(module, stream, state))
             window = self.buffer.take()
         return window
+
+    def make_windows(self, module, stream: Iterator, state: TrainState) -> list[list[dict]]:
+        """The windows of the optimizer steps one new generation batch serves (default: one
+        window, :meth:`make_window`, served ``num_iterations`` times)."""
+        return [self.make_window(module, stream, state)] * self.config.num_iterations
 
     def generate_and_score(self, module, stream: Iterator) -> Generated:
         """Next prompt batch -> ``num_generations`` samples each -> rewards."""
@@ -281,16 +286,39 @@ class OnlineTrainer(ReferenceTrainer):
     def token_logps(self, rollouts: list[Rollout], *, reference: bool = False) -> list[list[float]]:
         """Per-token log-probs ``[(completion length,)]`` of each rollout's completion under the
         current policy (or the reference), at the sampling temperature, without grad."""
+
+        def forward(ids, positions):
+            if reference:
+                return {"logps": self._reference_token_logps(ids, positions)}
+            return {"logps": self._policy_module()(ids, positions, temperature=self.config.temperature).logps}
+
+        return [values["logps"] for values in self.completion_passes(rollouts, forward)]
+
+    @torch.no_grad()
+    def completion_passes(self, rollouts: list[Rollout], forward) -> list[dict[str, list[float]]]:
+        """Per-token values of each rollout's completion tokens, without grad: ``forward(input_ids,
+        position_ids)`` maps packed ``(R, T)`` inputs to ``{name: (R, T) tensor}`` aligned with the
+        input tokens; returns, per rollout, ``{name: [one float per completion token]}``. Runs in
+        chunks of ``per_device_eval_batch_size`` rollouts."""
         out = []
         capacity = self._prompt_capacity + self.config.max_completion_length if self.config.packing else 0
+        device = self.accelerator.device
         for chunk in split_micro_batches(rollouts, self.config.per_device_eval_batch_size):
             batch = collate_rollouts(chunk, self.tokenizer.pad_token_id, capacity)
-            device = self.accelerator.device
-            ids, positions = batch["input_ids"].to(device), batch["position_ids"].to(device)
-            logps = self._reference_token_logps(ids, positions) if reference else self._policy_module()(ids, positions, temperature=self.config.temperature).logps
-            view = completion_view(logps, batch["completion_index"]).float().cpu()
-            out.extend(view[i, : len(r.completion_ids)].tolist() for i, r in enumerate(chunk))
+            values = forward(batch["input_ids"].to(device), batch["position_ids"].to(device))
+            views = {name: completion_view(v, batch["completion_index"]).float().cpu() for name, v in values.items()}
+            out.extend({name: view[i, : len(r.completion_ids)].tolist() for name, view in views.items()} for i, r in enumerate(chunk))
         return out
+
+    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
+        start = time.perf_counter()
+        super()._optimizer_step(module, optimizer, scheduler, window, state, metrics)
+        metrics.update({"time/training": Metric.mean(time.perf_counter() - start)})
+
+    def completion_log_step(self, state: TrainState, steps: int) -> int | None:
+        """The first of the next ``steps`` optimizer steps (those a new generation batch serves)
+        at which the completion log is due, or None."""
+        return next((s for s in range(state.step + 1, state.step + 1 + steps) if self.completion_log.due(s)), None)
 
     def _policy_module(self) -> TokenLogProbs:
         return self.accelerator.unwrap_model(self.module)

@@ -119,9 +119,36 @@ def inspect_preference_rows(rows, tokenizer, options: LMDataOptions, *, paired: 
     return shown
 
 
+def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int = 3, console: Console | None = None):
+    """Like :func:`inspect_rows` for the prompt-only rows of GRPO and PPO (``config`` an
+    OnlineConfig): each prompt's tokens exactly as the policy is prompted (system prompt, chat
+    template with the generation prompt, ``max_prompt_length``), and the columns its reward
+    functions receive. No token of a prompt gets loss: the loss is on the sampled completions.
+    Returns the items shown."""
+    from posttrain.data.prompt_only import prepare_prompts
+
+    console = console or Console(highlight=False)
+    prepared = prepare_prompts(
+        rows, tokenizer, system_prompt=config.system_prompt, chat_template_kwargs=config.chat_template_kwargs,
+        max_prompt_length=config.max_prompt_length,
+    )
+    console.print(f"[bold]format[/] {prepared.data_format}")
+    console.print(_legend())
+    for line in prepared.lines():
+        console.print(f"  {line}")
+    shown = prepared.items[start : start + count]
+    for offset, item in enumerate(shown):
+        ids = item["prompt_ids"]
+        _show(console, tokenizer, f"prompt {start + offset} (row {item['row']})", {"input_ids": ids, "loss_weights": [0.0] * len(ids)})
+        for name, value in item["columns"].items():
+            console.print(f"  [bold]{name}[/] = {value!r:.300}")
+    return shown
+
+
 def inspect_config(config, *, split: str = "train", start: int = 0, count: int = 3, console: Console | None = None):
     """``posttrain inspect``: load the tokenizer and data a training config names and show them
-    as that config's trainer would prepare them (SFT rows, preference pairs or unpaired rows)."""
+    as that config's trainer would prepare them (SFT rows, preference pairs, unpaired rows or
+    prompts)."""
     from posttrain.data.loading import load_rows
     from posttrain.models.loading import load_tokenizer, set_chat_template
 
@@ -140,6 +167,8 @@ def inspect_config(config, *, split: str = "train", start: int = 0, count: int =
             raise ConfigError(f"the config names no {split}_data to inspect (nor an eval_fraction); set {split}_data")
         rows = load_rows(source, f"{split}_data")
     kind = getattr(config, "data_kind", "lm")
+    if kind == "prompts":
+        return inspect_prompt_rows(rows, tokenizer, config, start=start, count=count, console=console)
     if kind == "lm":
         return inspect_rows(rows, tokenizer, config.data_options(), start=start, count=count, console=console)
     return inspect_preference_rows(

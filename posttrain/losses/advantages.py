@@ -183,21 +183,22 @@ def gae(
 
 @torch.no_grad()
 def whiten_advantages(
-    advantages: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8
+    advantages: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8, all_reduce=None
 ) -> torch.Tensor:
     """Advantages normalised to mean 0 and unit (sample) variance over the masked tokens.
 
-    :func:`posttrain.ops.whiten` without gradient. Statistics are those of this tensor alone:
-    under several processes, gather the advantages first (they are small) so every process
-    whitens with the same mean and variance.
+    :func:`posttrain.ops.whiten` without gradient. Statistics are those of this tensor alone,
+    unless ``all_reduce`` (a ``tensor -> tensor`` sum over processes) is given: then every
+    process whitens with the mean and variance of all processes' tokens.
 
     Args:
         advantages: ``(B, T)``, e.g. from :func:`gae`.
         mask: ``(B, T)`` bool or 0/1 float; at least two tokens set.
         shift_mean: False keeps the mean and only rescales.
         eps: added to the variance.
+        all_reduce: optional ``tensor -> tensor`` sum of a 0-d tensor over processes.
 
     Returns:
         ``(B, T)`` detached, 0 outside the mask.
     """
-    return whiten(advantages, mask, shift_mean=shift_mean, eps=eps)
+    return whiten(advantages, mask, shift_mean=shift_mean, eps=eps, all_reduce=all_reduce)

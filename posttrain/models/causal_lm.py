@@ -73,21 +73,40 @@ class TokenLogProbs(nn.Module):
         positions: torch.Tensor | None = None,
     ) -> TokenStats:
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
+        stats, _ = self.stats_and_hidden(inputs, temperature=temperature, with_stats=with_stats, positions=positions)
+        return stats
+
+    def stats_and_hidden(
+        self,
+        inputs: dict,
+        *,
+        temperature: float = 1.0,
+        with_stats: bool = False,
+        keep_hidden: bool = False,
+        positions: torch.Tensor | None = None,
+    ):
+        """``(TokenStats, hidden)``: the forward's result and, with ``keep_hidden``, the last hidden
+        states ``(B, T, H)`` it was computed from (a value head on the policy's trunk reads them),
+        else None. ``inputs`` holds ``input_ids``, ``position_ids`` and ``attention_mask``;
+        ``positions`` as in :meth:`forward`."""
+        input_ids = inputs["input_ids"]
         if self._split_head_ok is None:
             self._split_head_ok = self._head_is_plain_linear(inputs)
         options = {"temperature": temperature, "with_stats": with_stats, "stats_fn": self.stats_fn}
-        if not self._split_head_ok:
-            logits = self.model(**inputs, use_cache=False, **varlen_kwargs(self.model, position_ids)).logits
-            if positions is not None:
-                return _scatter(self._score(logits, nn.Identity(), input_ids, positions, options), positions, input_ids.shape)
-            return _pad_first_column(token_logps(logits[:, :-1], nn.Identity(), input_ids[:, 1:], **options))
-        hidden = self._body(inputs)
-        head = self.model.get_output_embeddings()
+        if self._split_head_ok:
+            states = full_hidden = self._body(inputs)
+            head = self.model.get_output_embeddings()
+        else:
+            output = self.model(**inputs, use_cache=False, output_hidden_states=keep_hidden, **varlen_kwargs(self.model, inputs["position_ids"]))
+            full_hidden = output.hidden_states[-1] if keep_hidden else None
+            states, head = output.logits, nn.Identity()
         if positions is not None:
-            return _scatter(self._score(hidden, head, input_ids, positions, options), positions, input_ids.shape)
-        labels = input_ids[:, 1:]
-        chunk = self._chunk(labels.numel(), _vocab_size(head))
-        return _pad_first_column(token_logps(hidden[:, :-1], head, labels, chunk_size=chunk, **options))
+            stats = _scatter(self._score(states, head, input_ids, positions, options), positions, input_ids.shape)
+        else:
+            labels = input_ids[:, 1:]
+            chunk = self._chunk(labels.numel(), _vocab_size(head)) if not isinstance(head, nn.Identity) else None
+            stats = _pad_first_column(token_logps(states[:, :-1], head, labels, chunk_size=chunk, **options))
+        return stats, (full_hidden if keep_hidden else None)
 
     def _score(self, states: torch.Tensor, head: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, options: dict) -> TokenStats:
         """Stats ``(1, n)`` of the tokens at flat ``positions``, each predicted from the state

@@ -174,6 +174,10 @@ class RewardScorer:
         if conversational and isinstance(completion, str):
             completion = [{"role": "assistant", "content": completion}]
         require_chat_template(self.tokenizer, conversational)
+        if _is_empty_reply(completion):
+            # A policy that stops at once (EOS first) wrote an empty reply: training data may not
+            # have one, but a sampled completion may, and it must be scored like any other.
+            return self._empty_reply_example(prompt, completion)
         data_format = formats.DataFormat(formats.PROMPT_COMPLETION, conversational)
         row = {"prompt": prompt, "completion": completion}
         examples, report = tokenize_row(row, index, self.tokenizer, data_format, "all", self.options)
@@ -181,6 +185,20 @@ class RewardScorer:
         if len(examples) != 1:
             raise ValueError(f"pair {index}: tokenized into {len(examples)} sequences, expected one")
         return examples[0]
+
+    def _empty_reply_example(self, prompt, completion) -> dict:
+        """The prompt followed by the end of an empty reply: EOS for strings (when ``add_eos``),
+        the chat template's rendering of an empty assistant turn for message lists; truncated
+        from the left to ``max_length``."""
+        if isinstance(prompt, list):
+            text = self.tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False, **self.options.chat_template_kwargs)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            ids = ids + ([self.tokenizer.eos_token_id] if self.options.add_eos else [])
+        if self.options.max_length:
+            ids = ids[-self.options.max_length :]
+        return {"input_ids": ids, "loss_weights": [1.0] * len(ids), "turn_index": [-1] * len(ids)}
 
     @torch.no_grad()
     def score(self, prompts: Sequence, completions: Sequence) -> torch.Tensor:
@@ -203,3 +221,10 @@ class RewardScorer:
         finally:
             self.model.train(was_training)
         return rewards
+
+
+def _is_empty_reply(completion) -> bool:
+    """An empty string, or a single assistant message with empty content."""
+    if isinstance(completion, str):
+        return not completion.strip()
+    return len(completion) == 1 and isinstance(completion[0], dict) and not str(completion[0].get("content", "")).strip()

@@ -10,6 +10,8 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 
+from posttrain.errors import ConfigError
+
 
 def completion_text(completion) -> str:
     """The text of a completion: a string as is, a message list by its last message's content."""
@@ -57,16 +59,16 @@ def format_regex(pattern: str, mode: str = "fullmatch", flags: int | str = re.DO
         strip: strip surrounding whitespace from the completion first.
     """
     if mode not in _REGEX_MODES:
-        raise ValueError(f"format_regex: mode must be one of {_REGEX_MODES}, got {mode!r}")
+        raise ConfigError(f"format_regex: mode must be one of {_REGEX_MODES}, got {mode!r}")
     if isinstance(flags, str):
         try:
             flags = sum(getattr(re.RegexFlag, part.strip().upper()) for part in flags.split("|"))
         except AttributeError as exc:
-            raise ValueError(f"format_regex: unknown flag in {flags!r}; use names such as DOTALL, MULTILINE, IGNORECASE") from exc
+            raise ConfigError(f"format_regex: unknown flag in {flags!r}; use names such as DOTALL, MULTILINE, IGNORECASE") from exc
     try:
         compiled = re.compile(pattern, flags)
     except (re.error, TypeError) as exc:
-        raise ValueError(f"format_regex: pattern {pattern!r} is not a valid regular expression ({exc})") from exc
+        raise ConfigError(f"format_regex: pattern {pattern!r} is not a valid regular expression ({exc})") from exc
     matcher = getattr(compiled, mode)
 
     def reward(completions, **_) -> list[float]:
@@ -179,7 +181,7 @@ def reward_model_function(
 
     if isinstance(model_or_path, RewardScorer):
         if tokenizer is not None:
-            raise ValueError("reward_model_function: a RewardScorer brings its own tokenizer; do not pass tokenizer=")
+            raise ConfigError("reward_model_function: a RewardScorer brings its own tokenizer; do not pass tokenizer=")
         return RewardModelFunction(model_or_path, name)
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
@@ -189,7 +191,7 @@ def reward_model_function(
         model = model_or_path
         fallback = getattr(model, "name_or_path", None) or None
         if tokenizer is None and fallback is None:
-            raise ValueError("reward_model_function: this model object has no name_or_path to load its tokenizer from; pass tokenizer=")
+            raise ConfigError("reward_model_function: this model object has no name_or_path to load its tokenizer from; pass tokenizer=")
         tokenizer = load_tokenizer(tokenizer, fallback_source=fallback)
     scorer = RewardScorer(model, tokenizer, batch_size, max_length, add_eos, chat_template_kwargs)
     return RewardModelFunction(scorer, name)

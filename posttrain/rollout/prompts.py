@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from posttrain.errors import DataError
 from posttrain.models.reward import require_chat_template
 
 Prompt = str | list[dict]
@@ -46,7 +47,7 @@ def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: Mapping | Non
             f"prompt {index}: expected a string or a list of messages, got {type(prompt).__name__}: {prompt!r:.200}"
         )
     if not ids:
-        raise ValueError(f"prompt {index} is empty after tokenization ({prompt!r}); generation needs at least one token")
+        raise DataError(f"prompt {index} is empty after tokenization ({prompt!r}); generation needs at least one token")
     return ids
 
 

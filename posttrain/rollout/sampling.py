@@ -47,9 +47,9 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingOptions:
-    """How completions are generated.
+    """How completions are generated (frozen: derive variants with ``dataclasses.replace``).
 
     Attributes:
         max_completion_length: new tokens per completion at most (the stop token included).
@@ -86,12 +86,12 @@ class SamplingOptions:
     chat_template_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if isinstance(self.stop_strings, str):
-            self.stop_strings = (self.stop_strings,)
-        self.stop_strings = tuple(self.stop_strings or ())
-        self.stop_token_ids = tuple(self.stop_token_ids or ())
-        self.generation_kwargs = dict(self.generation_kwargs or {})
-        self.chat_template_kwargs = dict(self.chat_template_kwargs or {})
+        # Frozen so that options stay validated; ``dataclasses.replace`` validates the copy.
+        stop_strings = (self.stop_strings,) if isinstance(self.stop_strings, str) else self.stop_strings
+        object.__setattr__(self, "stop_strings", tuple(stop_strings or ()))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+        object.__setattr__(self, "generation_kwargs", dict(self.generation_kwargs or {}))
+        object.__setattr__(self, "chat_template_kwargs", dict(self.chat_template_kwargs or {}))
         self._validate_lengths_and_flags()
         self._validate_sampling()
         self._validate_stops()

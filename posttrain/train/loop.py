@@ -57,8 +57,8 @@ from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.output_dir import clear_previous_run, output_dir_problem
 from posttrain.train.reporting import RunReporter, resume_command
-from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.sampler import EpochBatchSampler
+from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.state import TrainState
 
 
@@ -260,29 +260,9 @@ class Trainer:
 
     def train(self) -> TrainState:
         """Train until ``max_steps`` / ``num_epochs``; returns the final :class:`TrainState`."""
-        cfg, acc = self.config, self.accelerator
-        module = self.wrap_model(self.model)
         loader, sampler = self._dataloader(self.train_source, self.train_loader_batch_size(), shuffle=True)
-        optimizer = build_optimizer(module, cfg)
-        module, optimizer, loader = acc.prepare(module, optimizer, loader)
-        self.module = module
-        self._batches_per_epoch = max(len(loader), 1)
-        state = TrainState(total_steps=self.total_steps(len(loader)))
-        # Not prepared by accelerate, which would step it once per process per step.
-        scheduler = build_scheduler(optimizer, cfg, state.total_steps)
-        acc.register_for_checkpointing(scheduler)
-        for extra in self.checkpoint_objects():
-            acc.register_for_checkpointing(extra)
-        state = self._maybe_resume(state)
-        self.state = state
-        self._write_run_files()
-        if cfg.report_to:
-            acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg))
-        trainable, total = count_parameters(module)
-        self.reporter.print(
-            f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
-            f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
-        )
+        module, optimizer, scheduler, loader = self._set_up_training(loader)
+        state = self.state
         self.warn_about_data_size()
         self.reporter.start(state.total_steps, state.step)
         metrics = MetricAccumulator()
@@ -302,6 +282,42 @@ class Trainer:
             self.reporter.close()
         self._finish()
         return state
+
+    def _set_up_training(self, loader=None):
+        """Wrap and prepare the model (and ``loader``, when training from data), build the
+        optimizer and schedule, register what checkpoints hold and resume. Sets ``self.module``
+        and ``self.state``; returns ``(module, optimizer, scheduler, loader)``. Online trainers
+        driven step by step (PPO's ``step``) call it without a loader."""
+        cfg, acc = self.config, self.accelerator
+        module = self.wrap_model(self.model)
+        optimizer = build_optimizer(module, cfg)
+        if loader is None:
+            module, optimizer = acc.prepare(module, optimizer)
+        else:
+            module, optimizer, loader = acc.prepare(module, optimizer, loader)
+        self.module = module
+        self._batches_per_epoch = max(len(loader), 1) if loader is not None else 1
+        state = TrainState(total_steps=self.total_steps(len(loader) if loader is not None else 0))
+        # Not prepared by accelerate, which would step it once per process per step.
+        scheduler = self.build_lr_scheduler(optimizer, state.total_steps)
+        acc.register_for_checkpointing(scheduler)
+        for extra in self.checkpoint_objects():
+            acc.register_for_checkpointing(extra)
+        state = self._maybe_resume(state)
+        self.state = state
+        self._write_run_files()
+        if cfg.report_to:
+            acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg))
+        trainable, total = count_parameters(module)
+        self.reporter.print(
+            f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
+            f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
+        )
+        return module, optimizer, scheduler, loader
+
+    def build_lr_scheduler(self, optimizer, total_steps: int):
+        """The learning-rate schedule over ``total_steps`` optimizer steps."""
+        return build_scheduler(optimizer, self.config, total_steps)
 
     def _micro_batches(self, loader, sampler, state: TrainState) -> Iterator:
         """An endless stream of micro-batches that keeps ``state`` at the exact data position."""
@@ -418,9 +434,9 @@ class Trainer:
             self.accelerator.load_state(str(path))
             resumed = TrainState.load(path)
             if resumed.total_steps != state.total_steps:
-                raise ValueError(
+                raise ConfigError(
                     f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
-                    f"{state.total_steps}; resume with the same data, batch size and schedule options"
+                    f"{state.total_steps}. Fix: resume with the same data, batch size and schedule options"
                 )
             self.reporter.print(f"resumed from {path} at step {resumed.step}")
             state = resumed

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from posttrain.errors import ConfigError
 from posttrain.train.master_weights import HALF, MasterWeightAdamW
 
 ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
@@ -47,7 +48,10 @@ def build_optimizer(module: nn.Module, config) -> torch.optim.Optimizer:
         if parameter.requires_grad:
             (decay if parameter.dim() >= 2 else no_decay).append(parameter)
     if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError(
+            "the model has no trainable parameters. Fix: leave its weights trainable (requires_grad=True), or train LoRA "
+            "adapters (use_lora=true)"
+        )
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

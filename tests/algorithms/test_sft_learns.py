@@ -1,27 +1,36 @@
 """Must-show 6: SFT on the arithmetic task lifts held-out greedy exact match far above the
-untrained model, and the generations stop with EOS (the demo's recipe, ~1 minute on 2 cores)."""
+untrained model, and the generations stop with EOS -- the demo itself (``posttrain.demo.run_demo``,
+run once per session by tests/conftest.py's ``demo_run``; ~2-3 minutes on 2 cores).
+
+Thresholds follow tests/README.md: set from ``python benchmarks/learning_sweep.py`` (training
+seeds 0-4 x 1 and 2 threads, each in a fresh process), measured range beside each.
+``POSTTRAIN_TEST_SEED`` picks the training seed.
+"""
 
 from __future__ import annotations
 
-from transformers import AutoModelForCausalLM
-
-from posttrain.algorithms.sft import SFTTrainer
-from posttrain.demo import DEMO_ROWS, demo_config
-from posttrain.tasks import ArithmeticTask, exact_match_accuracy
+from posttrain.demo import DEMO_EVAL_ROWS, DEMO_ROWS, demo_task
 
 
-def test_sft_learns_arithmetic(model_path, tmp_path):
-    task = ArithmeticTask(seed=0)
-    held_out = task.prompt_only("test", 200)
-    path = model_path("llama-small")
-    config = demo_config(str(tmp_path), progress_bar=False, logging_steps=0, save_final_model=False)
-    trainer = SFTTrainer(path, config, train_dataset=task.prompt_completion("train", DEMO_ROWS))
-    before = exact_match_accuracy(task, AutoModelForCausalLM.from_pretrained(path), trainer.tokenizer, held_out)
-    trainer.train()
-    after = exact_match_accuracy(task, trainer.model, trainer.tokenizer, held_out)
-    assert before.accuracy <= 0.02
-    assert after.accuracy >= 0.9, after.samples[:10]
-    assert after.eos_rate >= 0.98
+def test_sft_learns_arithmetic(demo_run):
+    result, shown, _ = demo_run  # run_demo with POSTTRAIN_TEST_SEED (tests/conftest.py)
+    assert result["accuracy_before"] <= 0.02  # measured 0.0 (the fixture's initialisation is fixed)
+    # measured 100.0% and EOS 100% in all 10 runs (seeds 0-4 x 1, 2 threads; learning_sweep.py)
+    assert result["accuracy_after"] >= 0.95, result
+    assert result["eos_rate_after"] >= 0.98, result
+    assert result["learned"] and "SFT learned" in shown
     # held-out really means unseen: no test prompt was in the training rows
+    task = demo_task()
     train_prompts = {row["prompt"] for row in task.prompt_completion("train", DEMO_ROWS)}
-    assert not train_prompts & {row["prompt"] for row in held_out}
+    assert not train_prompts & {row["prompt"] for row in task.prompt_only("test", DEMO_EVAL_ROWS)}
+
+
+def test_demo_says_plainly_when_it_did_not_learn(monkeypatch, tmp_path, capsys):
+    # the default recipe cut to 3 steps stands in for a machine on which it does not learn
+    from posttrain import demo
+    from posttrain.cli import main
+
+    monkeypatch.setattr(demo, "DEMO_STEPS", 3)
+    assert main(["demo", "--output-dir", str(tmp_path)]) == 1
+    shown = capsys.readouterr().out
+    assert "This run did not learn" in shown and f"{demo.SFT_PROMISE:.0%}" in shown

@@ -43,7 +43,7 @@ def test_bfd_ties_are_broken_by_index_and_lowest_bin():
 
 def test_bfd_capacity_and_coverage_on_random_inputs():
     rng = random.Random(0)
-    for trial in range(50):
+    for _trial in range(50):
         capacity = rng.randint(1, 64)
         lengths = [rng.randint(0, capacity) for _ in range(rng.randint(0, 200))]
         bins = best_fit_decreasing(lengths, capacity)

@@ -1,6 +1,7 @@
 """Group-relative, leave-one-out and GAE advantages, and whitening, against hand-derived numbers."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -145,3 +146,30 @@ def test_whiten_advantages_on_ragged_mask():
     other = advantages.detach().clone()
     other[0, 2], other[1, 1:] = -1e6, 1e6
     torch.testing.assert_close(whiten_advantages(other, mask, eps=0.0), out)
+
+
+def test_whitening_across_processes_equals_whitening_everything():
+    """Two 'processes' (threads) whiten their halves with an all-reduce of the sums: the result
+    is the whitening of the whole batch, not of each half."""
+    values = torch.tensor([[1.0, -2.0, 0.5, 9.0], [3.0, 0.0, -1.0, 9.0], [2.5, 4.0, 0.0, 0.0], [-3.0, 1.0, 2.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
+
+    def run(rank):
+        def all_reduce(tensor):
+            slots[rank] = tensor.clone()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+
+        results[rank] = whiten_advantages(values[2 * rank : 2 * rank + 2], mask[2 * rank : 2 * rank + 2], all_reduce=all_reduce)
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    whole = whiten_advantages(values, mask)
+    torch.testing.assert_close(torch.cat(results), whole)
+    assert not torch.allclose(results[0], whiten_advantages(values[:2], mask[:2]))

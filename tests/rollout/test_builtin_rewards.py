@@ -95,6 +95,21 @@ def test_reward_model_on_message_prompts_scores_the_assistant_reply(classifier):
     torch.testing.assert_close(result.total, expected)
 
 
+def test_reward_model_scores_an_empty_reply_as_the_prompt_then_its_end(classifier):
+    """A policy that emits EOS first writes "": it is scored (not refused as an empty data row),
+    as the prompt followed by EOS, or by the template's empty assistant turn for messages."""
+    path, model, tokenizer = classifier
+    scorer = RewardScorer(model, tokenizer)
+    ids = tokenizer(PROMPTS[0])["input_ids"] + [tokenizer.eos_token_id]
+    expected = model(input_ids=torch.tensor([ids])).logits[0, 0]
+    torch.testing.assert_close(scorer.score([PROMPTS[0]], [""])[0], expected)
+    messages = [{"role": "user", "content": PROMPTS[0]}]
+    text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": ""}], tokenize=False)
+    turn = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert scorer.tokenize(messages, "")["input_ids"] == turn
+    assert scorer.tokenize(messages, " 7")["input_ids"][: len(turn) - 3] == turn[: len(turn) - 3]  # same rendering up to the reply
+
+
 def test_yaml_specs_resolve_to_reward_functions(tmp_path, monkeypatch, classifier):
     (tmp_path / "my_rewards.py").write_text("def brevity(completions, **kwargs):\n    return [-float(len(c)) for c in completions]\n")
     (tmp_path / "loose" / "shout.py").parent.mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from posttrain.data.errors import ChatTemplateError
@@ -38,6 +40,8 @@ def test_options_are_normalised():
     options = SamplingOptions(max_completion_length=4, stop_strings="</answer>", stop_token_ids=[7, 9], top_k=None)
     assert options.stop_strings == ("</answer>",) and options.stop_token_ids == (7, 9)
     assert options.generation_kwargs == {} and options.chat_template_kwargs == {}
+    with pytest.raises(ValueError, match="SamplingOptions.top_p"):  # a derived copy is validated too
+        dataclasses.replace(options, top_p=2.0)
 
 
 def test_string_prompts_get_special_tokens_and_messages_the_chat_template(tokenizers):

@@ -1,4 +1,4 @@
-"""Trains SFT, DPO (precomputed reference), KTO, a reward model and GRPO (on scripted completions, so the
+"""Trains SFT, DPO (precomputed reference), KTO, a reward model, GRPO and PPO (on scripted completions, so the
 experience does not depend on how it is split) for a few steps with a given per-process
 batch; run by tests/train/test_distributed.py once in-process and once under
 ``torchrun --nproc_per_node 2``. Not a test module itself (no ``test_`` prefix).
@@ -11,11 +11,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from posttrain import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from posttrain import (
+    DPOConfig,
+    DPOTrainer,
+    GRPOConfig,
+    GRPOTrainer,
+    KTOConfig,
+    KTOTrainer,
+    PPOConfig,
+    PPOTrainer,
+    RewardConfig,
+    RewardTrainer,
+    SFTConfig,
+    SFTTrainer,
+)
 from posttrain.tasks import ArithmeticTask
 from posttrain.testing import ScriptedEngine
 
-ALGORITHMS = ("sft", "dpo", "kto", "rm", "grpo")
+ALGORITHMS = ("sft", "dpo", "kto", "rm", "grpo", "ppo")
 STEPS = 3
 
 
@@ -54,6 +67,13 @@ def run_all(output_dir: str, batch: int, model: str, classifier: str) -> None:
     # groups of 4: one prompt per process per step with 2 x 4 completions, two with 1 x 8
     grpo = GRPOConfig(**_common(out / "grpo", batch), learning_rate=1e-3, num_generations=4, max_completion_length=8, scale_rewards="batch")
     trainer = GRPOTrainer(model, grpo, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length_reward])
+    trainer._engine = ScriptedEngine(trainer.tokenizer, [" 1", " 22", " 7 7 7", " 333", " 4"])
+    trainer.train()
+    # PPO: rollout batches of 8 completions (2 x 4 or 1 x 8), each trained for 2 epochs; advantages
+    # whitened and the adaptive KL coefficient moved with the statistics of both processes
+    ppo = PPOConfig(**_common(out / "ppo", batch), learning_rate=1e-3, batch_size=batch, ppo_epochs=2, max_completion_length=8,
+                    kl_coef=0.1, adap_kl_ctrl=True, kl_target=0.01, kl_horizon=16.0)
+    trainer = PPOTrainer(model, ppo, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length_reward])
     trainer._engine = ScriptedEngine(trainer.tokenizer, [" 1", " 22", " 7 7 7", " 333", " 4"])
     trainer.train()
 

@@ -33,14 +33,25 @@ from pathlib import Path
 import torch
 
 from posttrain import (
-    DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer,
+    DPOConfig,
+    DPOTrainer,
+    GRPOConfig,
+    GRPOTrainer,
+    KTOConfig,
+    KTOTrainer,
+    PPOConfig,
+    PPOTrainer,
+    RewardConfig,
+    RewardTrainer,
+    SFTConfig,
+    SFTTrainer,
 )
 from posttrain.tasks import ArithmeticTask
 from posttrain.testing import fixture_path
 
 CASES = (
     "sft", "rm", "dpo-model", "dpo-adapters_disabled", "dpo-precomputed", "kto-model", "kto-adapters_disabled", "kto-precomputed",
-    "grpo-model",
+    "grpo-model", "ppo-model",
 )
 SIGINT, SIGINT2 = "sigint", "sigint2"
 STEPS, SAVE_STEPS, KILL_STEP = 4, 2, 3
@@ -70,6 +81,12 @@ def trainer(case: str, output_dir: Path, cache: Path, **extra):
         online = dict(reference_mode=mode, beta=0.1, num_generations=4, max_completion_length=6, temperature=1.5)
         config = GRPOConfig(**common, **online)
         return GRPOTrainer(str(fixture_path("llama")), config, train_dataset=task.prompt_only("train", 8), reward_funcs=[_length])
+    if algorithm == "ppo":
+        # one rollout batch of 4 completions per optimizer step; the critic (a copy of the
+        # backbone with a value head) and the KL reference must come back exactly too
+        online = dict(reference_mode=mode, kl_coef=0.1, batch_size=4, ppo_epochs=1, max_completion_length=6, temperature=1.5)
+        config = PPOConfig(**common, **online)
+        return PPOTrainer(str(fixture_path("llama")), config, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length])
     return KTOTrainer(str(fixture_path("llama")), KTOConfig(**common, **reference), train_dataset=task.unpaired("train", 8))
 
 

@@ -1,5 +1,5 @@
 """Must-show: a run that dies and is resumed in a NEW process ends exactly where an uninterrupted
-run ends, for every trainer (SFT, RM, DPO, KTO, GRPO) and every reference mode (a frozen copy,
+run ends, for every trainer (SFT, RM, DPO, KTO, GRPO, PPO) and every reference mode (a frozen copy,
 LoRA adapters disabled, precomputed log-probs), with one metrics record per step; and
 Ctrl-C writes a checkpoint after the current optimizer step (twice: stops at once).
 
@@ -80,11 +80,6 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _results(record: dict) -> dict:
-    """A metrics record without its wall-clock measurements (time, time/generation, tokens_per_second, ...)."""
-    return {k: v for k, v in record.items() if not (k.startswith("time") or k.endswith("tokens_per_second"))}
 
 
 def _assert_same_run(runs, case: str) -> None:
