@@ -173,7 +173,7 @@ class DPOTrainer(ReferenceTrainer):
         """Policy (and, unless every loss is reference-free, reference) log-probs of a batch."""
         sequences, pairs = batch["sequences"], batch["pairs"]
         # only the completion tokens are summed: the head skips prompts and pads
-        stats = module(sequences["input_ids"], sequences["position_ids"], positions=sequences["trained_positions"])
+        stats = module(sequences["input_ids"], sequences["position_ids"], positions=sequences.get("trained_positions"))
         packed = sequences.get("sequence_ids"), sequences.get("num_sequences")
         policy = sequence_logps(stats.logps, sequences["loss_weights"], *packed)
         lengths = sequence_logps(torch.ones_like(stats.logps), sequences["loss_weights"], *packed)

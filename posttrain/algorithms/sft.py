@@ -123,13 +123,14 @@ class SFTTrainer(Trainer):
             check_packing_isolation(model, batch_rows=1 if one_row else 2, device=self.accelerator.device)
         return TokenLogProbs.for_config(model, self.config)
 
-    def count_units(self, batch) -> float:
-        return batch["loss_weight_sum"]  # summed by the collator on the host: no device read
+    def count_units(self, batch) -> float | torch.Tensor:
+        # summed by the collator on the host: no device read (a hand-made batch is summed here)
+        return batch["loss_weight_sum"] if "loss_weight_sum" in batch else batch["loss_weights"].sum()
 
     def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         # The head runs on the trained tokens only: untrained ones have weight 0 in the loss
         # and are masked out of every metric, so their log-probs would be thrown away.
-        stats = module(batch["input_ids"], batch["position_ids"], with_stats=True, positions=batch["trained_positions"])
+        stats = module(batch["input_ids"], batch["position_ids"], with_stats=True, positions=batch.get("trained_positions"))
         weights = batch["loss_weights"]
         per_token = token_nll(stats.logps, weights)
         loss_sum = per_token.sum()

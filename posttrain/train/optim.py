@@ -65,6 +65,13 @@ def build_optimizer(module: nn.Module, config) -> torch.optim.Optimizer:
     groups = [g for g in groups if g["params"]]
     half = any(p.dtype in HALF for group in groups for p in group["params"])
     if half and getattr(config, "master_weights", True):
+        if getattr(config, "mixed_precision", None) == "fp16":
+            # fp16 loss scaling unscales and checks the gradients of the optimizer's parameters,
+            # which here are the masters: the model's scaled 16-bit gradients would escape it.
+            raise ConfigError(
+                "mixed_precision=fp16 cannot scale the loss of a 16-bit model trained through float32 master weights. "
+                "Fix: mixed_precision=bf16 with model_dtype=bfloat16, or model_dtype=float32 with fp16"
+            )
         return MasterWeightAdamW(groups, **options)
     return torch.optim.AdamW(groups, **options)
 
