@@ -26,8 +26,9 @@ def matmul_peak(size: int = 2048, repeats: int = 6) -> float:
     return best
 
 
-def parse_benchmark_args(argv, description: str, steps: int, warmup: int):
-    """The options every benchmark takes: ``--steps``, ``--warmup``, ``--force``, ``--json``."""
+def parse_benchmark_args(argv, description: str, steps: int, warmup: int, add_arguments=None):
+    """The options every benchmark takes: ``--steps``, ``--warmup``, ``--force``, ``--json``;
+    ``add_arguments(parser)``, when given, adds a benchmark's own."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -35,6 +36,8 @@ def parse_benchmark_args(argv, description: str, steps: int, warmup: int):
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps first")
     parser.add_argument("--force", action="store_true", help="run even when the machine is busy")
     parser.add_argument("--json", help="also write the results to this file")
+    if add_arguments is not None:
+        add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -104,13 +107,16 @@ def non_embedding_parameters(model) -> int:
     return total - embedding.numel() - (0 if head is embedding else head.numel())
 
 
-def flops_per_token(model, sequence_lengths: list[int]) -> float:
+def flops_per_token(model, sequence_lengths: list[int], include_head: bool = False) -> float:
     """Training FLOPs per real token: 6 x non-embedding parameters plus attention, whose cost per
     token grows with the length of the token's own sequence (token-weighted mean). As usual (PaLM
-    appendix B) attention is not halved for causality."""
+    appendix B) attention is not halved for causality. ``include_head`` also counts the LM head's
+    matmul (6 x vocabulary x hidden; tied or not), which dominates a small model with a large
+    vocabulary."""
     mean_context = sum(n * n for n in sequence_lengths) / max(sum(sequence_lengths), 1)
     cfg = model.config
-    return 6 * non_embedding_parameters(model) + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_context
+    parameters = non_embedding_parameters(model) + (model.get_output_embeddings().weight.numel() if include_head else 0)
+    return 6 * parameters + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_context
 
 
 class StepTimer:

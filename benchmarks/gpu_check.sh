@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The one command to run on a GPU machine: training throughput of the real trainers on a
+# Qwen2.5-0.5B-shaped model (benchmarks/gpu_throughput.py), variants baseline and fast, with
+# gradient checkpointing off and on. Ends within 5 minutes whatever happens.
+#
+#     bash benchmarks/gpu_check.sh [WHEEL_DIR]            # from anywhere; results in /tmp
+#     OUT=/some/dir bash benchmarks/gpu_check.sh          # results in /some/dir
+#
+# WHEEL_DIR (default: shared/wheels in the repository) holds the wheels of datasets, dill and
+# multiprocess, which the GPU image lacks (it has torch with CUDA, transformers, accelerate, peft,
+# rich and pyarrow); they are installed with `pip install --no-deps`. The machine needs no
+# network: the model is built from a config with random weights and the tokenizer is the
+# project's offline fixture.
+#
+# Output: nvidia-smi, the torch version, one line per measurement and, at the end, the results as
+# JSON, also written to $OUT/gpu_throughput.json. The file is rewritten after every measurement,
+# so if the time limit cuts the run short it still holds what was measured ("complete": false),
+# and it is printed then too. PYTHON (default: python) chooses the interpreter; BUDGET (default
+# 290) the seconds the whole script may take.
+
+set -u
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WHEELS="${1:-$REPO/shared/wheels}"
+OUT="${OUT:-/tmp}"
+PYTHON="${PYTHON:-python}"
+BUDGET="${BUDGET:-290}"
+RESULTS="$OUT/gpu_throughput.json"
+
+cd "$REPO" || exit 1
+mkdir -p "$OUT"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+echo "== wheels from $WHEELS"
+wheels=()
+for name in datasets dill multiprocess; do
+    found=$(ls "$WHEELS"/"$name"-*.whl 2>/dev/null | sort -V | tail -n 1)
+    if [ -n "$found" ]; then
+        wheels+=("$found")
+    else
+        echo "no $name-*.whl in $WHEELS"
+    fi
+done
+if [ "${#wheels[@]}" -gt 0 ]; then
+    timeout 60 "$PYTHON" -m pip install --quiet --no-deps --no-index "${wheels[@]}" || echo "pip install failed (exit $?)"
+fi
+if ! "$PYTHON" -c "import datasets" 2>/dev/null; then
+    echo "datasets does not import; posttrain's data layer needs it:"
+    "$PYTHON" -c "import datasets"
+    exit 1
+fi
+
+echo "== nvidia-smi"
+timeout 20 nvidia-smi || echo "nvidia-smi failed (exit $?)"
+
+echo "== versions"
+timeout 60 "$PYTHON" -c "
+import torch, transformers, accelerate, datasets
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else '')
+print('transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__)
+"
+
+left=$((BUDGET - SECONDS - 10))  # 10 s for the end: the kill grace below and printing
+[ "$left" -ge 1 ] || left=1
+echo "== benchmarks/gpu_throughput.py ($left s at most)"
+rm -f "$RESULTS"
+timeout --kill-after=5 "$left" "$PYTHON" benchmarks/gpu_throughput.py --variant baseline,fast --steps 5 --warmup 2 --json "$RESULTS"
+status=$?
+if [ "$status" -ne 0 ]; then
+    echo "gpu_throughput.py exited with $status$([ "$status" -eq 124 ] || [ "$status" -eq 137 ] && echo ' (time limit)'); what it measured:"
+    cat "$RESULTS" 2>/dev/null || echo "(no results written)"
+fi
+echo "== results in $RESULTS (${SECONDS}s in all)"
+exit "$status"
