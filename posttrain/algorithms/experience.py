@@ -58,7 +58,8 @@ def collate_rollouts(rollouts: Sequence[Rollout], pad_token_id: int, capacity: i
     """A micro-batch of rollouts as tensors (see the module docstring).
 
     Returns a dict with ``input_ids`` and ``position_ids`` ``(R, T)``, ``completion_index``
-    (long) and ``completion_mask`` (float) ``(S, L)``, one ``(S, L)`` float tensor per token
+    (long) and ``completion_mask`` (float) ``(S, L)``, ``completion_positions`` ``(n,)`` long
+    (the flat indices of every completion token, ascending: the LM head scores those only), one ``(S, L)`` float tensor per token
     value and one ``(S,)`` float tensor per sequence value (names as in the rollouts, which
     must all carry the same names), ``num_sequences`` = S and ``num_tokens`` (real tokens).
     """
@@ -86,6 +87,9 @@ def collate_rollouts(rollouts: Sequence[Rollout], pad_token_id: int, capacity: i
         "position_ids": packed["position_ids"],
         "completion_index": index,
         "completion_mask": right_padded([r.completion_mask for r in rollouts], longest),
+        # prompts are never scored, so the head skips them (each completion token has a prompt
+        # token or an earlier completion token before it in its row)
+        "completion_positions": torch.cat([index[i, : len(r.completion_ids)] for i, r in enumerate(rollouts)]).sort().values,
         "num_sequences": len(rollouts),
         "num_tokens": packed["num_tokens"],
     }

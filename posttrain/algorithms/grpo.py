@@ -202,7 +202,9 @@ class GRPOTrainer(OnlineTrainer):
 
     def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         cfg = self.config
-        stats = module(batch["input_ids"], batch["position_ids"], temperature=cfg.temperature, with_stats=True)
+        stats = module(
+            batch["input_ids"], batch["position_ids"], temperature=cfg.temperature, with_stats=True, positions=batch.get("completion_positions")
+        )
         index, mask = batch["completion_index"], batch["completion_mask"].to(stats.logps.device)
         logps = completion_view(stats.logps, index)
         old = batch["old_logps"].to(logps.device) if "old_logps" in batch else logps.detach()

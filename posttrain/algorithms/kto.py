@@ -143,11 +143,12 @@ class KTOTrainer(ReferenceTrainer):
     def _kl_sum(self, module, batch) -> torch.Tensor:
         """Sum over the batch's KL sequences of ``log pi - log ref`` (no gradient)."""
         kl = batch["kl"]
-        policy = sequence_logps(module(kl["input_ids"], kl["position_ids"]).logps, kl["loss_weights"])
+        scored = kl.get("trained_positions")  # the completions: the head skips prompts and pads
+        policy = sequence_logps(module(kl["input_ids"], kl["position_ids"], positions=scored).logps, kl["loss_weights"])
         if self.reference_mode == "precomputed":
             reference = batch["ref_kl_logps"].to(policy.device)
         else:
-            reference = self.compute_reference(kl["input_ids"], kl["position_ids"], kl["loss_weights"], module)
+            reference = self.compute_reference(kl["input_ids"], kl["position_ids"], kl["loss_weights"], module, positions=scored)
         return (policy.float() - reference).sum()
 
     def _reference_point(self, module, batches: list) -> torch.Tensor:
@@ -162,7 +163,7 @@ class KTOTrainer(ReferenceTrainer):
     def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         cfg = self.config
         examples = batch["examples"]
-        stats = module(examples["input_ids"], examples["position_ids"])
+        stats = module(examples["input_ids"], examples["position_ids"], positions=examples.get("trained_positions"))
         policy = sequence_logps(stats.logps, examples["loss_weights"])
         reference = self.reference_logps(module, batch, examples)
         # Training steps use the window's z0; evaluation batches estimate their own.

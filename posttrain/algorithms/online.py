@@ -287,25 +287,25 @@ class OnlineTrainer(ReferenceTrainer):
         """Per-token log-probs ``[(completion length,)]`` of each rollout's completion under the
         current policy (or the reference), at the sampling temperature, without grad."""
 
-        def forward(ids, positions):
+        def forward(ids, position_ids, scored):
             if reference:
-                return {"logps": self._reference_token_logps(ids, positions)}
-            return {"logps": self._policy_module()(ids, positions, temperature=self.config.temperature).logps}
+                return {"logps": self._reference_token_logps(ids, position_ids, scored)}
+            return {"logps": self._policy_module()(ids, position_ids, temperature=self.config.temperature, positions=scored).logps}
 
         return [values["logps"] for values in self.completion_passes(rollouts, forward)]
 
     @torch.no_grad()
     def completion_passes(self, rollouts: list[Rollout], forward) -> list[dict[str, list[float]]]:
         """Per-token values of each rollout's completion tokens, without grad: ``forward(input_ids,
-        position_ids)`` maps packed ``(R, T)`` inputs to ``{name: (R, T) tensor}`` aligned with the
-        input tokens; returns, per rollout, ``{name: [one float per completion token]}``. Runs in
+        position_ids, completion_positions)`` maps packed ``(R, T)`` inputs to ``{name: (R, T)
+        tensor}`` aligned with the input tokens (only the completion tokens need be right); returns, per rollout, ``{name: [one float per completion token]}``. Runs in
         chunks of ``per_device_eval_batch_size`` rollouts."""
         out = []
         capacity = self._prompt_capacity + self.config.max_completion_length if self.config.packing else 0
         device = self.accelerator.device
         for chunk in split_micro_batches(rollouts, self.config.per_device_eval_batch_size):
             batch = collate_rollouts(chunk, self.tokenizer.pad_token_id, capacity)
-            values = forward(batch["input_ids"].to(device), batch["position_ids"].to(device))
+            values = forward(batch["input_ids"].to(device), batch["position_ids"].to(device), batch["completion_positions"].to(device))
             views = {name: completion_view(v, batch["completion_index"]).float().cpu() for name, v in values.items()}
             out.extend({name: view[i, : len(r.completion_ids)].tolist() for name, view in views.items()} for i, r in enumerate(chunk))
         return out
@@ -323,14 +323,14 @@ class OnlineTrainer(ReferenceTrainer):
     def _policy_module(self) -> TokenLogProbs:
         return self.accelerator.unwrap_model(self.module)
 
-    def _reference_token_logps(self, input_ids, position_ids) -> torch.Tensor:
+    def _reference_token_logps(self, input_ids, position_ids, positions=None) -> torch.Tensor:
         """``(R, T)`` per-token reference log-probs (a frozen copy, or the policy without its
-        LoRA adapters)."""
+        LoRA adapters); with ``positions``, right at those flat indices only."""
         temperature = self.config.temperature
         if self._reference_source == "model":
-            return self._reference_module()(input_ids, position_ids, temperature=temperature).logps
+            return self._reference_module()(input_ids, position_ids, temperature=temperature, positions=positions).logps
         with self.model.disable_adapter():
-            return self._policy_module()(input_ids, position_ids, temperature=temperature).logps
+            return self._policy_module()(input_ids, position_ids, temperature=temperature, positions=positions).logps
 
     # ------------------------------------------------------------------ evaluation
 

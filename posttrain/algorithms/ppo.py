@@ -47,6 +47,7 @@ from posttrain.losses.advantages import gae, whiten_advantages
 from posttrain.losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate
 from posttrain.losses.policy import clipped_policy_loss, clipped_value_loss, explained_variance
 from posttrain.losses.reduce import aggregate
+from posttrain.models.causal_lm import head_options
 from posttrain.models.loading import apply_lora, disable_dropout, enable_activation_checkpointing, is_peft_model
 from posttrain.models.packing_check import check_packing_isolation
 from posttrain.models.value import (
@@ -248,16 +249,16 @@ class PPOTrainer(StepAPI, OnlineTrainer):
             disable_dropout(critic)
         return layout, critic
 
-    def _reference_token_logps(self, input_ids, position_ids) -> torch.Tensor:
+    def _reference_token_logps(self, input_ids, position_ids, positions=None) -> torch.Tensor:
         # peft's disable_adapter() leaves only the active adapter trainable afterwards: keep the critic's
         with kept_trainable(self.model):
-            return super()._reference_token_logps(input_ids, position_ids)
+            return super()._reference_token_logps(input_ids, position_ids, positions)
 
     def wrap_model(self, model) -> torch.nn.Module:
         if self.config.packing:
-            check_packing_isolation(model, batch_rows=2)
+            check_packing_isolation(model, batch_rows=2, device=self.accelerator.device)
             check_critic_packing(self.critic)
-        return PolicyWithValue(model, self.critic, self.critic_layout, chunk_size=self.config.logits_chunk_size)
+        return PolicyWithValue(model, self.critic, self.critic_layout, **head_options(model, self.config))
 
     # ------------------------------------------------------------------ making experience
 
@@ -298,8 +299,8 @@ class PPOTrainer(StepAPI, OnlineTrainer):
         tokens (one forward of the module, no grad)."""
         module, temperature = self._policy_module(), self.config.temperature
 
-        def forward(input_ids, position_ids):
-            output = module(input_ids, position_ids, temperature=temperature, with_values=True)
+        def forward(input_ids, position_ids, scored):
+            output = module(input_ids, position_ids, temperature=temperature, with_values=True, positions=scored)
             return {"logps": output.logps, "values": output.values}
 
         return self.completion_passes(rollouts, forward)
@@ -364,7 +365,10 @@ class PPOTrainer(StepAPI, OnlineTrainer):
 
     def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         cfg = self.config
-        out = module(batch["input_ids"], batch["position_ids"], temperature=cfg.temperature, with_stats=True, with_values=True)
+        out = module(
+            batch["input_ids"], batch["position_ids"], temperature=cfg.temperature, with_stats=True, with_values=True,
+            positions=batch.get("completion_positions"),
+        )
         index, device = batch["completion_index"], out.logps.device
         mask = batch["completion_mask"].to(device)
         logps, values = completion_view(out.logps, index), completion_view(out.values, index)

@@ -165,18 +165,21 @@ def register_torch_varlen() -> None:
 def attention_problem(name: str | None, device_type: str) -> str | None:
     """Why ``attn_implementation=name`` cannot run on ``device_type`` ("cuda", "cpu", ...), with
     the fix; None when it can (or when it is not one whose requirements we know)."""
-    alternatives = "use sdpa (any device), flex_attention (torch), or torch_varlen on a CUDA GPU"
+    alternatives = "use sdpa (any device), flex_attention (CUDA GPUs), or torch_varlen (CUDA GPUs)"
     if name == TORCH_VARLEN:
         if importlib.util.find_spec("torch.nn.attention.varlen") is None:
             return f"{TORCH_VARLEN!r} needs torch.nn.attention.varlen, which this torch ({torch.__version__}) lacks: upgrade torch, or use sdpa or flex_attention"
         if device_type != "cuda":
-            return f"{TORCH_VARLEN!r} runs on CUDA GPUs only (PyTorch's FlashAttention kernel); this run is on {device_type}: use sdpa or flex_attention"
+            return f"{TORCH_VARLEN!r} runs on CUDA GPUs only (PyTorch's FlashAttention kernel); this run is on {device_type}: use sdpa"
     if name in FLASH_NAMES:
         package = "flash_attn_interface" if name == "flash_attention_3" else "flash_attn"
         if importlib.util.find_spec(package) is None:
             return f"{name!r} needs the {package} package (CUDA only), which is not installed: install it, or {alternatives}"
         if device_type != "cuda":
             return f"{name!r} runs on CUDA GPUs only; this run is on {device_type}: {alternatives}"
-    if name == "flex_attention" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
-        return f"'flex_attention' needs torch >= 2.5; this torch is {torch.__version__}"
+    if name == "flex_attention":
+        if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+            return f"'flex_attention' needs torch >= 2.5; this torch is {torch.__version__}"
+        if device_type != "cuda":
+            return f"'flex_attention' has no backward pass on {device_type} in PyTorch, so it cannot train here: use sdpa"
     return None

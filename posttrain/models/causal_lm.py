@@ -51,16 +51,8 @@ class TokenLogProbs(nn.Module):
 
     @classmethod
     def for_config(cls, model: nn.Module, config) -> TokenLogProbs:
-        """The module a trainer trains: ``config.logits_chunk_size``, and with
-        ``config.torch_compile`` the model's blocks and the head's stats compiled
-        (:mod:`posttrain.models.compile`)."""
-        stats_fn = None
-        if getattr(config, "torch_compile", False):
-            from posttrain.models.compile import compile_blocks, compiled_logps_and_stats
-
-            compile_blocks(model)
-            stats_fn = compiled_logps_and_stats()
-        return cls(model, chunk_size=config.logits_chunk_size, stats_fn=stats_fn)
+        """The module a trainer trains, set up by :func:`head_options`."""
+        return cls(model, **head_options(model, config))
 
     def forward(
         self,
@@ -142,6 +134,19 @@ class TokenLogProbs(nn.Module):
             return False
         full = self.model(**probe, use_cache=False).logits
         return split.shape == full.shape and torch.allclose(split.float(), full.float(), atol=1e-4, rtol=1e-4)
+
+
+def head_options(model: nn.Module, config) -> dict:
+    """``chunk_size`` and ``stats_fn`` of a trainer's :class:`TokenLogProbs` (or subclass):
+    ``config.logits_chunk_size``, and with ``config.torch_compile`` the model's blocks compiled
+    in place and a compiled head (:mod:`posttrain.models.compile`)."""
+    stats_fn = None
+    if getattr(config, "torch_compile", False):
+        from posttrain.models.compile import compile_blocks, compiled_logps_and_stats
+
+        compile_blocks(model)
+        stats_fn = compiled_logps_and_stats()
+    return {"chunk_size": config.logits_chunk_size, "stats_fn": stats_fn}
 
 
 def _vocab_size(head: nn.Module) -> int | None:

@@ -118,17 +118,20 @@ class PolicyWithValue(TokenLogProbs):
     ``"shared"`` or ``"adapter"`` (see the module docstring).
     """
 
-    def __init__(self, model: nn.Module, critic: Critic, layout: str, chunk_size: int | None = None):
-        super().__init__(model, chunk_size=chunk_size)
+    def __init__(self, model: nn.Module, critic: Critic, layout: str, chunk_size: int | None = None, stats_fn=None):
+        super().__init__(model, chunk_size=chunk_size, stats_fn=stats_fn)
         if (layout == "copy") != (critic.backbone is not None):
             raise ValueError(f"critic layout {layout!r} does not match a critic {'with' if critic.backbone is not None else 'without'} a backbone")
         self.critic = critic
         self.layout = layout
 
-    def forward(self, input_ids, position_ids=None, attention_mask=None, *, temperature: float = 1.0, with_stats: bool = False, with_values: bool = False):
+    def forward(
+        self, input_ids, position_ids=None, attention_mask=None, *, temperature: float = 1.0, with_stats: bool = False,
+        with_values: bool = False, positions: torch.Tensor | None = None,
+    ):
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
         shared = with_values and self.layout == "shared"
-        stats, hidden = self.stats_and_hidden(inputs, temperature=temperature, with_stats=with_stats, keep_hidden=shared)
+        stats, hidden = self.stats_and_hidden(inputs, temperature=temperature, with_stats=with_stats, keep_hidden=shared, positions=positions)
         if not with_values:
             return stats
         if shared:

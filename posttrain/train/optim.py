@@ -73,6 +73,13 @@ def build_optimizer(module: nn.Module, config) -> torch.optim.Optimizer:
                 "Fix: mixed_precision=bf16 with model_dtype=bfloat16, or model_dtype=float32 with fp16"
             )
         return MasterWeightAdamW(groups, **options)
+    if any(p.dtype == torch.float16 for group in groups for p in group["params"]):
+        # AdamW's second moment (squared gradients) and its epsilon underflow in float16: the
+        # update divides by zero within a step or two.
+        raise ConfigError(
+            "AdamW cannot keep its state in float16 (squared gradients and epsilon underflow to 0, the loss turns NaN). "
+            "Fix: master_weights=true (float32 copies), or model_dtype=bfloat16"
+        )
     return torch.optim.AdamW(groups, **options)
 
 

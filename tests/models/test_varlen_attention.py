@@ -131,6 +131,7 @@ def test_unusable_kernels_are_refused_with_the_fix():
     problem = attention_problem("torch_varlen", "cpu")
     assert "CUDA" in problem and "sdpa" in problem
     assert attention_problem("sdpa", "cpu") is None
+    assert "backward" in attention_problem("flex_attention", "cpu")  # it cannot train on CPU
     if attention_problem("flash_attention_2", "cuda") is not None:  # flash-attn not installed
         assert "flash_attn" in attention_problem("flash_attention_2", "cuda")
     if not torch.cuda.is_available():

@@ -92,6 +92,9 @@ def test_optimizer_choice_follows_the_weights_dtype():
     assert type(build_optimizer(half, no_masters)) is torch.optim.AdamW
     with pytest.raises(ConfigError, match="fp16"):
         build_optimizer(half, SFTConfig(output_dir="unused", model_dtype="bfloat16", mixed_precision="fp16"))
+    # AdamW straight on float16 weights turns NaN within two steps (measured): refused
+    with pytest.raises(ConfigError, match="master_weights=true"):
+        build_optimizer(half.to(torch.float16), SFTConfig(output_dir="unused", model_dtype="float16", master_weights=False))
 
 
 # ---------------------------------------------------------------------- through the trainer

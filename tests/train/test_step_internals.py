@@ -5,6 +5,7 @@ normaliser and the stops the step always had, and metrics combine without device
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
