@@ -305,7 +305,8 @@ class OnlineTrainer(ReferenceTrainer):
         device = self.accelerator.device
         for chunk in split_micro_batches(rollouts, self.config.per_device_eval_batch_size):
             batch = collate_rollouts(chunk, self.tokenizer.pad_token_id, capacity)
-            values = forward(batch["input_ids"].to(device), batch["position_ids"].to(device), batch["completion_positions"].to(device))
+            scored = batch.get("completion_positions")
+            values = forward(batch["input_ids"].to(device), batch["position_ids"].to(device), None if scored is None else scored.to(device))
             views = {name: completion_view(v, batch["completion_index"]).float().cpu() for name, v in values.items()}
             out.extend({name: view[i, : len(r.completion_ids)].tolist() for name, view in views.items()} for i, r in enumerate(chunk))
         return out

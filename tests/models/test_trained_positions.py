@@ -122,3 +122,55 @@ def test_dpo_first_step_gradients_unchanged(first_step_gradients, model_path, tm
     assert full.keys() == subset.keys() and full
     for name, grad in full.items():
         torch.testing.assert_close(subset[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _length_reward(completions):
+    """Varies within every group, so the first step has a gradient (an untrained model never
+    answers right)."""
+    return [float(len(c)) for c in completions]
+
+
+def _rollouts_without_positions(monkeypatch) -> list:
+    """Rollout batches without ``completion_positions``: the full head, prompts included.
+    Returns the list the patched collator appends to (one entry per batch)."""
+    from posttrain.algorithms import online
+
+    original, calls = online.collate_rollouts, []
+
+    def full_head(*args, **kwargs):
+        batch = original(*args, **kwargs)
+        calls.append(batch.pop("completion_positions"))
+        return batch
+
+    monkeypatch.setattr(online, "collate_rollouts", full_head)
+    return calls
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_online_first_step_gradients_unchanged(first_step_gradients, model_path, tmp_path, monkeypatch, algorithm):
+    """GRPO (with a KL term and a second iteration, so the reference and old-log-prob passes
+    skip the prompts too) and PPO (policy and value in one forward)."""
+    from posttrain import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
+
+    prompts = ArithmeticTask(seed=1).prompt_only("train", 4)
+    common = dict(
+        learning_rate=1e-3, max_steps=1, progress_bar=False, logging_steps=0, save_final_model=False, seed=5,
+        max_completion_length=6, max_grad_norm=0.0,
+    )
+
+    def run(path):
+        if algorithm == "grpo":
+            config = GRPOConfig(output_dir=str(path), num_generations=4, per_device_train_batch_size=8, beta=0.1, num_iterations=2, **common)
+            trainer = GRPOTrainer(model_path("llama"), config, train_dataset=prompts, reward_funcs=[_length_reward])
+        else:
+            config = PPOConfig(output_dir=str(path), per_device_train_batch_size=4, **common)
+            trainer = PPOTrainer(model_path("llama"), config, train_dataset=prompts, reward_funcs=[_length_reward])
+        return first_step_gradients(trainer.train)
+
+    subset = run(tmp_path / "subset")
+    unscored = _rollouts_without_positions(monkeypatch)
+    full = run(tmp_path / "full")
+    assert unscored  # the second run really went through the full head
+    assert full.keys() == subset.keys() and any(g.abs().sum() > 0 for g in full.values())
+    for name, grad in full.items():
+        torch.testing.assert_close(subset[name], grad, atol=1e-6, rtol=1e-5, msg=name)
