@@ -8,7 +8,9 @@ Every layout gives the same dict of tensors:
 - ``turn_index`` ``(B, T)`` long, -1 on every pad;
 - ``num_tokens``: int, how many real (non-pad) tokens the batch holds;
 - ``trained_positions`` ``(n,)`` long: flat indices into ``(B, T)`` of the tokens with a nonzero
-  loss weight (:func:`trained_positions`), so the LM head can run on those tokens only;
+  loss weight (:func:`trained_positions`), so the LM head can run on those tokens only; None
+  when some row weighs its first token (no language-model loss can: reward-model examples
+  do, and do not use it);
 - ``loss_weight_sum``: float, the sum of ``loss_weights``, counted here on the host so that the
   training loop never has to read it back from the device.
 
@@ -87,7 +89,8 @@ def _batch(rows: Sequence[Mapping], seq_lengths: Sequence[Sequence[int]], pad_to
         batch["turn_index"][b, :n] = torch.tensor(row["turn_index"], dtype=torch.long)
         batch["position_ids"][b] = _segment_positions(lengths if lengths else [0], width)
     batch["num_tokens"] = num_tokens
-    batch["trained_positions"] = trained_positions(batch["loss_weights"])
+    first_weighted = bool((batch["loss_weights"][:, 0] != 0).any()) if width else False
+    batch["trained_positions"] = None if first_weighted else trained_positions(batch["loss_weights"])
     batch["loss_weight_sum"] = float(batch["loss_weights"].sum())
     return batch
 
