@@ -62,6 +62,7 @@ class TrainConfig:
     attn_implementation: str | None = option("sdpa", "Attention kernel: sdpa, eager, flex_attention (CUDA), torch_varlen (PyTorch's FlashAttention varlen kernel, CUDA: packed rows without a materialised mask), flash_attention_2 (needs flash-attn) (None: transformers' default). Packed and padding-free runs are probed at start-up whichever kernel is chosen.")
     torch_compile: bool = option(False, "Compile each transformer block and the log-prob head with torch.compile (fuses elementwise work, saves activation memory; the first steps pay the compile time, minutes on CPU).")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    gradient_checkpointing_fraction: float = option(1.0, "With gradient_checkpointing, the share of transformer blocks recomputed in backward (the first ceil(fraction x layers)); the others keep their activations. Activation memory and the extra forward both scale with it, so take the smallest share that fits.", range="(0, 1]")
     disable_dropout: bool = option(False, "Switch off dropout in the model (and reference). On by default in every trainer that compares two forward passes (DPO, KTO, reward models, GRPO, PPO), whose differences would otherwise carry dropout noise.")
     logits_chunk_size: int | None = option(None, "Tokens per chunk of the LM head when computing log-probs; None picks one so a chunk's logits stay under ~256 MB, 0 never chunks.", range="[0, inf)")
 

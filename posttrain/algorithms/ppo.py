@@ -231,7 +231,7 @@ class PPOTrainer(StepAPI, OnlineTrainer):
                 raise ValueError(f"value_model gives the critic its own backbone; critic={cfg.critic!r} cannot apply. Fix: critic=auto (or copy)")
             layout, critic = "copy", value_model_critic(source, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
             if cfg.gradient_checkpointing:
-                enable_activation_checkpointing(critic.backbone)
+                enable_activation_checkpointing(critic.backbone, cfg.gradient_checkpointing_fraction)
             if cfg.use_lora:
                 critic.backbone = apply_lora(critic.backbone, cfg, task_type="FEATURE_EXTRACTION")
         elif layout == "copy":

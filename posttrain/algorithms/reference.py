@@ -134,7 +134,7 @@ class ReferenceTrainer(Trainer):
     def _finish_policy(self, base):
         cfg = self.config
         if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(base)
+            enable_activation_checkpointing(base, cfg.gradient_checkpointing_fraction)
         if cfg.use_lora and not is_peft_model(base):
             base = apply_lora(base, cfg)
         return base

@@ -115,7 +115,7 @@ class RewardTrainer(Trainer):
             # reads lengths from the attention mask.
             model.config.pad_token_id = self.tokenizer.pad_token_id
         if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(model)
+            enable_activation_checkpointing(model, cfg.gradient_checkpointing_fraction)
         if cfg.use_lora:
             # SEQ_CLS makes peft train the new reward head in full beside the adapters.
             model = apply_lora(model, cfg, task_type="SEQ_CLS")

@@ -3,6 +3,7 @@ and wrapping them with LoRA adapters through peft."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -135,14 +136,23 @@ def load_sequence_classifier(source, *, model_dtype: str = "float32", attn_imple
     return _from_pretrained(AutoModelForSequenceClassification, source, model_dtype, attn_implementation, num_labels=1)
 
 
-def enable_activation_checkpointing(model) -> None:
-    """Recompute activations in backward, non-reentrant (works with frozen inputs, as under LoRA).
+def enable_activation_checkpointing(model, fraction: float = 1.0) -> int:
+    """Recompute activations in backward, non-reentrant (works with frozen inputs, as under LoRA),
+    in the first ``ceil(fraction x blocks)`` transformer blocks; returns how many.
     transformers 5.23 renamed ``gradient_checkpointing_enable``; older releases only have it."""
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    # transformers switches checkpointing on per block (a flag on each GradientCheckpointingLayer)
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    keep = math.ceil(fraction * len(blocks))
+    for block in blocks[keep:]:
+        block.gradient_checkpointing = False
+    return min(keep, len(blocks))
 
 
 def apply_lora(model, config, task_type: str = "CAUSAL_LM"):

@@ -125,7 +125,7 @@ class Trainer:
         cfg = self.config
         model = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
         if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(model)
+            enable_activation_checkpointing(model, cfg.gradient_checkpointing_fraction)
         if cfg.use_lora:
             model = apply_lora(model, cfg)
         return model
