@@ -59,9 +59,10 @@ def collate_rollouts(rollouts: Sequence[Rollout], pad_token_id: int, capacity: i
 
     Returns a dict with ``input_ids`` and ``position_ids`` ``(R, T)``, ``completion_index``
     (long) and ``completion_mask`` (float) ``(S, L)``, ``completion_positions`` ``(n,)`` long
-    (the flat indices of every completion token, ascending: the LM head scores those only), one ``(S, L)`` float tensor per token
-    value and one ``(S,)`` float tensor per sequence value (names as in the rollouts, which
-    must all carry the same names), ``num_sequences`` = S and ``num_tokens`` (real tokens).
+    (the flat indices of every completion token, ascending: the LM head scores those only),
+    one ``(S, L)`` float tensor per token value and one ``(S,)`` float tensor per sequence
+    value (names as in the rollouts, which must all carry the same names), ``num_sequences`` =
+    S and ``num_tokens`` (real tokens).
     """
     if not rollouts:
         raise ValueError("cannot collate an empty list of rollouts")

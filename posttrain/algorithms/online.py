@@ -298,8 +298,9 @@ class OnlineTrainer(ReferenceTrainer):
     def completion_passes(self, rollouts: list[Rollout], forward) -> list[dict[str, list[float]]]:
         """Per-token values of each rollout's completion tokens, without grad: ``forward(input_ids,
         position_ids, completion_positions)`` maps packed ``(R, T)`` inputs to ``{name: (R, T)
-        tensor}`` aligned with the input tokens (only the completion tokens need be right); returns, per rollout, ``{name: [one float per completion token]}``. Runs in
-        chunks of ``per_device_eval_batch_size`` rollouts."""
+        tensor}`` aligned with the input tokens (only the completion tokens need be right);
+        returns, per rollout, ``{name: [one float per completion token]}``. Runs in chunks of
+        ``per_device_eval_batch_size`` rollouts."""
         out = []
         capacity = self._prompt_capacity + self.config.max_completion_length if self.config.packing else 0
         device = self.accelerator.device
