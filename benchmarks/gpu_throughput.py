@@ -354,9 +354,13 @@ def example_lengths(trainer, run: str) -> list[int]:
     return [len(example["input_ids"]) for unit in range(len(dataset)) for example in dataset[unit]]
 
 
-def measure(setup: Setup, run: str, variant: str, checkpointing: bool, peak: float) -> dict:
+def measure(setup: Setup, run: str, variant: str, fraction: float, peak: float) -> dict:
+    """One measurement; ``fraction``: the share of blocks under gradient checkpointing (0: off)."""
+    checkpointing = fraction > 0
     options = variant_options(variant, run, setup.cuda, setup.compile_model)
     options["gradient_checkpointing"] = checkpointing
+    if 0 < fraction < 1:
+        options["gradient_checkpointing_fraction"] = fraction
     free_memory(setup.cuda)
     memory = PeakMemory(setup.cuda)
     memory.start()
@@ -376,6 +380,7 @@ def measure(setup: Setup, run: str, variant: str, checkpointing: bool, peak: flo
         "run": run,
         "variant": variant,
         "gradient_checkpointing": checkpointing,
+        "checkpointing_fraction": fraction,
         "tokens_per_s": tokens_per_s,
         "pairs_per_s": setup.scale.pairs_per_step * setup.steps / timer.seconds(setup.warmup) if run == "dpo_padded" else None,
         "mfu": per_token * tokens_per_s / peak,
@@ -397,14 +402,33 @@ def measure(setup: Setup, run: str, variant: str, checkpointing: bool, peak: flo
 
 def describe(result: dict) -> str:
     if "error" in result:
-        return f"  {result['run']:<11} {result['variant']:<9} ckpt {'on ' if result['gradient_checkpointing'] else 'off'} failed: {result['error']}"
+        return f"  {result['run']:<11} {result['variant']:<9} ckpt {_ckpt(result)} failed: {result['error']}"
     pairs = f" {result['pairs_per_s']:7.2f} pairs/s" if result["pairs_per_s"] is not None else " " * 15
     memory = f"{result['peak_memory_gib']:7.2f} GiB" if result["peak_memory_gib"] is not None else "     n/a   "
-    return (f"  {result['run']:<11} {result['variant']:<9} ckpt {'on ' if result['gradient_checkpointing'] else 'off'} "
+    return (f"  {result['run']:<11} {result['variant']:<9} ckpt {_ckpt(result)} "
             f"{result['tokens_per_s']:>10,.0f} tokens/s{pairs}  MFU {result['mfu']:.3f}  peak {memory}  first loss {result['first_loss']:.4f}")
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _ckpt(result: dict) -> str:
+    fraction = result["checkpointing_fraction"]
+    return "off " if fraction == 0 else "on  " if fraction == 1 else f"{fraction:.2f}"
+
+
+def _fractions(values: list[str] | None) -> list[float]:
+    """``--checkpointing`` values: off, on, or the share of blocks checkpointed (0-1)."""
+    fractions = []
+    for name in (n.strip() for value in (values or ["off,on"]) for n in value.split(",") if n.strip()):
+        try:
+            fraction = {"off": 0.0, "on": 1.0}.get(name) if name in ("off", "on") else float(name)
+        except ValueError:
+            raise SystemExit(f"--checkpointing takes off, on or a fraction in (0, 1], got {name!r}") from None
+        if not 0 <= fraction <= 1:
+            raise SystemExit(f"--checkpointing fraction must be in [0, 1], got {name}")
+        fractions.append(fraction)
+    return list(dict.fromkeys(fractions))
 
 
 def _names(values: list[str] | None, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -418,6 +442,7 @@ def _names(values: list[str] | None, allowed: tuple[str, ...], what: str) -> lis
 def _add_arguments(parser) -> None:
     parser.add_argument("--variant", action="append", help=f"option sets to compare, repeatable or comma-separated ({', '.join(VARIANTS)}; default: all)")
     parser.add_argument("--runs", action="append", help=f"runs to measure, repeatable or comma-separated ({', '.join(RUNS)}; default: all)")
+    parser.add_argument("--checkpointing", action="append", help="gradient checkpointing settings, repeatable or comma-separated: off, on, or the share of blocks recomputed (gradient_checkpointing_fraction), e.g. off,0.67,on (default: off,on)")
     parser.add_argument("--compile", action="store_true", help="add torch_compile=True to every variant (use --warmup 3 or more: batch shapes vary, and the second shape recompiles)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model and batches on CPU: a quick check of the script")
 
@@ -425,6 +450,7 @@ def _add_arguments(parser) -> None:
 def main(argv=None) -> int:
     args = parse_benchmark_args(argv, __doc__.splitlines()[0], steps=10, warmup=3, add_arguments=_add_arguments)
     variants, runs = _names(args.variant, VARIANTS, "variant"), _names(args.runs, RUNS, "run")
+    fractions = _fractions(args.checkpointing)
     if args.warmup < 1 or args.steps < 1:
         raise SystemExit("--steps and --warmup must be at least 1 (the rate is measured from the end of the warm-up)")
     scale = TINY if args.tiny else FULL
@@ -466,12 +492,13 @@ def main(argv=None) -> int:
         }
         print(f"{report['peak_dtype']} matmul peak {peak_before / 1e12:.3f} TFLOP/s", flush=True)
         for run in runs:
-            for checkpointing in (False, True):
+            for fraction in fractions:
                 for variant in variants:
                     try:
-                        result = measure(setup, run, variant, checkpointing, report["peak_flops"])
+                        result = measure(setup, run, variant, fraction, report["peak_flops"])
                     except Exception as error:  # one failing option set must not cost the others their figures
-                        result = {"run": run, "variant": variant, "gradient_checkpointing": checkpointing, "error": f"{type(error).__name__}: {error}"}
+                        result = {"run": run, "variant": variant, "gradient_checkpointing": fraction > 0, "checkpointing_fraction": fraction,
+                                  "error": f"{type(error).__name__}: {error}"}
                     if "error" in result:  # out of the except clause: its traceback no longer holds the trainer
                         free_memory(cuda)
                     setup.results.append(result)
