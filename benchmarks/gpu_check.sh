@@ -6,9 +6,15 @@
 #     bash benchmarks/gpu_check.sh [WHEEL_DIR]            # from anywhere; results in /tmp
 #     OUT=/some/dir bash benchmarks/gpu_check.sh          # results in /some/dir
 #
-# WHEEL_DIR (default: shared/wheels in the repository) holds the wheels of datasets, dill and
-# multiprocess, which the GPU image lacks (it has torch with CUDA, transformers, accelerate, peft,
-# rich and pyarrow); they are installed with `pip install --no-deps`. The machine needs no
+# WHEEL_DIR (default: .whl in the repository when it exists, else shared/wheels) holds the wheels
+# of datasets, dill and multiprocess, which the GPU image lacks (it has torch with CUDA,
+# transformers, accelerate, peft, rich and pyarrow); they are installed with `pip install
+# --no-deps --target /tmp/site`, which goes first on PYTHONPATH. Make them here with
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#         datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+# (.whl is git-ignored locally: `echo /.whl/ >> .git/info/exclude`; the device tool carries it
+# when named in `carry`). The machine needs no
 # network: the model is built from a config with random weights and the tokenizer is the
 # project's offline fixture.
 #
@@ -21,7 +27,9 @@
 set -u
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-WHEELS="${1:-$REPO/shared/wheels}"
+DEFAULT_WHEELS="$REPO/shared/wheels"
+[ -d "$REPO/.whl" ] && DEFAULT_WHEELS="$REPO/.whl"
+WHEELS="${1:-$DEFAULT_WHEELS}"
 OUT="${OUT:-/tmp}"
 PYTHON="${PYTHON:-python}"
 BUDGET="${BUDGET:-290}"
@@ -29,7 +37,8 @@ RESULTS="$OUT/gpu_throughput.json"
 
 cd "$REPO" || exit 1
 mkdir -p "$OUT"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+SITE=/tmp/site
+export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 echo "== wheels from $WHEELS"
@@ -43,7 +52,8 @@ for name in datasets dill multiprocess; do
     fi
 done
 if [ "${#wheels[@]}" -gt 0 ]; then
-    timeout 60 "$PYTHON" -m pip install --quiet --no-deps --no-index "${wheels[@]}" || echo "pip install failed (exit $?)"
+    timeout 60 "$PYTHON" -m pip install --quiet --no-deps --no-index --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" \
+        || echo "pip install failed (exit $?)"
 fi
 if ! "$PYTHON" -c "import datasets" 2>/dev/null; then
     echo "datasets does not import; posttrain's data layer needs it:"
