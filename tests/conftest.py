@@ -78,6 +78,47 @@ def first_step_gradients(monkeypatch):
 
 
 @pytest.fixture
+def sft_first_step(first_step_gradients, model_path):
+    """``sft_first_step(output_dir, rows, **overrides)``: the first-step gradients of a quiet
+    one-step SFT run of the llama fixture (assistant turns, batch 3, no clipping) with
+    ``overrides`` on top: the path to compare with another setting that must not change them."""
+    from posttrain import SFTConfig, SFTTrainer
+
+    def run(output_dir, rows, **overrides) -> dict:
+        values = dict(
+            output_dir=str(output_dir), learning_rate=1e-2, loss_mode="assistant", progress_bar=False, logging_steps=0,
+            save_final_model=False, max_steps=1, max_grad_norm=0.0, per_device_train_batch_size=3, max_length=None,
+        )
+        values.update(overrides)
+        return first_step_gradients(SFTTrainer(model_path("llama"), SFTConfig(**values), train_dataset=rows).train)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_benchmark():
+    """``run_benchmark(script, json_path, *args)``: runs ``benchmarks/<script>`` with ``--json
+    json_path`` in a fresh process (offline, the repository on PYTHONPATH), asserts it exited 0
+    and returns the finished process (its stdout and stderr as text)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(script: str, json_path, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(
+            [sys.executable, str(repo / "benchmarks" / script), *args, "--json", str(json_path)],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    return run
+
+
+@pytest.fixture
 def kill_at():
     """``kill_at(step)``: a trainer callback that raises ``RuntimeError("killed at step <step>")``
     once optimizer step ``step`` is done, like a crash in the middle of a run."""

@@ -6,28 +6,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("baseline", "bf16_weights")
 LAYOUTS = ("padded", "packed")
 HIDDEN = 64  # the --tiny model's width
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tmp_path_factory):
+def tiny_report(tmp_path_factory, run_benchmark):
     output = tmp_path_factory.mktemp("activation-memory") / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "activation_memory.py"), "--tiny", "--json", str(output)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_benchmark("activation_memory.py", output, "--tiny")
     assert "Estimated GPU peak" in done.stdout
     return json.loads(output.read_text())
 

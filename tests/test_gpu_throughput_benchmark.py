@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 RUNS = ("sft_padded", "sft_packed", "dpo_padded")
 VARIANTS = ("baseline", "fast")
@@ -27,14 +21,9 @@ LAYERS, HIDDEN, MAX_LENGTH = 2, 64, 64
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tmp_path_factory):
+def tiny_report(tmp_path_factory, run_benchmark):
     output = tmp_path_factory.mktemp("gpu-bench") / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_throughput.py"), "--tiny", "--json", str(output)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_benchmark("gpu_throughput.py", output, "--tiny")
     report = json.loads(output.read_text())
     # stdout ends with the same object (the trainers' own lines go to stderr)
     assert json.loads(done.stdout[done.stdout.rindex("\n{\n") :]) == report

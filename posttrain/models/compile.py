@@ -2,7 +2,7 @@
 
 Two regions, both compiled in place and lazily (at their first call):
 
-- every transformer block (the classes in the model's ``_no_split_modules``). All blocks share
+- every transformer block (:func:`posttrain.models.loading.transformer_blocks`). All blocks share
   one code object, so the compiled graph is built once and reused by the others ("regional
   compilation"). Inside a block the compiler fuses the elementwise chain around each matmul
   (RMSNorm, rotary embeddings, SwiGLU, residual adds) and, in training, saves the matmul inputs
@@ -21,16 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from posttrain.models.loading import transformer_blocks
 from posttrain.ops import logps_and_stats
-
-
-def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks of a transformers model: modules whose class is named in
-    ``_no_split_modules`` (e.g. ``Qwen2DecoderLayer``)."""
-    names = set()
-    for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or [])
-    return [module for module in model.modules() if type(module).__name__ in names]
 
 
 def compile_blocks(model: torch.nn.Module) -> int:
@@ -39,7 +31,7 @@ def compile_blocks(model: torch.nn.Module) -> int:
     blocks = transformer_blocks(model)
     if not blocks:
         raise ValueError(
-            f"torch_compile: {type(model).__name__} declares no transformer block classes (_no_split_modules); "
+            f"torch_compile: {type(model).__name__} has no transformer blocks (transformers GradientCheckpointingLayer); "
             "set torch_compile=false for this model"
         )
     for block in blocks:

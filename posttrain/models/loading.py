@@ -145,14 +145,21 @@ def enable_activation_checkpointing(model, fraction: float = 1.0) -> int:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    # transformers switches checkpointing on per block (a flag on each GradientCheckpointingLayer)
-    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    # transformers switches checkpointing on per block (a flag on each block)
+    blocks = [block for block in transformer_blocks(model) if block.gradient_checkpointing]
     keep = math.ceil(fraction * len(blocks))
     for block in blocks[keep:]:
         block.gradient_checkpointing = False
     return min(keep, len(blocks))
+
+
+def transformer_blocks(model) -> list:
+    """The repeated blocks of a transformers model, in order (e.g. its ``Qwen2DecoderLayer``s):
+    transformers 5 derives every such block from ``GradientCheckpointingLayer``, the unit it
+    checkpoints and the unit :mod:`posttrain.models.compile` compiles."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
 
 
 def apply_lora(model, config, task_type: str = "CAUSAL_LM"):

@@ -100,7 +100,7 @@ def check_packing_isolation(
         atol = HALF_PRECISION_RELATIVE_ATOL * scale if half else 1e-4
     cross_atol = CROSS_TALK_RELATIVE_ATOL * scale
     if error > atol or cross_talk > cross_atol:
-        implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        implementation = attention_name(model)
         raise RuntimeError(
             f"attention leaks across packed examples for this model (attn_implementation="
             f"{implementation!r}, {batch_rows} row(s) per batch): packed logits differ from separate "

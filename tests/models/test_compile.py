@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from posttrain import SFTConfig, SFTTrainer
-from posttrain.models.compile import compile_blocks, transformer_blocks
+from posttrain.models.compile import compile_blocks
+from posttrain.models.loading import transformer_blocks
 from posttrain.tasks import ArithmeticTask
 
 
@@ -23,19 +23,10 @@ def test_blocks_are_the_decoder_layers(model_path):
 
 
 @pytest.mark.slow
-def test_compiled_first_step_equals_eager(first_step_gradients, model_path, tmp_path):
+def test_compiled_first_step_equals_eager(sft_first_step, tmp_path):
     rows = ArithmeticTask(seed=3).conversations("train", 6, turns=2)
-
-    def run(path, **overrides):
-        config = SFTConfig(
-            output_dir=str(path), learning_rate=1e-2, loss_mode="assistant", progress_bar=False, logging_steps=0,
-            save_final_model=False, max_steps=1, max_grad_norm=0.0, per_device_train_batch_size=3, max_length=None,
-            **overrides,
-        )
-        return first_step_gradients(SFTTrainer(model_path("llama"), config, train_dataset=rows).train)
-
-    eager = run(tmp_path / "eager")
-    compiled = run(tmp_path / "compiled", torch_compile=True)
+    eager = sft_first_step(tmp_path / "eager", rows)
+    compiled = sft_first_step(tmp_path / "compiled", rows, torch_compile=True)
     assert eager.keys() == compiled.keys()
     for name, grad in eager.items():
         # fused kernels reorder float32 sums: equal to rounding, not bit for bit

@@ -7,7 +7,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from posttrain import SFTConfig, SFTTrainer
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import enable_activation_checkpointing
 from posttrain.tasks import ArithmeticTask
@@ -56,18 +55,9 @@ def test_activations_kept_fall_with_the_share(model_path):
 
 
 @pytest.mark.parametrize("fraction", [0.5, 1.0])
-def test_partial_checkpointing_leaves_the_gradients_exact(first_step_gradients, model_path, tmp_path, fraction):
+def test_partial_checkpointing_leaves_the_gradients_exact(sft_first_step, tmp_path, fraction):
     rows = ArithmeticTask(seed=4).conversations("train", 6, turns=2)
-
-    def run(path, **overrides):
-        config = SFTConfig(
-            output_dir=str(path), learning_rate=1e-2, loss_mode="assistant", progress_bar=False, logging_steps=0,
-            save_final_model=False, max_steps=1, max_grad_norm=0.0, per_device_train_batch_size=3, max_length=None,
-            **overrides,
-        )
-        return first_step_gradients(SFTTrainer(model_path("llama"), config, train_dataset=rows).train)
-
-    plain = run(tmp_path / "plain")
-    partial = run(tmp_path / "partial", gradient_checkpointing=True, gradient_checkpointing_fraction=fraction)
+    plain = sft_first_step(tmp_path / "plain", rows)
+    partial = sft_first_step(tmp_path / "partial", rows, gradient_checkpointing=True, gradient_checkpointing_fraction=fraction)
     for name, grad in plain.items():
         torch.testing.assert_close(partial[name], grad, atol=1e-6, rtol=1e-5, msg=name)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from posttrain import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+from posttrain import DPOConfig, DPOTrainer
 from posttrain.data import collate
 from posttrain.data.collate import Collator, trained_positions
 from posttrain.data.packing import pack_examples
@@ -79,30 +79,22 @@ def _without_positions(monkeypatch):
     monkeypatch.setattr(collate, "trained_positions", lambda weights: None)
 
 
-def _sft_config(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path), learning_rate=1e-2, loss_mode="assistant", progress_bar=False, logging_steps=0,
-        save_final_model=False, max_steps=1, max_grad_norm=0.0, per_device_train_batch_size=3, max_length=None,
-        logits_chunk_size=7,
-    )
-    values.update(overrides)
-    return SFTConfig(**values)
+def _assert_same_gradients(full: dict, subset: dict) -> None:
+    """Every parameter's gradient of the head-on-a-subset run equals the full head's (float32
+    rounding), and the step did have a gradient."""
+    assert full.keys() == subset.keys() and any(g.abs().sum() > 0 for g in full.values())
+    for name, grad in full.items():
+        torch.testing.assert_close(subset[name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("packing", [False, True])
-def test_sft_first_step_gradients_unchanged(first_step_gradients, model_path, tmp_path, monkeypatch, packing):
+def test_sft_first_step_gradients_unchanged(sft_first_step, tmp_path, monkeypatch, packing):
     rows = ArithmeticTask(seed=2).conversations("train", 6, turns=2)
     extra = {"packing": True, "max_length": 128} if packing else {}
-
-    def run(path):
-        return first_step_gradients(SFTTrainer(model_path("llama"), _sft_config(path, **extra), train_dataset=rows).train)
-
-    subset = run(tmp_path / "subset")
+    subset = sft_first_step(tmp_path / "subset", rows, logits_chunk_size=7, **extra)
     _without_positions(monkeypatch)
-    full = run(tmp_path / "full")
-    assert full.keys() == subset.keys() and full
-    for name, grad in full.items():
-        torch.testing.assert_close(subset[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    full = sft_first_step(tmp_path / "full", rows, logits_chunk_size=7, **extra)
+    _assert_same_gradients(full, subset)
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -119,9 +111,7 @@ def test_dpo_first_step_gradients_unchanged(first_step_gradients, model_path, tm
     subset = run(tmp_path / "subset")
     _without_positions(monkeypatch)
     full = run(tmp_path / "full")
-    assert full.keys() == subset.keys() and full
-    for name, grad in full.items():
-        torch.testing.assert_close(subset[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    _assert_same_gradients(full, subset)
 
 
 def _length_reward(completions):
@@ -171,6 +161,4 @@ def test_online_first_step_gradients_unchanged(first_step_gradients, model_path,
     unscored = _rollouts_without_positions(monkeypatch)
     full = run(tmp_path / "full")
     assert unscored  # the second run really went through the full head
-    assert full.keys() == subset.keys() and any(g.abs().sum() > 0 for g in full.values())
-    for name, grad in full.items():
-        torch.testing.assert_close(subset[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    _assert_same_gradients(full, subset)
