@@ -47,3 +47,7 @@ class OutputDirError(UserError, FileExistsError):
 
 class HubError(UserError, RuntimeError):
     """The Hugging Face Hub could not be reached or refused an upload; the model is safe on disk."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """``resume_from_checkpoint`` names a path that holds no checkpoint."""

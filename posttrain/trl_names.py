@@ -431,8 +431,10 @@ def options_from_object(config: Any, config_cls: type) -> dict[str, Any]:
         value = _plain(getattr(config, f.name))
         if value != _plain(getattr(reference, f.name, _field_default(f))):
             values[f.name] = value
-    if values.get("output_dir") == getattr(reference, "output_dir", None):
-        values.pop("output_dir", None)
+    # output_dir is compared with the class's own default ("trainer_output" for transformers)
+    default_dir = getattr(_default_instance(config, same_output_dir=False), "output_dir", None)
+    if getattr(config, "output_dir", None) not in (None, default_dir):
+        values["output_dir"] = config.output_dir
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(name for name in values if name not in fields and name not in ALIASES and _refusal(name) is None)
     if unknown:
@@ -443,11 +445,11 @@ def options_from_object(config: Any, config_cls: type) -> dict[str, Any]:
     return translate_options(config_cls, values, source=source)
 
 
-def _default_instance(config: Any) -> Any:
-    """A default instance of ``config``'s class with the same ``output_dir``, so values a
-    ``__post_init__`` derives compare equal; None when the class cannot be built so."""
+def _default_instance(config: Any, same_output_dir: bool = True) -> Any:
+    """A default instance of ``config``'s class (with the same ``output_dir``, so values a
+    ``__post_init__`` derives from it compare equal); None when the class cannot be built so."""
     try:
-        return type(config)(output_dir=getattr(config, "output_dir", None))
+        return type(config)(output_dir=getattr(config, "output_dir", None)) if same_output_dir else type(config)()
     except Exception:  # noqa: BLE001 - any class; fall back to the declared defaults
         return None
 

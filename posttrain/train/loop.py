@@ -113,7 +113,7 @@ class Trainer(TrainerAPI):
         model = model if model is not None else cfg.model
         if model is None:
             raise ConfigError("no model given: pass model=... (a path, hub name or model object) or set the option 'model'")
-        self._output_dir_decision()  # refuse an occupied output_dir before any model loads
+        self._output_dir_decision(early=True)  # refuse an occupied output_dir before any model loads
         check_hub_ready(cfg)
         self._sources = describe_sources(model, tokenizer, train_dataset, eval_dataset)
         self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, tokenizer_source(model))
@@ -478,10 +478,11 @@ class Trainer(TrainerAPI):
         self.reporter.rewind(state.step, self.completion_log.path)
         return state
 
-    def _output_dir_decision(self) -> tuple[Decision, Path | None]:
+    def _output_dir_decision(self, early: bool = False) -> tuple[Decision, Path | None]:
         """What the output-directory guard decides (see ``train/output_dir.py``), by the main
-        process for all; raises :class:`OutputDirError` when the run may not start there.
-        Returns the decision and the checkpoint to resume from."""
+        process for all; raises :class:`OutputDirError` when the run may not start there (when
+        the trainer is made, ``early``, not for what ``train(resume_from_checkpoint=...)`` can
+        still resolve). Returns the decision and the checkpoint to resume from."""
         from accelerate.utils import broadcast_object_list
 
         cfg, acc = self.config, self.accelerator
@@ -491,7 +492,7 @@ class Trainer(TrainerAPI):
             remove_stale_staging(cfg.output_dir)
             decision = decide(cfg.output_dir, path, resume_requested(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
         decision = broadcast_object_list([decision])[0] if acc.num_processes > 1 else decision
-        if decision.problem is not None:
+        if decision.problem is not None and not (early and decision.resumable):
             raise OutputDirError(decision.problem)
         return decision, path
 

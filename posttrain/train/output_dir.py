@@ -37,6 +37,7 @@ class Decision:
     problem: str | None = None
     clear: list[str] = field(default_factory=list)
     note: str | None = None
+    resumable: bool = False  # the problem goes away with resume_from_checkpoint (TRL passes it to train())
 
 
 def previous_run(output_dir: str | Path) -> list[str]:
@@ -79,13 +80,28 @@ def decide(output_dir: str | Path, resume_path: Path | None, resume_requested: b
     if newest is not None:
         return Decision(
             f"output_dir {where} holds an unfinished run with checkpoints (newest: {newest.name}). resume_from_checkpoint=latest "
-            f"continues it; overwrite_output_dir=true deletes it ({', '.join(found)}) and starts afresh; or choose another output_dir"
+            f"continues it; overwrite_output_dir=true deletes it ({', '.join(found)}) and starts afresh; or choose another output_dir",
+            resumable=True,
         )
     asked = "resume_from_checkpoint found no checkpoint: " if resume_requested and resume_path is None else ""
     return Decision(
         clear=found,
         note=f"{asked}output_dir {where} holds a run that stopped before its first checkpoint ({', '.join(found)}); starting afresh in its place",
     )
+
+
+def check_output_dir(config) -> None:
+    """Refuse a config whose output_dir holds a run it must not start in (the command line
+    calls it before loading anything)."""
+    from posttrain.errors import OutputDirError
+    from posttrain.train.checkpoint import resolve_resume_path, resume_requested
+
+    if config.output_dir is None:
+        return
+    path = resolve_resume_path(config.resume_from_checkpoint, config.output_dir)
+    problem = output_dir_problem(config.output_dir, path, resume_requested(config.resume_from_checkpoint), config.overwrite_output_dir)
+    if problem is not None:
+        raise OutputDirError(problem)
 
 
 def output_dir_problem(output_dir: str | Path, resume_path: Path | None, resume_requested: bool, overwrite: bool) -> str | None:
