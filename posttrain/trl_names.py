@@ -411,14 +411,6 @@ def _unknown(name: str, config_cls: type, fields: set[str], where: str) -> Confi
 _DERIVED = ("logging_dir", "local_rank", "accelerator_config", "distributed_state", "deepspeed_plugin", "report_to_all")
 
 
-def is_foreign_config(config: Any) -> bool:
-    """Whether ``config`` is a TRL config / ``TrainingArguments`` object (or any other
-    dataclass) rather than one of ours."""
-    from posttrain.config import TrainConfig
-
-    return dataclasses.is_dataclass(config) and not isinstance(config, (type, TrainConfig))
-
-
 def options_from_object(config: Any, config_cls: type) -> dict[str, Any]:
     """Our options from a TRL / transformers config object: the fields it sets to something
     other than its class's default, translated (all unknown ones refused together)."""

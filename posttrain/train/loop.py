@@ -98,7 +98,6 @@ class Trainer(TrainerAPI):
         config = _one_of("config", config, "args", args)
         tokenizer = _one_of("tokenizer", tokenizer, "processing_class", processing_class)
         self.callback_handler = CallbackHandler(callbacks)  # a callback of the wrong kind is refused before anything loads
-        self._output_dir_defaulted = False
         self.config = self._resolve_config(config, overrides)
         cfg = self.config
         self.accelerator = self._build_accelerator(cfg)

@@ -207,7 +207,7 @@ def _own_config(trainer, config):
     import torch
 
     from posttrain.config import TrainConfig, config_from_dict
-    from posttrain.trl_names import is_foreign_config, options_from_object
+    from posttrain.trl_names import options_from_object
 
     name, wanted = type(trainer).__name__, trainer.config_class.__name__
     if config is None or isinstance(config, trainer.config_class):
@@ -216,7 +216,7 @@ def _own_config(trainer, config):
         raise ConfigError(f"{name} takes a {wanted}, got a {type(config).__name__}; build a {wanted} with the same options")
     if isinstance(config, dict):
         return config_from_dict(trainer.config_class, config)
-    if is_foreign_config(config):
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):  # a TRL config, TrainingArguments
         return config_from_dict(trainer.config_class, options_from_object(config, trainer.config_class))
     if hasattr(config, "apply_chat_template") or hasattr(config, "convert_tokens_to_ids"):
         raise ConfigError(f"{name}(model, tokenizer): the second positional argument is the config (TRL's args); pass the tokenizer as processing_class=... (or tokenizer=...)")
