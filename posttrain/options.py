@@ -156,7 +156,9 @@ _SCALARS: dict[Any, Callable] = {bool: _to_bool, int: _to_int, float: _to_float,
 
 
 def _wrong_type(name: str, annotation: Any, value: Any) -> ConfigError:
-    return ConfigError(f"option {name!r} must be {type_name(annotation)}, got {value!r} ({type(value).__name__})")
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 and "\n" not in shown else f"a {type(value).__name__} object"  # not a model's whole repr
+    return ConfigError(f"option {name!r} must be {type_name(annotation)}, got {shown} ({type(value).__name__})")
 
 
 # ----------------------------------------------------------------------------- validation

@@ -306,6 +306,13 @@ REFUSED: dict[str, str] = {
         "and prompts with max_prompt_length"
     ),
     "logging_dir": "logging_dir is fixed here: tracker logs go to output_dir/logs. Remove it (or set output_dir)",
+    # keywords of TRL's trainers (not of their configs) that have no counterpart here
+    "data_collator": "data_collator is not taken: each trainer batches its own data (padding, packing=true or padding_free=true). Remove it",
+    "formatting_func": "formatting_func is not taken: format the rows before passing them (train_dataset=[f(row) for row in rows]), or rename their columns with rename_columns",
+    "compute_metrics": "compute_metrics is not taken: evaluation reports each trainer's own metrics (eval/loss, ...); compute others from a TrainerCallback's on_evaluate",
+    "preprocess_logits_for_metrics": "preprocess_logits_for_metrics is not taken: full logits are never kept here (the head runs in chunks). Remove it",
+    "optimizers": "optimizers is not taken: AdamW and the schedule are built from the config (learning_rate, lr_scheduler, ...). Remove it",
+    "model_init": "model_init is not taken: pass the model (a path or an object). Remove it",
 }
 # every vllm_* option (vllm_mode, vllm_gpu_memory_utilization, ...) is refused like use_vllm
 _REFUSED_PREFIXES = {"vllm_": _VLLM}

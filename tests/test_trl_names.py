@@ -124,3 +124,15 @@ def test_schedules_are_checked_when_the_config_is_made():
         SFTConfig(lr_scheduler="reduce_lr_on_plateau")
     with pytest.raises(ConfigError, match="unknown schedule 'cosin'; did you mean cosine"):
         SFTConfig(lr_scheduler="cosin")
+
+
+def test_trl_trainer_keywords_are_refused_by_name(model_path):
+    from posttrain import SFTTrainer
+
+    with pytest.raises(ConfigError, match="formatting_func is not taken: format the rows before passing them"):
+        SFTTrainer(model_path("llama"), train_dataset=[{"text": "a b"}], formatting_func=lambda row: row["text"])
+    # an object of the wrong type is named by its type, never by a multi-line repr
+    import torch
+
+    with pytest.raises(ConfigError, match=r"^option 'ref_model' must be a string or null, got a Sequential object \(Sequential\)$"):
+        DPOConfig(ref_model=torch.nn.Sequential(torch.nn.Linear(2, 2)))
