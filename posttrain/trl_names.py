@@ -207,6 +207,23 @@ def _sft_loss_type(value: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def _dataset(value: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """TRL's script arguments (``dataset_name``, ``dataset_config``, ``dataset_train_split``,
+    ``dataset_test_split``) as ``train_data`` / ``eval_data`` specs."""
+    name = given.get("dataset_name")
+    if name is None:
+        raise ConfigError("dataset_config, dataset_train_split and dataset_test_split need dataset_name; or give train_data (a file, a hub name or {path, name, split})")
+    spec = {"path": name, **({"name": given["dataset_config"]} if given.get("dataset_config") else {})}
+    translated = {"train_data": {**spec, "split": given.get("dataset_train_split") or "train"}}
+    if given.get("dataset_test_split"):
+        translated["eval_data"] = {**spec, "split": given["dataset_test_split"]}
+    return translated
+
+
+def _dtype(value: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    return _model_init_kwargs({"dtype": value}, given) if value is not None else {}
+
+
 def _precompute(value: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     return {"reference_mode": "precomputed"} if _flag("precompute_ref_log_probs", value) else {}
 
@@ -258,6 +275,18 @@ ALIASES: dict[str, Alias] = {
     "remove_unused_columns": Alias(_ignored, "remove_unused_columns has no effect here: each trainer reads its format's columns, and GRPO/PPO pass the others to the reward functions"),
     "do_train": Alias(_ignored, "do_train has no effect (transformers' Trainer ignores it too)"),
     "do_eval": Alias(_ignored, "do_eval has no effect (transformers' Trainer ignores it too): evaluation runs when there is eval data"),
+    # TRL's command-line script arguments and ModelConfig, as they appear in TRL's YAML files
+    "model_name_or_path": _renamed("model"),
+    "dataset_name": Alias(_dataset),
+    "dataset_config": Alias(_dataset),
+    "dataset_train_split": Alias(_dataset),
+    "dataset_test_split": Alias(_dataset),
+    "use_peft": _renamed("use_lora"),
+    "torch_dtype": Alias(_dtype),
+    "dtype": Alias(_dtype),
+    "trust_remote_code": Alias(_no_op("trust_remote_code"), "trust_remote_code=False is how models load here"),
+    "load_in_4bit": Alias(_no_op("load_in_4bit"), "load_in_4bit=False: weights load as model_dtype here"),
+    "load_in_8bit": Alias(_no_op("load_in_8bit"), "load_in_8bit=False: weights load as model_dtype here"),
 }
 
 _DISTRIBUTED = (
@@ -275,6 +304,9 @@ _VLLM = (
 
 REFUSED: dict[str, str] = {
     "use_vllm": f"use_vllm=True {_VLLM}",
+    "trust_remote_code": "trust_remote_code=True is not available: models load with transformers' own classes only. Remove it",
+    "load_in_4bit": "load_in_4bit=True is not available: quantized (bitsandbytes) loading is not supported here; use model_dtype=bfloat16 (with use_lora for less memory)",
+    "load_in_8bit": "load_in_8bit=True is not available: quantized (bitsandbytes) loading is not supported here; use model_dtype=bfloat16 (with use_lora for less memory)",
     "use_liger_kernel": (
         "use_liger_kernel=True is not available: the LM head here already runs only on the trained tokens, in chunks "
         "(logits_chunk_size), so the full logits never exist. Remove it"

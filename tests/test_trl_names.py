@@ -43,6 +43,11 @@ def _fresh_notes(monkeypatch):
         (GRPOConfig, {"log_completions": True, "logging_steps": 4}, {"log_completions_steps": 4}),
         (GRPOConfig, {"use_vllm": False, "wandb_log_unique_prompts": True}, {"log_unique_prompts": True}),
         (PPOConfig, {"num_ppo_epochs": 2, "response_length": 24, "stop_token_id": 7}, {"ppo_epochs": 2, "max_completion_length": 24, "stop_token_ids": [7]}),
+        # a YAML written for TRL's command line (ScriptArguments and ModelConfig)
+        (SFTConfig, {"model_name_or_path": "org/model", "dataset_name": "org/data", "dataset_config": "main", "dataset_test_split": "test",
+                     "use_peft": True, "lora_r": 8, "torch_dtype": "bfloat16", "trust_remote_code": False},
+         {"model": "org/model", "train_data": {"path": "org/data", "name": "main", "split": "train"},
+          "eval_data": {"path": "org/data", "name": "main", "split": "test"}, "use_lora": True, "lora_r": 8, "model_dtype": "bfloat16"}),
     ],
 )
 def test_alias_means_our_option(config_cls, trl, ours):
@@ -76,6 +81,9 @@ def test_alias_means_our_option(config_cls, trl, ours):
         (SFTConfig, {"loss_type": "dft"}, ["loss_type='dft' is not available for SFT"]),
         (SFTConfig, {"peft_config": {"r": 8, "modules_to_save": ["score"]}}, ["peft_config sets modules_to_save"]),
         (SFTConfig, {"model_init_kwargs": {"device_map": "auto"}}, ["model_init_kwargs device_map: not applied here"]),
+        (SFTConfig, {"load_in_4bit": True}, ["load_in_4bit=True is not available", "model_dtype=bfloat16"]),
+        (SFTConfig, {"trust_remote_code": True}, ["trust_remote_code=True is not available"]),
+        (SFTConfig, {"dataset_train_split": "train"}, ["need dataset_name"]),
         (KTOConfig, {"learnig_rate": 1e-5}, ["unknown option 'learnig_rate' for KTOConfig; did you mean learning_rate"]),
         (SFTConfig, {"num_train_epoch": 1}, ["did you mean num_train_epochs"]),
     ],
