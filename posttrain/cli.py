@@ -132,6 +132,9 @@ def _run(args) -> int:
 
         inspect_config(config, split=args.split, start=args.start, count=args.rows)
         return 0
+    from posttrain.train.output_dir import check_output_dir
+
+    check_output_dir(config)  # an occupied output_dir is refused before any model loads
     try:
         trainer_cls(config=config).train()
     except KeyboardInterrupt:  # Ctrl-C: the loop has said what it saved and how to resume

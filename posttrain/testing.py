@@ -247,6 +247,13 @@ def fixture_path(name: str) -> Path:
 
 
 def _build_fixture(name: str, directory: Path) -> None:
+    from posttrain.train.console import quiet_third_party
+
+    with quiet_third_party():  # no "Writing model shards" bars in test and demo output
+        _save_fixture(name, directory)
+
+
+def _save_fixture(name: str, directory: Path) -> None:
     if name.startswith("tokenizer-"):
         build_tokenizer(name.removeprefix("tokenizer-")).save_pretrained(directory)
         return

@@ -12,7 +12,6 @@ reference modes work.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -122,8 +121,7 @@ class KTOTrainer(ReferenceTrainer):
             self.reporter.print(f"  {line}")
         if split == "train":
             problem = check_weight_ratio(desirable, len(items) - desirable, cfg.desirable_weight, cfg.undesirable_weight)
-            if problem:
-                warnings.warn(problem, stacklevel=2)
+            if problem:  # on the run's console only: a Python warning too would print it twice
                 self.reporter.print(f"[yellow]warning:[/] {problem}")
         items = attach_reference(items, self.precompute_reference(items, split))
         lengths = [len(i["example"]["input_ids"]) for i in items]

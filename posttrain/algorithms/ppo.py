@@ -43,6 +43,7 @@ from posttrain.algorithms.experience import Rollout, completion_view, right_padd
 from posttrain.algorithms.online import OnlineConfig, OnlineTrainer, completion_metrics, reward_metrics
 from posttrain.algorithms.ppo_api import StepAPI, split_positional
 from posttrain.config import option
+from posttrain.errors import ConfigError
 from posttrain.losses.advantages import gae, whiten_advantages
 from posttrain.losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate
 from posttrain.losses.policy import clipped_policy_loss, clipped_value_loss, explained_variance
@@ -113,7 +114,7 @@ class PPOConfig(OnlineConfig):
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
 
     @property
     def mini_batch_size(self) -> int:
@@ -188,7 +189,7 @@ class PPOTrainer(StepAPI, OnlineTrainer):
 
     def train(self):
         if self.train_source is None:
-            raise ValueError(
+            raise ConfigError(
                 "train() needs prompt rows: pass train_dataset=[{'prompt': ...}, ...] (or set train_data). "
                 "To drive PPO yourself, call generate() and step() instead"
             )
@@ -228,7 +229,7 @@ class PPOTrainer(StepAPI, OnlineTrainer):
         layout = cfg.critic if cfg.critic != "auto" else ("adapter" if lora else "copy")
         if source is not None:
             if cfg.critic not in ("auto", "copy"):
-                raise ValueError(f"value_model gives the critic its own backbone; critic={cfg.critic!r} cannot apply. Fix: critic=auto (or copy)")
+                raise ConfigError(f"value_model gives the critic its own backbone; critic={cfg.critic!r} cannot apply. Fix: critic=auto (or copy)")
             layout, critic = "copy", value_model_critic(source, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
             if cfg.gradient_checkpointing:
                 enable_activation_checkpointing(critic.backbone, cfg.gradient_checkpointing_fraction)
@@ -240,9 +241,9 @@ class PPOTrainer(StepAPI, OnlineTrainer):
             critic = Critic(new_value_head(hidden_size_of(policy.get_base_model() if lora else policy)))
         else:
             if not lora:
-                raise ValueError("critic='adapter' puts a second LoRA adapter set on the policy: it needs use_lora=true. Fix: use_lora=true, or critic=copy / shared")
+                raise ConfigError("critic='adapter' puts a second LoRA adapter set on the policy: it needs use_lora=true. Fix: use_lora=true, or critic=copy / shared")
             if cfg.gradient_checkpointing:
-                raise ValueError("critic='adapter' cannot be combined with gradient_checkpointing (the backward recomputation would run with the wrong adapter active). Fix: critic=copy or shared, or gradient_checkpointing=false")
+                raise ConfigError("critic='adapter' cannot be combined with gradient_checkpointing (the backward recomputation would run with the wrong adapter active). Fix: critic=copy or shared, or gradient_checkpointing=false")
             critic = add_critic_adapter(policy, cfg)
         check_same_vocabulary(policy, critic)
         if cfg.disable_dropout:

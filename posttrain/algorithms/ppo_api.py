@@ -32,7 +32,6 @@ import math
 import numbers
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 
@@ -88,7 +87,7 @@ class _Both:
 
 
 class StepAPI:
-    """``generate`` / ``step`` / ``save_model`` for :class:`~posttrain.algorithms.ppo.PPOTrainer`."""
+    """``generate`` / ``step`` for :class:`~posttrain.algorithms.ppo.PPOTrainer` (``save_model`` is every trainer's)."""
 
     _step_ready = False
 
@@ -243,20 +242,6 @@ class StepAPI:
         if bad:
             raise ValueError(f"{what}: token ids must be integers in [0, {vocabulary}), got {bad[:5]}")
         return ids
-
-    # ------------------------------------------------------------------ saving
-
-    def save_model(self, output_dir: str | Path | None = None) -> Path:
-        """Save the policy and tokenizer with ``save_pretrained`` (default ``output_dir/final``);
-        every process must call it (the weights are gathered first)."""
-        from posttrain.train.checkpoint import save_pretrained_atomic
-
-        directory = Path(output_dir) if output_dir is not None else Path(self.config.output_dir) / "final"
-        state_dict = self._full_state_dict()
-        if self.accelerator.is_main_process:
-            save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, directory, state_dict=state_dict)
-        self.accelerator.wait_for_everyone()
-        return directory
 
 
 def _as_list(value, name: str) -> list:

@@ -108,7 +108,7 @@ class RewardTrainer(Trainer):
 
     def load_model(self, model):
         cfg = self.config
-        model = load_sequence_classifier(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
+        model = load_sequence_classifier(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation, report=self.reporter.print_verbatim)
         check_reward_head(model)
         if getattr(model.config, "pad_token_id", None) is None:
             # Only so the saved model also batches under Hugging Face's own pooling; ours

@@ -3,7 +3,8 @@
 Each token is printed as the text it decodes to, styled by its loss weight: dim when it gets no
 loss, green when it does (yellow, with the weight, when the weight is not 1). Special tokens
 (EOS, end-of-turn, BOS, pad) are shown by name in magenta and line breaks as ``\\n``, so an
-EOS that is missing or masked is obvious.
+EOS that is missing or masked is obvious. Without colour (output piped or saved to a file,
+``NO_COLOR``) trained tokens are marked ``[[ ]]`` instead, weighted ones ``[[0.5: ]]``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def inspect_rows(rows, tokenizer, options: LMDataOptions, *, start: int = 0, cou
     console = console or Console(highlight=False)
     prepared = prepare_lm_data(rows, tokenizer, options, desc="tokenizing for inspect")
     console.print(f"[bold]format[/] {prepared.data_format}   [bold]loss_mode[/] {prepared.loss_mode}")
-    console.print(_legend())
+    console.print(_legend(console))
     for line in prepared.report.lines():
         console.print(f"  {line}")
     shown = []
@@ -80,7 +81,9 @@ def inspect_rows(rows, tokenizer, options: LMDataOptions, *, start: int = 0, cou
     return shown
 
 
-def _legend() -> Text:
+def _legend(console: Console) -> Text:
+    if console.color_system is None:
+        return Text("[[trained]]  [[0.5:weighted by 0.5]]  not trained  <special tokens by name>")
     legend = Text()
     legend.append("trained", style=TRAINED).append("  ").append("weighted", style=WEIGHTED).append("  ")
     legend.append("not trained", style=UNTRAINED).append("  ").append("special token", style=SPECIAL)
@@ -90,7 +93,10 @@ def _legend() -> Text:
 def _show(console: Console, tokenizer, title: str, example: dict) -> None:
     trained = sum(1 for w in example["loss_weights"] if w)
     console.rule(f"{title}: {len(example['input_ids'])} tokens, {trained} trained")
-    console.print(render_example(tokenizer, example))
+    if console.color_system is None:  # no colour to tell trained from untrained: mark them
+        console.print(render_plain(tokenizer, example), markup=False, highlight=False)
+    else:
+        console.print(render_example(tokenizer, example))
 
 
 def inspect_preference_rows(rows, tokenizer, options: LMDataOptions, *, paired: bool = True, start: int = 0, count: int = 3, console: Console | None = None):
@@ -103,7 +109,7 @@ def inspect_preference_rows(rows, tokenizer, options: LMDataOptions, *, paired: 
     console = console or Console(highlight=False)
     prepared = (prepare_preference_pairs if paired else prepare_unpaired)(rows, tokenizer, options)
     console.print(f"[bold]format[/] {prepared.data_format}")
-    console.print(_legend())
+    console.print(_legend(console))
     for line in prepared.lines():
         console.print(f"  {line}")
     shown = prepared.items[start : start + count]
@@ -133,7 +139,7 @@ def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int =
         max_prompt_length=config.max_prompt_length,
     )
     console.print(f"[bold]format[/] {prepared.data_format}")
-    console.print(_legend())
+    console.print(_legend(console))
     for line in prepared.lines():
         console.print(f"  {line}")
     shown = prepared.items[start : start + count]

@@ -10,7 +10,10 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, MissingDependencyError
+
+# Built-ins that need an optional package: name -> (module to import, how to install it)
+OPTIONAL_PACKAGES = {"math_verify_accuracy": ("math_verify", "pip install 'posttrain[math]' (or pip install math-verify)")}
 
 
 def completion_text(completion) -> str:
@@ -78,13 +81,25 @@ def format_regex(pattern: str, mode: str = "fullmatch", flags: int | str = re.DO
     return _named(reward, name)
 
 
+def missing_package_message(builtin: str) -> str | None:
+    """Why the built-in reward ``builtin`` cannot run here (its optional package is not
+    installed), or None. Checked without importing the package."""
+    import importlib.util
+
+    if builtin not in OPTIONAL_PACKAGES:
+        return None
+    module, fix = OPTIONAL_PACKAGES[builtin]
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return f"the {builtin} reward needs the {module.replace('_', '-')} package, which is not installed. Fix: {fix}"
+
+
 def _import_math_verify():
-    try:
-        import math_verify
-    except ImportError as exc:
-        raise ImportError(
-            "the math_verify_accuracy reward needs the math-verify package. Fix: pip install 'posttrain[math]'"
-        ) from exc
+    problem = missing_package_message("math_verify_accuracy")
+    if problem is not None:
+        raise MissingDependencyError(problem)
+    import math_verify
+
     return math_verify
 
 

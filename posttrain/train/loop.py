@@ -17,7 +17,6 @@ accumulated batch across all processes, so batch 8 x accumulation 1 and batch 2 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import sys
@@ -27,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
-from posttrain.config import TrainConfig, config_from_dict, config_to_dict
-from posttrain.errors import ConfigError, TrainingError
+from posttrain.config import TrainConfig, config_to_dict
+from posttrain.errors import ConfigError, OutputDirError, TrainingError
 from posttrain.models.loading import (
     apply_lora,
     count_parameters,
@@ -41,6 +39,7 @@ from posttrain.models.loading import (
     load_tokenizer,
     tokenizer_source,
 )
+from posttrain.train.callbacks import CallbackHandler
 from posttrain.train.checkpoint import (
     latest_checkpoint,
     remove_stale_staging,
@@ -55,11 +54,13 @@ from posttrain.train.host_sync import DeferredValue, count_window, first_non_fin
 from posttrain.train.interrupt import InterruptGuard, TrainingInterrupted
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.output_dir import clear_previous_run, output_dir_problem
+from posttrain.train.output_dir import Decision, clear_previous_run, decide
 from posttrain.train.reporting import RunReporter, resume_command
+from posttrain.train.run_record import describe_sources, run_config_yaml
 from posttrain.train.sampler import EpochBatchSampler
 from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.state import TrainState
+from posttrain.train.trainer_api import TrainerAPI, accepts_trl_train_arguments, check_hub_ready, run_config
 
 
 class NonFiniteLossError(TrainingError):
@@ -77,10 +78,17 @@ class BatchSource:
     group_by_length: bool = False
 
 
-class Trainer:
-    """Base trainer: model/tokenizer loading, the optimisation loop, evaluation, checkpoints."""
+class Trainer(TrainerAPI):
+    """Base trainer: model/tokenizer loading, the optimisation loop, evaluation, checkpoints.
+    TRL's methods and names (``args``, ``save_model``, ``push_to_hub``, callbacks, ...) come from
+    :class:`~posttrain.train.trainer_api.TrainerAPI`."""
 
     config_class: type = TrainConfig
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "train" in cls.__dict__:  # a subclass's own train() takes TRL's arguments too
+            cls.train = accepts_trl_train_arguments(cls.__dict__["train"])
 
     @quiet_third_party()
     def __init__(
@@ -89,16 +97,24 @@ class Trainer:
         # ``args`` and ``processing_class`` are TRL's names for ``config`` and ``tokenizer``.
         config = _one_of("config", config, "args", args)
         tokenizer = _one_of("tokenizer", tokenizer, "processing_class", processing_class)
+        self.callback_handler = CallbackHandler(callbacks)  # a callback of the wrong kind is refused before anything loads
         self.config = self._resolve_config(config, overrides)
         cfg = self.config
         self.accelerator = self._build_accelerator(cfg)
         from accelerate.utils import set_seed
 
         set_seed(cfg.seed)
+        self._agree_on_output_dir()
         self.reporter = RunReporter(self.accelerator, cfg.output_dir, progress_bar=cfg.progress_bar)
+        self.reporter.listeners.append(self._record_log)
+        if self._output_dir_defaulted:
+            self.reporter.print_verbatim(f"output_dir: {cfg.output_dir} (a new directory per run; set output_dir to choose one)")
         model = model if model is not None else cfg.model
         if model is None:
             raise ConfigError("no model given: pass model=... (a path, hub name or model object) or set the option 'model'")
+        self._output_dir_decision(early=True)  # refuse an occupied output_dir before any model loads
+        check_hub_ready(cfg)
+        self._sources = describe_sources(model, tokenizer, train_dataset, eval_dataset)
         self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, tokenizer_source(model))
         self.model = self.load_model(model)
         if cfg.disable_dropout:
@@ -109,7 +125,6 @@ class Trainer:
             self.accelerator, self.reporter.console, cfg.output_dir, every=cfg.log_completions_steps,
             rows_to_print=cfg.num_completions_to_print, unique_prompts=cfg.log_unique_prompts,
         )
-        self.callbacks = list(callbacks)
         train_rows, eval_rows = self._dataset_rows(train_dataset, eval_dataset)
         self._sample_prompts = (
             sample_prompts(eval_rows if eval_rows is not None else train_rows, cfg.num_completions_to_print) if cfg.log_completions_steps else []
@@ -117,6 +132,7 @@ class Trainer:
         self.train_source = self.build_batch_source(train_rows, "train")
         self.eval_source = self.build_batch_source(eval_rows, "eval") if eval_rows is not None else None
         self.state = TrainState()
+        self.callback_handler.fire("on_init_end", self)
 
     # ------------------------------------------------------------------ hooks for subclasses
 
@@ -184,11 +200,9 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
 
     def _resolve_config(self, config, overrides):
-        if config is None:
-            return config_from_dict(self.config_class, overrides)
-        if overrides:
-            merged = {**dataclasses.asdict(config), **overrides}
-            return config_from_dict(type(config), merged)
+        """The run's own config (see :func:`~posttrain.train.trainer_api.run_config`); notes
+        whether the output_dir was chosen by default."""
+        config, self._output_dir_defaulted = run_config(self, config, overrides)
         return config
 
     @staticmethod
@@ -258,29 +272,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    @accepts_trl_train_arguments
     def train(self) -> TrainState:
-        """Train until ``max_steps`` / ``num_epochs``; returns the final :class:`TrainState`."""
+        """Train until ``max_steps`` / ``num_epochs`` (or a callback's
+        ``control.should_training_stop``); returns the final :class:`TrainState`. TRL's
+        ``train(resume_from_checkpoint=True | path)`` works too."""
         loader, sampler = self._dataloader(self.train_source, self.train_loader_batch_size(), shuffle=True)
         module, optimizer, scheduler, loader = self._set_up_training(loader)
-        state = self.state
+        self.train_dataloader = loader
+        state, events = self.state, self.callback_handler
         self.warn_about_data_size()
         self.reporter.start(state.total_steps, state.step)
         metrics = MetricAccumulator()
         stream = self._micro_batches(loader, sampler, state)
         last_log = None  # (time, tokens) the next rate is measured from: set after the first step, so start-up is excluded
         interrupt = InterruptGuard.install()
+        events.fire("on_train_begin", self)
+        events.fire("on_epoch_begin", self)
+        epochs_done = state.epoch
         try:
             module.train()
-            while state.step < state.total_steps:
+            while state.step < state.total_steps and not events.control.should_training_stop:
+                events.step_begin(self)
                 window = self.next_window(module, stream, state)
                 self._optimizer_step(module, optimizer, scheduler, window, state, metrics)
                 self.reporter.advance(state.step)
                 last_log = self._after_step(module, state, metrics, scheduler, last_log)
+                epochs_done = self._epoch_events(state, epochs_done)
                 self._stop_if_interrupted(interrupt, state)
         finally:
             interrupt.restore()
             self.reporter.close()
         self._finish()
+        events.fire("on_train_end", self)
+        self._push_if_asked()
         return state
 
     def _set_up_training(self, loader=None):
@@ -295,11 +320,12 @@ class Trainer:
             module, optimizer = acc.prepare(module, optimizer)
         else:
             module, optimizer, loader = acc.prepare(module, optimizer, loader)
-        self.module = module
+        self.module, self.optimizer, self.lr_scheduler = module, optimizer, None
         self._batches_per_epoch = max(len(loader), 1) if loader is not None else 1
         state = TrainState(total_steps=self.total_steps(len(loader) if loader is not None else 0))
         # Not prepared by accelerate, which would step it once per process per step.
         scheduler = self.build_lr_scheduler(optimizer, state.total_steps)
+        self.lr_scheduler = scheduler
         acc.register_for_checkpointing(scheduler)
         for extra in self.checkpoint_objects():
             acc.register_for_checkpointing(extra)
@@ -309,8 +335,9 @@ class Trainer:
         if cfg.report_to:
             acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg))
         trainable, total = count_parameters(module)
+        steps = f"{state.total_steps} steps" if state.total_steps else "as many steps as step() is called"
         self.reporter.print(
-            f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
+            f"[bold]{type(self).__name__}[/]: {steps}, {trainable:,} trainable of {total:,} parameters, "
             f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
         )
         return module, optimizer, scheduler, loader
@@ -344,13 +371,17 @@ class Trainer:
                 acc.backward(loss_sum * scale)
             window_loss += loss_sum.detach().float()
             metrics.update(batch_metrics)
+            if not last:
+                self.callback_handler.fire("on_substep_end", self)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(module.parameters(), max_norm)
         # The one read of the device per step, before the weights change.
         problem = first_non_finite(window_loss, grad_norm, check_grad_norm=acc.mixed_precision != "fp16")
         if problem is not None:
             self._stop_non_finite(*problem, state)
+        self.callback_handler.fire("on_pre_optimizer_step", self)
         optimizer.step()
+        self.callback_handler.fire("on_optimizer_step", self)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
@@ -368,8 +399,10 @@ class Trainer:
 
     def _after_step(self, module, state, metrics, scheduler, last_log):
         cfg = self.config
-        final = state.step == state.total_steps
-        logged = cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)
+        # TrainerCallbacks see the step first and may ask for a log, evaluation, checkpoint or stop
+        control = self.callback_handler.fire("on_step_end", self)
+        final = state.step == state.total_steps or control.should_training_stop
+        logged = (cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)) or control.should_log
         if logged:
             values = metrics.compute(self.accelerator)
             now = time.perf_counter()
@@ -383,14 +416,15 @@ class Trainer:
             if last_log is not None:
                 values["tokens_per_second"] = (state.tokens_seen - last_log[1]) / max(now - last_log[0], 1e-9)
             self.reporter.log(state.step, values)
-        if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final):
-            self.reporter.log(state.step, self.evaluate())
+        if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final or control.should_evaluate):
+            evaluation = self.evaluate()
+            self.reporter.log(state.step, evaluation)
+            self.callback_handler.fire("on_evaluate", self, metrics=evaluation)
         if self.completion_log.due(state.step):
             self.log_sample_completions(state.step)
-        if cfg.save_steps and state.step % cfg.save_steps == 0 and not final:
+        if (cfg.save_steps and state.step % cfg.save_steps == 0 and not final) or control.should_save:
             self._save_checkpoint(state)
-        for callback in self.callbacks:
-            callback(self, state)
+        self.callback_handler.call_functions(self, state)
         # evaluation and checkpoints above are not training time: the next interval starts here
         return (time.perf_counter(), state.tokens_seen) if logged or last_log is None else last_log
 
@@ -443,31 +477,41 @@ class Trainer:
         self.reporter.rewind(state.step, self.completion_log.path)
         return state
 
-    def _prepare_output_dir(self) -> Path | None:
-        """The output-directory guard (refuse, resume or overwrite; see ``train/output_dir.py``),
-        decided by the main process for all; returns the checkpoint to resume from."""
+    def _output_dir_decision(self, early: bool = False) -> tuple[Decision, Path | None]:
+        """What the output-directory guard decides (see ``train/output_dir.py``), by the main
+        process for all; raises :class:`OutputDirError` when the run may not start there (when
+        the trainer is made, ``early``, not for what ``train(resume_from_checkpoint=...)`` can
+        still resolve). Returns the decision and the checkpoint to resume from."""
         from accelerate.utils import broadcast_object_list
 
         cfg, acc = self.config, self.accelerator
         path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir)
-        problem = None
+        decision = None
         if acc.is_main_process:
             remove_stale_staging(cfg.output_dir)
-            problem = output_dir_problem(cfg.output_dir, path, resume_requested(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
-            if problem is None and cfg.overwrite_output_dir:
-                removed = clear_previous_run(cfg.output_dir)
-                if removed:
-                    self.reporter.print(f"overwrite_output_dir: deleted the earlier run's {', '.join(removed)} in {cfg.output_dir}")
-        problem = broadcast_object_list([problem])[0]
+            decision = decide(cfg.output_dir, path, resume_requested(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
+        decision = broadcast_object_list([decision])[0] if acc.num_processes > 1 else decision
+        if decision.problem is not None and not (early and decision.resumable):
+            raise OutputDirError(decision.problem)
+        return decision, path
+
+    def _prepare_output_dir(self) -> Path | None:
+        """Apply the output-directory guard's decision: delete what it clears (main process),
+        say so; returns the checkpoint to resume from."""
+        cfg, acc = self.config, self.accelerator
+        decision, path = self._output_dir_decision()
+        if acc.is_main_process and decision.clear:
+            clear_previous_run(cfg.output_dir, decision.clear)
+        if decision.note:
+            self.reporter.print_verbatim(decision.note)
         acc.wait_for_everyone()
-        if problem is not None:
-            raise FileExistsError(problem)
         return path
 
     def _save_checkpoint(self, state: TrainState) -> Path:
         cfg = self.config
         path = save_checkpoint(self.accelerator, cfg.output_dir, state, cfg.save_total_limit)
         self._saved_step = state.step
+        self.callback_handler.fire("on_save", self)
         return path
 
     def _stop_if_interrupted(self, interrupt: InterruptGuard, state: TrainState) -> None:
@@ -493,7 +537,8 @@ class Trainer:
             return
         out = Path(self.config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(_flat_config(self.config), sort_keys=False))
+        text = run_config_yaml(self, output_dir_defaulted=self._output_dir_defaulted, sources=self._sources)
+        (out / "config.yaml").write_text(text)
 
     @quiet_third_party()
     def _finish(self) -> None:
@@ -505,9 +550,15 @@ class Trainer:
             if acc.is_main_process:
                 final = Path(self.config.output_dir) / "final"
                 path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, final, state_dict=state_dict)
+        if acc.is_main_process:
+            self.state.save(Path(self.config.output_dir))  # trainer_state.json: the run finished (and its log_history)
         if self.config.report_to:
             acc.end_training()
         self.reporter.finish(self.state, model_dir=path)
+
+    def _push_if_asked(self) -> None:
+        if self.config.push_to_hub:
+            self.push_to_hub()
 
     def _full_state_dict(self) -> dict | None:
         """The trained model's complete weights, keyed as in ``self.model.state_dict()``.
