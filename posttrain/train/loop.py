@@ -546,6 +546,7 @@ class Trainer:
             if acc.is_main_process:
                 final = Path(self.config.output_dir) / "final"
                 path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, final, state_dict=state_dict)
+            acc.wait_for_everyone()  # train() returns on every process once final/ exists
         if self.config.report_to:
             acc.end_training()
         self.reporter.finish(self.state, model_dir=path)

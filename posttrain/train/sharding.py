@@ -215,6 +215,9 @@ def shard_frozen(accelerator, module: torch.nn.Module) -> torch.nn.Module:
 
     set_units(accelerator, module)
     sharded = fsdp2_prepare_model(accelerator, module)
+    # FSDP keeps a root unit's weights gathered after forward, for the backward that follows; a
+    # frozen module has none, so its embeddings and head would stay whole on every process
+    sharded.set_reshard_after_forward(True, recurse=False)
     check_sharded(sharded, accelerator.num_processes)
     return sharded
 
