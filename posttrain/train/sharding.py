@@ -82,8 +82,9 @@ def build_plugin(config, mixed_precision: str):
     version = os.environ.get("FSDP_VERSION", "2")
     if accelerate_fsdp_requested() and version != "2":
         raise ConfigError(
-            f"accelerate asks for FSDP version {version}; posttrain shards with FSDP2 only. Fix: `accelerate launch "
-            "--use_fsdp --fsdp_version 2` (or fsdp_version: 2 in the accelerate config), or set fsdp: true instead"
+            f"accelerate asks for FSDP version {version}; posttrain shards with FSDP2 only. Fix: add --fsdp_version 2 to "
+            "`accelerate launch --use_fsdp` (fsdp_version: 2 under fsdp_config in an accelerate config file), or launch "
+            "without --use_fsdp and set the option fsdp: true"
         )
     policy = None
     if mixed_precision in ("bf16", "fp16"):

@@ -29,6 +29,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from posttrain.tasks import ArithmeticTask
+
 from sharded_worker import CASES, SAVE_STEPS, STEPS, run_cases
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
@@ -204,3 +206,23 @@ def test_sharded_checkpoint_resumes_on_fewer_processes(runs, resumed, name, proc
     continued = metrics(run)
     assert [r["step"] for r in continued] == list(range(SAVE_STEPS + 1, STEPS + 1))
     assert_close_losses(continued, metrics(runs[processes] / "sft")[SAVE_STEPS:])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_use_fsdp_shards_on_cpu(model_path, tmp_path):
+    """The command the README gives: on a CPU machine accelerate alone would train this as plain
+    DDP; posttrain shards it (and refuses FSDP version 1, accelerate's default, with the fix)."""
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in ArithmeticTask(seed=0).prompt_completion("train", 16)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    options = [f"model={model_path('llama')}", f"train_data={data}", "per_device_train_batch_size=4", "max_steps=2", "progress_bar=false"]
+
+    def launch_cli(*flags: str, out: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", "2", "-m", "posttrain", "sft", *options, f"output_dir={tmp_path / out}"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    log = checked(launch_cli("--use_fsdp", "--fsdp_version", "2", out="v2"))
+    assert log.count("FSDP2: parameters sharded over 2 process(es)") == 1  # printed by the main process
+    assert (tmp_path / "v2" / "final" / "model.safetensors").is_file()
+    refused = launch_cli("--use_fsdp", out="v1")
+    assert refused.returncode != 0 and "posttrain shards with FSDP2 only. Fix: add --fsdp_version 2" in refused.stderr

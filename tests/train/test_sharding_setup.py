@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import SFTConfig, SFTTrainer
 from posttrain.errors import ConfigError
@@ -70,7 +70,7 @@ def test_resume_with_another_global_batch_is_refused(model_path, tmp_path):
 
 def test_whole_weights_copy_generates_as_the_model_and_holds_nothing_after(model_path):
     model = AutoModelForCausalLM.from_pretrained(model_path("llama"))
-    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(model_path("llama"))
+    tokenizer = AutoTokenizer.from_pretrained(model_path("llama"))
     whole = WholeWeights(model)
     assert all(p.is_meta for p in whole.copy.parameters())  # the structure only
     prompts, options = [[5, 6, 7], [8, 9]], SamplingOptions(max_completion_length=6, temperature=1.5)
