@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   trains a tiny model on the built-in arithmetic task and shows before/after accuracy
 #   make test   runs the test suite (offline, CPU)
-# Both create (or reuse) the virtual environment in $(VENV). `make lint` runs ruff.
+# Both create (or reuse) the virtual environment in $(VENV). `make lint` runs ruff;
+# `make test-learning` runs the learning tests (each trains for real; CI runs them after `make test`).
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -18,7 +19,7 @@ PYPI_INDEX ?= https://pypi.org/simple
 TORCH_FALLBACK = { echo "$(TORCH_SPEC) is not on the configured package index; installing it from $(TORCH_CPU_INDEX)"; \
 	$(PY) -m pip install --quiet --index-url $(TORCH_CPU_INDEX) --extra-index-url $(PYPI_INDEX) "$(TORCH_SPEC)"; }
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-learning lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+test-learning: $(VENV)/.installed
+	$(PY) -m pytest -m learning
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -135,6 +135,16 @@ def kill_at():
 
 # ---------------------------------------------------------------------- learning tests
 # Expensive starts shared by the learning tests (tests/README.md): trained once per session.
+# A test that uses one of them is a learning test: it is marked ``learning`` here, so it runs
+# in ``make test-learning`` (which CI runs after ``make test``) and not in the default suite.
+LEARNING_FIXTURES = frozenset({"demo_run", "noisy_start", "echo_reward_model"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by marker (-m)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if LEARNING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.learning)
 
 
 @pytest.fixture(scope="session")

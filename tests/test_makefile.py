@@ -82,4 +82,8 @@ def test_dry_run_shows_the_plan_without_running_it(tmp_path):
 def test_ci_runs_the_readme_test_command():
     commands = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert "make test" in commands and "set -euo pipefail" in commands  # a failing test command fails CI
+    # the learning tests are outside `make test` (its time budget) but never outside CI
+    assert "make test-learning" in commands
+    makefile = (REPO / "Makefile").read_text()
+    assert "test-learning:" in makefile and "pytest -m learning" in makefile
     assert os.access(REPO / ".ci" / "run", os.X_OK)

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.algorithms.ppo import PPOConfig, PPOTrainer
+from posttrain.testing import assert_tensors_close_to_scale
 
 QUERY = "Explain RLHF in simple terms."
 
@@ -103,8 +104,7 @@ def test_every_reward_form_means_the_same(brief_model, tmp_path):
     }
     for name, rewards in forms.items():
         weights = _trained_weights(brief_model, tmp_path, name, responses, rewards)
-        for key, value in floats.items():
-            torch.testing.assert_close(weights[key], value, atol=1e-6, rtol=1e-5, msg=f"{name}: {key}")
+        assert_tensors_close_to_scale({key: weights[key] for key in floats}, floats)
     # per-token rewards spread over the tokens train differently from the same total at the end
     spread = [[s / len(r)] * len(r) for r, s in zip(responses, scores)]
     weights = _trained_weights(brief_model, tmp_path, "spread", responses, spread)
@@ -123,8 +123,7 @@ def test_strings_from_generate_train_on_the_sampled_tokens(brief_model, tmp_path
     assert [second.tokenizer.decode(i, skip_special_tokens=True) for i in ids] == texts
     assert all(i[-1] == second.tokenizer.eos_token_id for i in ids)  # EOS is kept, the text drops it
     second.step(queries, ids, [1.0, 2.0, 3.0, 4.0])
-    for (name, a), b in zip(first.model.named_parameters(), second.model.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert_tensors_close_to_scale(dict(first.model.named_parameters()), dict(second.model.named_parameters()))
 
 
 def test_positional_and_keyword_forms_agree(brief_model, tmp_path):

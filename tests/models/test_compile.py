@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from posttrain.models.compile import compile_blocks
 from posttrain.models.loading import transformer_blocks
 from posttrain.tasks import ArithmeticTask
+from posttrain.testing import assert_tensors_close_to_scale
 
 
 def test_blocks_are_the_decoder_layers(model_path):
@@ -27,7 +28,5 @@ def test_compiled_first_step_equals_eager(sft_first_step, tmp_path):
     rows = ArithmeticTask(seed=3).conversations("train", 6, turns=2)
     eager = sft_first_step(tmp_path / "eager", rows)
     compiled = sft_first_step(tmp_path / "compiled", rows, torch_compile=True)
-    assert eager.keys() == compiled.keys()
-    for name, grad in eager.items():
-        # fused kernels reorder float32 sums: equal to rounding, not bit for bit
-        torch.testing.assert_close(compiled[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    # fused kernels reorder float32 sums: equal to rounding, not bit for bit
+    assert_tensors_close_to_scale(compiled, eager)

@@ -9,6 +9,7 @@ import torch
 from posttrain import testing
 from posttrain.data.errors import ChatTemplateError
 from posttrain.models.reward import RewardScorer, check_reward_head, padded_batch, pooled_rewards, pooling_of
+from posttrain.testing import assert_close_to_scale
 
 PROMPTS = ["What is 3+4?", "What is 47+38?", "Hello!"]
 COMPLETIONS = [" 7", " 85", " How are you today? I am fine."]
@@ -42,8 +43,8 @@ def test_pad_is_eos_padded_equals_alone(arch, tokenizers):
         # last token when it has no pad id to search for.
         model.config.pad_token_id = None
         reference = torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits[:, 0] for e in examples])
-    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(alone, reference, atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(padded, alone)
+    assert_close_to_scale(alone, reference)
 
 
 def test_hf_pooling_misses_the_final_eos_when_pad_is_eos(tokenizers):
@@ -59,7 +60,7 @@ def test_hf_pooling_misses_the_final_eos_when_pad_is_eos(tokenizers):
         theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
         before_eos = [_alone(model, {"input_ids": e["input_ids"][:-1]}) for e in examples]
     assert not torch.allclose(ours, theirs, atol=1e-3)
-    torch.testing.assert_close(theirs, torch.cat(before_eos), atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(theirs, torch.cat(before_eos))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -69,7 +70,7 @@ def test_matches_hf_pooling_when_pad_is_not_eos(arch, chatml):
     with torch.no_grad():
         ours = pooled_rewards(model, batch["input_ids"], batch["attention_mask"])
         theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(ours, theirs)
 
 
 def test_encoder_padded_equals_alone(tokenizers):
@@ -85,7 +86,7 @@ def test_encoder_padded_equals_alone(tokenizers):
     with torch.no_grad():
         padded = pooled_rewards(model, batch["input_ids"], batch["attention_mask"])
         alone = torch.cat([_alone(model, e) for e in examples])
-    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(padded, alone)
 
 
 def test_pooling_kind_and_head_checks(chatml):
@@ -107,7 +108,7 @@ def test_scorer_order_and_batching_do_not_change_scores(chatml):
     one_by_one = RewardScorer(model, chatml, batch_size=1).score(prompts, completions)
     batched = RewardScorer(model, chatml, batch_size=4).score(prompts, completions)
     assert batched.shape == (6,) and batched.dtype == torch.float32
-    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(batched, one_by_one)
     # rows 0 and 3 hold different pairs; rows 1 and 4 the same pair (" 85" is the middle one)
     assert batched[1] == pytest.approx(batched[4].item(), abs=1e-5)
     assert abs(batched[0].item() - batched[3].item()) > 1e-4

@@ -16,6 +16,7 @@ from posttrain.data.prepare import prepare_lm_data
 from posttrain.data.tokenize import LMDataOptions
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.tasks import ArithmeticTask
+from posttrain.testing import assert_close_to_scale, assert_tensors_close_to_scale
 
 
 def _batch(tokenizer, layout: str, loss_mode: str = "assistant"):
@@ -53,14 +54,13 @@ def test_head_on_trained_tokens_equals_full_head(model_path, chatml, arch, layou
     subset_grads = _gradients(model)
 
     trained = weights > 0
-    torch.testing.assert_close(subset.logps[trained], full.logps[trained], atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(subset.entropy[trained], full.entropy[trained], atol=1e-5, rtol=1e-6)
+    assert_close_to_scale(subset.logps[trained], full.logps[trained])
+    assert_close_to_scale(subset.entropy[trained], full.entropy[trained])
     assert torch.equal(subset.argmax_correct[trained], full.argmax_correct[trained])
     # untrained tokens are not scored at all
     assert not subset.logps[~trained].any() and not subset.entropy[~trained].any() and not subset.argmax_correct[~trained].any()
-    assert full_grads.keys() == subset_grads.keys()
-    for name, grad in full_grads.items():
-        torch.testing.assert_close(subset_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    # float32 summation order differs (issue 22: 1.3e-7..2.8e-7 of the largest entry on AVX2)
+    assert_tensors_close_to_scale(subset_grads, full_grads)
 
 
 def test_positions_are_the_nonzero_weights_and_never_a_row_start(chatml):
@@ -79,14 +79,6 @@ def _without_positions(monkeypatch):
     monkeypatch.setattr(collate, "trained_positions", lambda weights: None)
 
 
-def _assert_same_gradients(full: dict, subset: dict) -> None:
-    """Every parameter's gradient of the head-on-a-subset run equals the full head's (float32
-    rounding), and the step did have a gradient."""
-    assert full.keys() == subset.keys() and any(g.abs().sum() > 0 for g in full.values())
-    for name, grad in full.items():
-        torch.testing.assert_close(subset[name], grad, atol=1e-6, rtol=1e-5, msg=name)
-
-
 @pytest.mark.parametrize("packing", [False, True])
 def test_sft_first_step_gradients_unchanged(sft_first_step, tmp_path, monkeypatch, packing):
     rows = ArithmeticTask(seed=2).conversations("train", 6, turns=2)
@@ -94,7 +86,7 @@ def test_sft_first_step_gradients_unchanged(sft_first_step, tmp_path, monkeypatc
     subset = sft_first_step(tmp_path / "subset", rows, logits_chunk_size=7, **extra)
     _without_positions(monkeypatch)
     full = sft_first_step(tmp_path / "full", rows, logits_chunk_size=7, **extra)
-    _assert_same_gradients(full, subset)
+    assert_tensors_close_to_scale(subset, full)
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -111,7 +103,7 @@ def test_dpo_first_step_gradients_unchanged(first_step_gradients, model_path, tm
     subset = run(tmp_path / "subset")
     _without_positions(monkeypatch)
     full = run(tmp_path / "full")
-    _assert_same_gradients(full, subset)
+    assert_tensors_close_to_scale(subset, full)
 
 
 def _length_reward(completions):
@@ -161,4 +153,4 @@ def test_online_first_step_gradients_unchanged(first_step_gradients, model_path,
     unscored = _rollouts_without_positions(monkeypatch)
     full = run(tmp_path / "full")
     assert unscored  # the second run really went through the full head
-    _assert_same_gradients(full, subset)
+    assert_tensors_close_to_scale(subset, full)

@@ -21,7 +21,7 @@ from posttrain.models.value import (
     new_value_head,
     value_model_critic,
 )
-from posttrain.testing import build_causal_lm
+from posttrain.testing import assert_close_to_scale, build_causal_lm
 
 IDS = torch.tensor([[5, 9, 14, 3, 7, 22], [8, 8, 30, 2, 11, 4]])
 
@@ -68,7 +68,7 @@ def test_packed_and_padded_values_agree(chatml):
         out = module(batch["input_ids"], batch["position_ids"], with_values=True)
         views.append((completion_view(out.values, batch["completion_index"]) * batch["completion_mask"], batch["input_ids"].shape))
     assert views[0][1][0] == 3 and views[1][1][0] == 1
-    torch.testing.assert_close(views[1][0], views[0][0], atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(views[1][0], views[0][0])
     assert views[0][0].abs().sum() > 0
 
 
@@ -82,7 +82,7 @@ def test_reward_model_as_critic_values_each_prefix_by_its_score(model_path):
     # values[:, t] is the reward model's score of the prefix ending at token t - 1
     for t in range(1, IDS.shape[1]):
         prefix = IDS[:, :t]
-        torch.testing.assert_close(values[:, t], pooled_rewards(classifier, prefix, torch.ones_like(prefix)), atol=1e-5, rtol=1e-5)
+        assert_close_to_scale(values[:, t], pooled_rewards(classifier, prefix, torch.ones_like(prefix)))
 
 
 def test_value_model_refusals(model_path, chatml):
@@ -112,7 +112,7 @@ def test_adapter_critic_is_a_second_adapter_set_on_one_base(chatml):
     with kept_trainable(policy), policy.disable_adapter():
         base_hidden = policy.get_base_model().model(input_ids=IDS).last_hidden_state
     expected = torch.cat([torch.zeros(2, 1), critic.head(base_hidden[:, :-1]).squeeze(-1)], dim=1)
-    torch.testing.assert_close(out.values, expected, atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(out.values, expected)
     (out.values.sum() + out.logps.sum()).backward()
     grads = {name: p.grad for name, p in module.named_parameters() if p.requires_grad}
     assert all(p.requires_grad for n, p in policy.named_parameters() if "lora_" in n)
