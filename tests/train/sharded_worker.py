@@ -5,11 +5,12 @@ each) and ``--nproc_per_node 4`` (2 rows each): the same global batch every time
 module itself (no ``test_`` prefix).
 
     python -m torch.distributed.run --nproc_per_node N sharded_worker.py OUT BATCH MODEL CLASSIFIER [CASE...]
-        [--die-after STEP] [--resume-from CHECKPOINT]
+        [--die-after STEP] [--resume-from CHECKPOINT] [--also OUT=CHECKPOINT ...]
 
 ``--die-after``: every process SIGKILLs itself once that optimizer step is done (the newest
 checkpoint is step SAVE_STEPS); ``--resume-from``: the runs resume from that checkpoint (a
-path, or ``latest``). Both serve tests/train/test_sharded_resume.py.
+path, or ``latest``); ``--also OUT=CHECKPOINT``: afterwards, the same runs into OUT resumed from
+CHECKPOINT. They serve the checkpoint tests of tests/train/test_sharded.py.
 
 For each case the run goes to OUT/<case>; each process writes OUT/report-<rank>.json: per case,
 every trained (and reference) parameter's type, mesh size, placement and the number of elements
@@ -181,8 +182,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--fsdp", action="store_true", help="shard even as one process (a world of size 1)")
     parser.add_argument("--die-after", type=int)
     parser.add_argument("--resume-from")
+    parser.add_argument("--also", action="append", default=[], metavar="OUT=CHECKPOINT", help="then train the cases again into OUT, resumed from CHECKPOINT")
     args = parser.parse_args(argv)
-    run_cases(args.out, args.batch, args.model, args.classifier, args.cases or CASES, args.fsdp or None, args.die_after, args.resume_from)
+    cases, fsdp = args.cases or CASES, args.fsdp or None
+    run_cases(args.out, args.batch, args.model, args.classifier, cases, fsdp, args.die_after, args.resume_from)
+    for spec in args.also:  # one process start serves several resumed runs
+        out, _, checkpoint = spec.partition("=")
+        run_cases(out, args.batch, args.model, args.classifier, cases, fsdp, resume=checkpoint)
 
 
 if __name__ == "__main__":
