@@ -219,15 +219,16 @@ class Trainer:
         sharding.release_state(sharded)
         plugin = sharding.build_plugin(cfg, precision) if sharded else None
         launched = int(os.environ.get("WORLD_SIZE", "1"))
-        accelerator = Accelerator(
-            # accelerate runs several CPU processes as one job (gloo) only when told cpu=True; without
-            # it each process of `torchrun` / `accelerate launch` on a CPU machine trains alone.
-            cpu=(launched > 1 or sharded) and not _has_accelerator_device(),
-            fsdp_plugin=plugin,
-            mixed_precision=precision,
-            log_with=list(cfg.report_to) or None,
-            project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
-        )
+        with sharding.launcher_environment_kept():
+            accelerator = Accelerator(
+                # accelerate runs several CPU processes as one job (gloo) only when told cpu=True; without
+                # it each process of `torchrun` / `accelerate launch` on a CPU machine trains alone.
+                cpu=(launched > 1 or sharded) and not _has_accelerator_device(),
+                fsdp_plugin=plugin,
+                mixed_precision=precision,
+                log_with=list(cfg.report_to) or None,
+                project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+            )
         if launched != accelerator.num_processes:
             raise RuntimeError(
                 f"launched as {launched} processes (WORLD_SIZE) but accelerate sees {accelerator.num_processes}: each "

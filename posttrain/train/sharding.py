@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -115,6 +116,22 @@ def join_single_process_job() -> None:
 
 
 # ----------------------------------------------------------------------------- accelerate's state
+
+
+@contextmanager
+def launcher_environment_kept():
+    """Put ``ACCELERATE_USE_FSDP`` back as it was after the block: accelerate sets it when given a
+    plugin, and a later trainer in the same process would take that for the launcher asking for
+    FSDP (:func:`accelerate_fsdp_requested`)."""
+    before = os.environ.get("ACCELERATE_USE_FSDP")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("ACCELERATE_USE_FSDP", None)
+        else:
+            os.environ["ACCELERATE_USE_FSDP"] = before
+
 
 
 def release_state(sharded: bool) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +45,8 @@ from posttrain import (
 )
 from posttrain.tasks import ArithmeticTask
 from posttrain.testing import ScriptedEngine
+
+from resume_worker import die_after
 
 CASES = ("sft", "sft-lora", "rm", "dpo-model", "dpo-precomputed", "kto", "grpo", "ppo")
 STEPS = 4
@@ -138,17 +139,6 @@ def sampled_ids(trainer, final: Path) -> dict:
         torch.manual_seed(1234)
         out[name] = [c.token_ids for c in engine.generate(prompts, options)]
     return out
-
-
-def die_after(step: int):
-    """A callback that kills its process (SIGKILL: no clean-up of any kind) once ``step`` is done."""
-
-    def callback(trainer, state):
-        if state.step == step:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return callback
 
 
 def run_cases(out: str, batch: int, model: str, classifier: str, cases=CASES, fsdp=None, die=None, resume=None) -> None:

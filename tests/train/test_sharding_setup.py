@@ -92,3 +92,35 @@ def test_retie_makes_gathered_tied_weights_one_tensor(model_path):
     tied = sharding.retie(gathered, model)
     assert tied["lm_head.weight"] is tied["model.embed_tokens.weight"]
     assert tied["model.norm.weight"] is gathered["model.norm.weight"]
+
+
+MIXED_RUNS = """
+import sys
+from torch.distributed.tensor import DTensor
+from posttrain import SFTConfig, SFTTrainer
+from posttrain.tasks import ArithmeticTask
+
+rows = ArithmeticTask(seed=1).prompt_completion("train", 8)
+for index, fsdp in enumerate((True, False, True)):
+    config = SFTConfig(output_dir=f"{sys.argv[2]}/{index}", per_device_train_batch_size=4, max_steps=1, progress_bar=False,
+                       logging_steps=0, save_final_model=False, fsdp=fsdp)
+    trainer = SFTTrainer(sys.argv[1], config, train_dataset=rows)
+    trainer.train()
+    print("RESULT", "SHARDED" if isinstance(next(trainer.module.parameters()), DTensor) else "WHOLE", trainer.accelerator.distributed_type.value)
+"""
+
+
+def test_one_process_trains_sharded_then_unsharded_then_sharded(model_path, tmp_path):
+    """Plain Python, no launcher: fsdp makes the process a world of one and shards; an unsharded
+    trainer after it in the same process trains unsharded (accelerate's process-wide state and the
+    variable it sets when given a plugin must not carry FSDP over), and the next sharded one shards."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run([sys.executable, "-c", MIXED_RUNS, model_path("llama"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results == [["SHARDED", "FSDP"], ["WHOLE", "MULTI_CPU"], ["SHARDED", "FSDP"]]
