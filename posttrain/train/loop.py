@@ -212,12 +212,9 @@ class Trainer:
         precision = cfg.mixed_precision
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        sharded = sharding.sharding_requested(cfg)
-        if sharded:
-            sharding.join_single_process_job()  # one process without a launcher: a world of size 1
         _release_accelerator_state(precision)
-        sharding.release_state(sharded)
-        plugin = sharding.build_plugin(cfg, precision) if sharded else None
+        plugin = sharding.plugin_for_run(cfg, precision)  # None: unsharded
+        sharded = plugin is not None
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         with sharding.launcher_environment_kept():
             accelerator = Accelerator(

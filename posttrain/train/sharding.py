@@ -69,6 +69,18 @@ def sharding_requested(config) -> bool:
     return bool(getattr(config, "fsdp", False)) or accelerate_fsdp_requested()
 
 
+def plugin_for_run(config, mixed_precision: str):
+    """Before a trainer's Accelerator is made: None when the run is not sharded; else the FSDP2
+    plugin (:func:`build_plugin`), with the process made part of a distributed job (a world of
+    one without a launcher) and accelerate's state freed of an earlier trainer's kind of run."""
+    sharded = sharding_requested(config)
+    release_state(sharded)
+    if not sharded:
+        return None
+    join_single_process_job()
+    return build_plugin(config, mixed_precision)
+
+
 def build_plugin(config, mixed_precision: str):
     """accelerate's FSDP2 plugin for ``config``: transformer blocks as units (their class names
     are filled in per model by :func:`set_units`), sharded checkpoints (DCP), and the mixed
