@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import SFTConfig, SFTTrainer
 from posttrain.errors import ConfigError
+from posttrain.models.loading import apply_lora
 from posttrain.rollout import HFGenerationEngine, SamplingOptions
 from posttrain.tasks import ArithmeticTask
 from posttrain.train import sharding
@@ -68,9 +69,16 @@ def test_resume_with_another_global_batch_is_refused(model_path, tmp_path):
         SFTTrainer(model_path("llama"), resumed, train_dataset=rows).train()
 
 
-def test_whole_weights_copy_generates_as_the_model_and_holds_nothing_after(model_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_whole_weights_copy_generates_as_the_model_and_holds_nothing_after(model_path, lora):
     model = AutoModelForCausalLM.from_pretrained(model_path("llama"))
     tokenizer = AutoTokenizer.from_pretrained(model_path("llama"))
+    if lora:  # a peft model generates through its adapters: give them weights that change the samples
+        model = apply_lora(model, SFTConfig(use_lora=True, lora_r=4))
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(generator=torch.Generator().manual_seed(0))
     whole = WholeWeights(model)
     assert all(p.is_meta for p in whole.copy.parameters())  # the structure only
     prompts, options = [[5, 6, 7], [8, 9]], SamplingOptions(max_completion_length=6, temperature=1.5)
@@ -80,8 +88,9 @@ def test_whole_weights_copy_generates_as_the_model_and_holds_nothing_after(model
     actual = HFGenerationEngine(model, tokenizer, weights=whole.gathered).generate(prompts, options)
     assert [c.token_ids for c in actual] == [c.token_ids for c in expected]
     with whole.gathered() as copy:
-        assert copy.lm_head.weight is copy.model.embed_tokens.weight  # still tied
-        assert torch.equal(copy.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
+        assert copy.get_output_embeddings().weight is copy.get_input_embeddings().weight  # still tied
+        live = dict(model.named_parameters())
+        assert all(torch.equal(parameter, live[name]) for name, parameter in copy.named_parameters())
     assert all(p.is_meta for p in whole.copy.parameters())  # gathered weights freed
     assert not any(p.is_meta for p in model.parameters())
 
