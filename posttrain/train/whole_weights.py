@@ -66,11 +66,21 @@ class WholeWeights:
                     for module, attribute in self._slots[id(placeholder)]:
                         module._parameters[attribute] = replacement
                     filled.append((placeholder, replacement))
+            if filled:
+                self._move_buffers(filled[0][1].device)
             yield self.copy
         finally:
             for placeholder, _ in filled:
                 for module, attribute in self._slots[id(placeholder)]:
                     module._parameters[attribute] = placeholder
+
+    def _move_buffers(self, device: torch.device) -> None:
+        """Put the copy's buffers (rotary tables) where the gathered weights are: the copy was made
+        before accelerate moved the model to its device."""
+        for module in self.copy.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.device != device:
+                    module._buffers[name] = buffer.to(device)
 
 
 def _whole(parameter: torch.Tensor) -> torch.Tensor:
