@@ -91,6 +91,10 @@ class TrainConfig(metaclass=_ConfigType):
     disable_dropout: bool = option(False, "Switch off dropout in the model (and reference). On by default in every trainer that compares two forward passes (DPO, KTO, reward models, GRPO, PPO), whose differences would otherwise carry dropout noise.")
     logits_chunk_size: int | None = option(None, "Tokens per chunk of the LM head when computing log-probs; None picks one so a chunk's logits stay under ~256 MB, 0 never chunks.", range="[0, inf)")
 
+    # --- sharding (FSDP2)
+    fsdp: bool = option(False, "Shard parameters, gradients and AdamW state over all processes with PyTorch FSDP2 (each transformer block a unit; checkpoints sharded with torch.distributed.checkpoint; final/ an ordinary Hugging Face checkpoint). Launch with torchrun or accelerate launch; plain Python runs it as one process. Needs model_dtype float32 (mixed_precision bf16 computes in bf16).")
+    fsdp_reshard_after_forward: bool = option(True, "With fsdp: free each block's gathered weights after its forward and gather them again for the backward (least memory); false keeps them from forward to backward (one all-gather less per block and micro-batch).")
+
     # --- LoRA (peft)
     use_lora: bool = option(False, "Train LoRA adapters (peft) instead of all weights.")
     lora_r: int = option(16, "LoRA rank.", range="[1, inf)")

@@ -271,6 +271,24 @@ def _reward_packages(config) -> None:
         check_reward_packages(specs)
 
 
+def fsdp_conflict(config) -> str | None:
+    """What in ``config`` cannot be combined with sharding (FSDP2), or None."""
+    if getattr(config, "model_dtype", "float32") != "float32":
+        return (
+            f"fsdp keeps float32 shards as the master weights and computes in the mixed_precision dtype; model_dtype "
+            f"{config.model_dtype!r} cannot be sharded that way. Fix: model_dtype=float32 with mixed_precision=bf16"
+        )
+    if getattr(config, "torch_compile", False):
+        return "fsdp and torch_compile have not been run together here. Fix: torch_compile=false with fsdp"
+    return None
+
+
+def _fsdp_combinations(config) -> None:
+    problem = fsdp_conflict(config) if getattr(config, "fsdp", False) else None
+    if problem:
+        raise ConfigError(f"option 'fsdp': {problem}")
+
+
 # Rules that involve more than one option (or the machine), for every config. A config class
 # adds its own as ``config_rules: ClassVar[tuple] = (rule, ...)``.
-RULES: list[Callable] = [_one_layout, _fp16_needs_a_gpu, _schedule_builds, _reward_packages]
+RULES: list[Callable] = [_one_layout, _fp16_needs_a_gpu, _schedule_builds, _reward_packages, _fsdp_combinations]

@@ -209,7 +209,10 @@ class OnlineTrainer(ReferenceTrainer):
         from posttrain.rollout import HFGenerationEngine
 
         if self._engine is None:
-            self._engine = HFGenerationEngine(self.model, self.tokenizer, batch_size=self.config.generation_batch_size, accelerator=self.accelerator)
+            self._engine = HFGenerationEngine(
+                self.model, self.tokenizer, batch_size=self.config.generation_batch_size, accelerator=self.accelerator,
+                weights=self.generation_weights,
+            )
         return self._engine
 
     def sampling_options(self, greedy: bool = False):

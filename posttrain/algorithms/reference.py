@@ -32,6 +32,7 @@ from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import apply_lora, enable_activation_checkpointing, is_peft_model, load_causal_lm
 from posttrain.ops import masked_sum
 from posttrain.train.loop import Trainer
+from posttrain.train.sharding import shard_frozen
 
 REFERENCE_MODES = ("auto", "model", "adapters_disabled", "precomputed")
 
@@ -159,19 +160,26 @@ class ReferenceTrainer(Trainer):
             # only the policy registered and loaded the reference's weights into it.
             self.ref_model.to(self.accelerator.device)
             self._ref_logps_module = TokenLogProbs.for_config(self.ref_model, self.config)
+            if self.accelerator.is_fsdp2:  # sharded like the policy, block by block
+                self._ref_logps_module = shard_frozen(self.accelerator, self._ref_logps_module)
         return self._ref_logps_module
 
     @torch.no_grad()
     def compute_reference(
-        self, input_ids, position_ids, weights, policy_module=None, sequence_ids=None, num_sequences=None, positions=None
+        self, input_ids, position_ids, weights, policy_module=None, sequence_ids=None, num_sequences=None, positions=None,
+        reference_module=None,
     ) -> torch.Tensor:
         """Reference log-probs ``(N,)`` of a collated batch of sequences (``sequence_ids`` and
         ``num_sequences`` for packed rows, see :func:`sequence_logps`), with the live reference
         (copy, or the policy with adapters disabled). ``positions``: the trained tokens' flat
-        indices (the collator's ``trained_positions``), so the head skips the others."""
+        indices (the collator's ``trained_positions``), so the head skips the others.
+        ``reference_module``: the copy's module to run instead of the training one (precomputing
+        runs the whole copy on each process's own share, where a sharded one would need every
+        process in each forward)."""
         with self.accelerator.autocast():  # the mixed precision of the policy's forward
             if self._reference_source == "model":
-                stats = self._reference_module()(input_ids, position_ids, positions=positions)
+                module = reference_module if reference_module is not None else self._reference_module()
+                stats = module(input_ids, position_ids, positions=positions)
             else:
                 module = policy_module if policy_module is not None else TokenLogProbs.for_config(self.model, self.config)
                 with self.model.disable_adapter():
@@ -225,6 +233,8 @@ class ReferenceTrainer(Trainer):
         the sequences and all processes receive every value."""
         device = self.accelerator.device
         (self.ref_model if self._reference_source == "model" else self.model).to(device)
+        sharded_copy = self._reference_source == "model" and self.accelerator.is_fsdp2
+        whole = TokenLogProbs.for_config(self.ref_model, self.config) if sharded_copy else None
         flat = [example for group in groups for example in group]
         with self.accelerator.split_between_processes(list(range(len(flat)))) as mine:
             shard = [flat[i] for i in mine]
@@ -233,7 +243,7 @@ class ReferenceTrainer(Trainer):
         for start in range(0, len(shard), size):
             batch = collate_padded(shard[start : start + size], self.tokenizer.pad_token_id)
             inputs = (batch["input_ids"].to(device), batch["position_ids"].to(device), batch["loss_weights"].to(device))
-            out.extend(self.compute_reference(*inputs).cpu().tolist())
+            out.extend(self.compute_reference(*inputs, reference_module=whole).cpu().tolist())
         # gather_object concatenates the processes' lists in rank order: the original order
         return torch.tensor(gather_object(out), dtype=torch.float32).reshape(len(groups), -1)
 

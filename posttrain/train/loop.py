@@ -39,6 +39,7 @@ from posttrain.models.loading import (
     load_tokenizer,
     tokenizer_source,
 )
+from posttrain.train import sharding
 from posttrain.train.callbacks import CallbackHandler
 from posttrain.train.checkpoint import (
     latest_checkpoint,
@@ -61,6 +62,7 @@ from posttrain.train.sampler import EpochBatchSampler
 from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.state import TrainState
 from posttrain.train.trainer_api import TrainerAPI, accepts_trl_train_arguments, check_hub_ready, run_config
+from posttrain.train.whole_weights import WholeWeights
 
 
 class NonFiniteLossError(TrainingError):
@@ -100,6 +102,7 @@ class Trainer(TrainerAPI):
         self.callback_handler = CallbackHandler(callbacks)  # a callback of the wrong kind is refused before anything loads
         self.config = self._resolve_config(config, overrides)
         cfg = self.config
+        self._whole_weights = None  # sharded runs: the model's structure, filled for generation
         self.accelerator = self._build_accelerator(cfg)
         from accelerate.utils import set_seed
 
@@ -191,11 +194,21 @@ class Trainer(TrainerAPI):
         if not self._sample_prompts:
             return
         cfg = self.config
-        rows = generate_samples(self.model, self.tokenizer, self.accelerator, self._sample_prompts, getattr(cfg, "chat_template_kwargs", None))
+        rows = generate_samples(
+            self.model, self.tokenizer, self.accelerator, self._sample_prompts, getattr(cfg, "chat_template_kwargs", None), weights=self.generation_weights
+        )
         self.completion_log.log(step, rows if self.accelerator.is_main_process else [])
 
     def count_tokens(self, batch) -> int:
         return int(batch.get("num_tokens", 0)) if isinstance(batch, dict) else 0
+
+    def generation_weights(self):
+        """A context manager giving the model to generate with: None (generate with the live model)
+        or, once a sharded run has started, a whole-weights copy gathered from the shards
+        (:mod:`posttrain.train.whole_weights`). Every process must enter it together."""
+        if self._whole_weights is None:
+            return contextlib.nullcontext(None)
+        return self._whole_weights.gathered()
 
     # ------------------------------------------------------------------ set-up
 
@@ -214,21 +227,27 @@ class Trainer(TrainerAPI):
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         _release_accelerator_state(precision)
+        plugin = sharding.plugin_for_run(cfg, precision)  # None: unsharded
+        sharded = plugin is not None
         launched = int(os.environ.get("WORLD_SIZE", "1"))
-        accelerator = Accelerator(
-            # accelerate runs several CPU processes as one job (gloo) only when told cpu=True; without
-            # it each process of `torchrun` / `accelerate launch` on a CPU machine trains alone.
-            cpu=launched > 1 and not _has_accelerator_device(),
-            mixed_precision=precision,
-            log_with=list(cfg.report_to) or None,
-            project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
-        )
+        with sharding.launcher_environment_kept():
+            accelerator = Accelerator(
+                # accelerate runs several CPU processes as one job (gloo) only when told cpu=True; without
+                # it each process of `torchrun` / `accelerate launch` on a CPU machine trains alone.
+                cpu=(launched > 1 or sharded) and not _has_accelerator_device(),
+                fsdp_plugin=plugin,
+                mixed_precision=precision,
+                log_with=list(cfg.report_to) or None,
+                project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+            )
         if launched != accelerator.num_processes:
             raise RuntimeError(
                 f"launched as {launched} processes (WORLD_SIZE) but accelerate sees {accelerator.num_processes}: each "
                 "process would train alone on the whole data and overwrite the others' outputs. Launch with "
                 "`accelerate launch` after `accelerate config`, or check the distributed environment variables."
             )
+        if sharded:
+            sharding.activate(accelerator, plugin)
         return accelerator
 
     def _dataset_rows(self, train_dataset, eval_dataset):
@@ -316,13 +335,23 @@ class Trainer(TrainerAPI):
         cfg, acc = self.config, self.accelerator
         module = self.wrap_model(self.model)
         optimizer = build_optimizer(module, cfg)
+        if acc.is_fsdp2:  # before sharding: the structure only, no weights are copied
+            policy = acc.state.fsdp_plugin.mixed_precision_policy
+            self._whole_weights = WholeWeights(self.model, dtype=getattr(policy, "param_dtype", None))
+            units = sharding.set_units(acc, module)
         if loader is None:
             module, optimizer = acc.prepare(module, optimizer)
         else:
             module, optimizer, loader = acc.prepare(module, optimizer, loader)
+        if acc.is_fsdp2:
+            sharding.check_sharded(module, acc.num_processes)
+            self.reporter.print(sharding.sharding_summary(module, acc.num_processes, units))
         self.module, self.optimizer, self.lr_scheduler = module, optimizer, None
         self._batches_per_epoch = max(len(loader), 1) if loader is not None else 1
-        state = TrainState(total_steps=self.total_steps(len(loader) if loader is not None else 0))
+        state = TrainState(
+            total_steps=self.total_steps(len(loader) if loader is not None else 0),
+            global_batch=self.train_loader_batch_size() * acc.num_processes,
+        )
         # Not prepared by accelerate, which would step it once per process per step.
         scheduler = self.build_lr_scheduler(optimizer, state.total_steps)
         self.lr_scheduler = scheduler
@@ -365,13 +394,15 @@ class Trainer(TrainerAPI):
         window_loss = torch.zeros((), device=acc.device)
         self.before_accumulation(module, window)
         for index, batch in enumerate(window):
-            last = index == len(window) - 1
-            with contextlib.nullcontext() if last else acc.no_sync(module):
+            # Under FSDP gradients are reduce-scattered after every micro-batch, so they stay
+            # sharded (accelerate's no_sync would accumulate them whole on every process).
+            sync = index == len(window) - 1 or acc.is_fsdp2
+            with contextlib.nullcontext() if sync else acc.no_sync(module):
                 loss_sum, batch_metrics = self.compute_loss(module, batch)
                 acc.backward(loss_sum * scale)
             window_loss += loss_sum.detach().float()
             metrics.update(batch_metrics)
-            if not last:
+            if index < len(window) - 1:
                 self.callback_handler.fire("on_substep_end", self)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(module.parameters(), max_norm)
@@ -465,13 +496,21 @@ class Trainer(TrainerAPI):
         this run will redo."""
         path = self._prepare_output_dir()
         if path is not None:
-            self.accelerator.load_state(str(path))
             resumed = TrainState.load(path)
             if resumed.total_steps != state.total_steps:
                 raise ConfigError(
                     f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
                     f"{state.total_steps}. Fix: resume with the same data, batch size and schedule options"
                 )
+            if resumed.global_batch and resumed.global_batch != state.global_batch:
+                processes = self.accelerator.num_processes
+                raise ConfigError(
+                    f"checkpoint {path} was written by a run that loaded {resumed.global_batch} items per micro-batch over all "
+                    f"processes; this run loads {state.global_batch} ({processes} process(es) x {self.train_loader_batch_size()}). "
+                    "Fix: on another number of processes, scale per_device_train_batch_size so the product stays the same"
+                )
+            sharding.check_checkpoint_kind(path, self.accelerator.is_fsdp2)
+            self.accelerator.load_state(str(path))
             self.reporter.print(f"resumed from {path} at step {resumed.step}")
             state = resumed
         self.reporter.rewind(state.step, self.completion_log.path)
@@ -550,6 +589,7 @@ class Trainer(TrainerAPI):
             if acc.is_main_process:
                 final = Path(self.config.output_dir) / "final"
                 path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, final, state_dict=state_dict)
+            acc.wait_for_everyone()  # train() returns on every process once final/ exists
         if acc.is_main_process:
             self.state.save(Path(self.config.output_dir))  # trainer_state.json: the run finished (and its log_history)
         if self.config.report_to:
@@ -571,6 +611,8 @@ class Trainer(TrainerAPI):
             return None
         full = self.accelerator.get_state_dict(module)
         wrapper = self.accelerator.unwrap_model(module)
+        if self.accelerator.is_fsdp2:  # gathered shards: tied weights come back as separate tensors
+            full = sharding.retie(full, wrapper)
         if wrapper is self.model:
             return full
         # wrap_model put the Hugging Face model under an attribute: drop that key prefix

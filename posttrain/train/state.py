@@ -13,7 +13,9 @@ STATE_FILE = "trainer_state.json"
 @dataclass
 class TrainState:
     """Progress counters and the logged metrics. ``batches_in_epoch`` counts this process's
-    micro-batches already consumed in ``epoch``, so resuming skips exactly those.
+    micro-batches already consumed in ``epoch``, so resuming skips exactly those. ``global_batch``
+    (items a micro-batch loads over all processes) makes that count mean the same rows on another
+    number of processes; 0 in checkpoints written before it was recorded.
 
     It also answers to the names of transformers' ``TrainerState`` that TRL code and
     ``TrainerCallback`` objects read: ``global_step``, ``max_steps``, ``log_history`` (one dict
@@ -27,6 +29,7 @@ class TrainState:
     batches_in_epoch: int = 0
     tokens_seen: int = 0
     total_steps: int = 0
+    global_batch: int = 0
     log_history: list = field(default_factory=list)
 
     # transformers' TrainerState attributes that have no counterpart here (class attributes,
