@@ -58,12 +58,13 @@ def test_checkpoint_of_the_other_kind_is_refused(tmp_path):
     sharding.check_checkpoint_kind(whole, sharded=False)
 
 
-def test_resume_with_another_global_batch_is_refused(model_path, tmp_path):
+def test_resume_with_another_global_batch_is_refused(model_path, tmp_path, kill_at):
     """A checkpoint's position in the epoch counts micro-batches; with another number of rows per
     micro-batch over all processes it would point at other rows."""
     rows = ArithmeticTask(seed=2).prompt_completion("train", 8)
     options = dict(output_dir=str(tmp_path), max_steps=2, save_steps=1, progress_bar=False, logging_steps=0, save_final_model=False)
-    SFTTrainer(model_path("llama"), SFTConfig(**options, per_device_train_batch_size=2), train_dataset=rows).train()
+    with pytest.raises(RuntimeError, match="killed at step 1"):  # an unfinished run: resuming it is allowed
+        SFTTrainer(model_path("llama"), SFTConfig(**options, per_device_train_batch_size=2), train_dataset=rows, callbacks=[kill_at(1)]).train()
     resumed = SFTConfig(**options, per_device_train_batch_size=4, resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-1"))
     with pytest.raises(ConfigError, match="loaded 2 items per micro-batch over all processes; this run loads 4"):
         SFTTrainer(model_path("llama"), resumed, train_dataset=rows).train()
