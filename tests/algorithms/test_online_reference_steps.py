@@ -5,7 +5,7 @@ old-log-prob pass, masked truncated completions, RLOO, Dr. GRPO, GSPO, PPO's ada
 penalty, whitening, two critic layouts, mini-batches over epochs, and generate()/step()).
 
 RECORDED was written by ``tests/algorithms/online_reference_steps.py`` as it stood in commit
-5b1f4a4 (branch ``online``), run on the code of commit ee8407a (main, before the redesign) with
+273da4d (branch ``online``), run on the code of commit ee8407a (main, before the redesign) with
 ``OMP_NUM_THREADS=1 python tests/algorithms/online_reference_steps.py out.json`` on an AVX-512 CPU;
 1 and 2 threads gave identical numbers. Per step: the logged loss and grad_norm, the norm of all
 gradients, and per watched parameter ``[norm, sum, first value]`` of its gradient.
