@@ -37,7 +37,6 @@ REFERENCE_FREE_LOSSES = ("simpo", "nll")
 class PreferenceDataConfig(ReferenceConfig):
     """Tokenization options of completion-scored data (DPO, KTO)."""
 
-    data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares: preference pairs
 
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.", range="[2, inf)")
     max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP, range="[2, inf)")

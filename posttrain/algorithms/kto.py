@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -39,7 +38,6 @@ PARTNER_SEARCH = 16
 class KTOConfig(PreferenceDataConfig):
     """KTO options (plus everything in TrainConfig and the reference options)."""
 
-    data_kind: ClassVar[str] = "unpaired"
 
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
     beta: float = option(0.1, "Scale of the log-ratio, as in DPO.", range="(0, inf)")

@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -43,7 +42,6 @@ from posttrain.train.state import TrainState
 class OnlineConfig(ReferenceConfig):
     """Options of every online trainer: prompts, sampling, rewards, experience reuse."""
 
-    data_kind: ClassVar[str] = "prompts"  # what `posttrain inspect` prepares
     num_generations: int = option(8, "Completions sampled per prompt (a GRPO group).")
     max_prompt_length: int | None = option(512, "Prompts longer than this many tokens lose tokens from their start (counted); None keeps them whole.")
     max_completion_length: int = option(256, "Most tokens generated per completion.")
@@ -214,7 +212,7 @@ class OnlineTrainer(ReferenceTrainer):
 
     def sampling_options(self, greedy: bool = False):
         from posttrain.rollout import SamplingOptions
-        from posttrain.rollout.prompts import end_of_turn_ids
+        from posttrain.data.prompts import end_of_turn_ids
 
         cfg = self.config
         return SamplingOptions(

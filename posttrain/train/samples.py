@@ -47,8 +47,8 @@ def sample_prompts(rows, count: int) -> list[dict]:
 def generate_samples(model, tokenizer, accelerator, prompts: list[dict], chat_template_kwargs: Mapping | None = None) -> list[dict]:
     """Greedy completions of ``prompts`` as completion-log rows. Every process generates (a
     sharded model needs them all in each forward); the caller logs the main process's rows."""
-    from posttrain.rollout import HFGenerationEngine, SamplingOptions, encode_prompts
-    from posttrain.rollout.prompts import end_of_turn_ids
+    from posttrain.data.prompts import encode_prompts, end_of_turn_ids
+    from posttrain.rollout import HFGenerationEngine, SamplingOptions
 
     conversational = any(not isinstance(p["prompt"], str) for p in prompts)
     options = SamplingOptions(
