@@ -211,8 +211,8 @@ class OnlineTrainer(ReferenceTrainer):
         return self._engine
 
     def sampling_options(self, greedy: bool = False):
-        from posttrain.rollout import SamplingOptions
         from posttrain.data.prompts import end_of_turn_ids
+        from posttrain.rollout import SamplingOptions
 
         cfg = self.config
         return SamplingOptions(

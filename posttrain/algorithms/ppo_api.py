@@ -214,9 +214,9 @@ class StepAPI:
         return ids
 
     def _response(self, prompt_ids: list[int], response, index: int):
+        from posttrain.data.prompts import end_of_turn_ids
         from posttrain.rollout import Completion
         from posttrain.rollout.generation import stop_token_ids
-        from posttrain.data.prompts import end_of_turn_ids
 
         if isinstance(response, str):
             generated = self._generated.get((tuple(prompt_ids), response))

@@ -33,12 +33,11 @@ from torch.utils.data import DataLoader
 from posttrain.config import TrainConfig, config_from_dict, config_to_dict
 from posttrain.errors import ConfigError, TrainingError
 from posttrain.models.loading import (
-    apply_lora,
     count_parameters,
     disable_dropout,
-    enable_activation_checkpointing,
     load_causal_lm,
     load_tokenizer,
+    prepare_for_training,
     tokenizer_source,
 )
 from posttrain.train.checkpoint import (
@@ -101,10 +100,8 @@ class Trainer:
             raise ConfigError("no model given: pass model=... (a path, hub name or model object) or set the option 'model'")
         self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, tokenizer_source(model))
         self.model = self.load_model(model)
-        if cfg.disable_dropout:
-            for module in (self.model, getattr(self, "ref_model", None)):
-                if module is not None:
-                    disable_dropout(module)
+        if cfg.disable_dropout:  # a reference copy or a critic the trainer holds does the same itself
+            disable_dropout(self.model)
         self.completion_log = CompletionLog(
             self.accelerator, self.reporter.console, cfg.output_dir, every=cfg.log_completions_steps,
             rows_to_print=cfg.num_completions_to_print, unique_prompts=cfg.log_unique_prompts,
@@ -123,12 +120,7 @@ class Trainer:
     def load_model(self, model):
         """The model to train: loaded when given as a path, LoRA applied when asked."""
         cfg = self.config
-        model = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
-        if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(model, cfg.gradient_checkpointing_fraction)
-        if cfg.use_lora:
-            model = apply_lora(model, cfg)
-        return model
+        return prepare_for_training(load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation), cfg)
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
         raise TypeError(f"{type(self).__name__} must define build_batch_source")
