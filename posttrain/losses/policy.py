@@ -193,6 +193,22 @@ def clipped_policy_loss(
     return torch.where(inside, loss, 0.0), stats
 
 
+# Policy losses by name: ``fn(per_token_logps, old_per_token_logps, advantages, mask, **options)
+# -> (per_token_loss (B, T), PolicyLossStats)``; an online trainer picks one (docs/design.md).
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, PolicyLossStats]]] = {
+    "clipped": clipped_policy_loss,
+}
+
+
+def policy_loss(name: str, per_token_logps, old_per_token_logps, advantages, mask, **options) -> tuple[torch.Tensor, PolicyLossStats]:
+    """The policy loss ``name`` of :data:`POLICY_LOSSES` with its ``options``."""
+    try:
+        loss = POLICY_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy loss {name!r}; valid: {', '.join(POLICY_LOSSES)}") from None
+    return loss(per_token_logps, old_per_token_logps, advantages, mask, **options)
+
+
 def clipped_value_loss(
     values: torch.Tensor,
     old_values: torch.Tensor,

@@ -150,6 +150,8 @@ class HFGenerationEngine:
     ``last_stats`` holds the :class:`GenerationStats` of the latest :meth:`generate` call.
     """
 
+    holds_weights = False  # it generates with the live module
+
     def __init__(self, model: nn.Module, tokenizer, batch_size: int = 64, unwrap: Callable | None = None, accelerator=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -11,7 +11,12 @@ A subclass provides:
 
 The loop divides each micro-batch's *summed* loss by the number of units in the whole
 accumulated batch across all processes, so batch 8 x accumulation 1 and batch 2 x accumulation
-4 take the same optimizer step (DESIGN.md "Loss normalisation").
+4 take the same optimizer step (docs/design.md, "Loss normalisation").
+
+Its public steps, which :meth:`Trainer.train` runs and a caller that makes its own batches
+(PPO's ``step``) runs too: :meth:`Trainer.start_training` (a :class:`TrainingRun`),
+:meth:`Trainer.optimizer_step` per window of micro-batches, :meth:`Trainer.end_step` after each
+(docs/design.md, "The life of a batch").
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -76,10 +81,28 @@ class BatchSource:
     group_by_length: bool = False
 
 
+@dataclass
+class TrainingRun:
+    """A run between optimizer steps (:meth:`Trainer.start_training`): the prepared module,
+    optimizer, schedule and data loader (None when the caller makes the batches), the position
+    ``state``, the metrics since the last log line, and ``last_log``, the ``(time, tokens seen)``
+    the next throughput is measured from (None until the first step, so start-up is excluded)."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: TrainState
+    loader: object = None
+    metrics: MetricAccumulator = field(default_factory=MetricAccumulator)
+    last_log: tuple[float, int] | None = None
+
+
 class Trainer:
     """Base trainer: model/tokenizer loading, the optimisation loop, evaluation, checkpoints."""
 
     config_class: type = TrainConfig
+    # False: the trainer may be built without training rows (PPO driven by generate/step)
+    needs_train_data: bool = True
 
     @quiet_third_party()
     def __init__(
@@ -214,6 +237,8 @@ class Trainer:
         from posttrain.data.loading import load_rows, split_rows
 
         cfg = self.config
+        if train_dataset is None and cfg.train_data is None and not self.needs_train_data:
+            return None, None
         train = rename_columns(load_rows(train_dataset if train_dataset is not None else cfg.train_data, "train_data"), cfg.rename_columns)
         evaluation = eval_dataset if eval_dataset is not None else cfg.eval_data
         evaluation = rename_columns(load_rows(evaluation, "eval_data"), cfg.rename_columns) if evaluation is not None else None
@@ -253,21 +278,19 @@ class Trainer:
     def train(self) -> TrainState:
         """Train until ``max_steps`` / ``num_epochs``; returns the final :class:`TrainState`."""
         loader, sampler = self._dataloader(self.train_source, self.train_loader_batch_size(), shuffle=True)
-        module, optimizer, scheduler, loader = self._set_up_training(loader)
-        state = self.state
+        run = self.start_training(loader)
+        state = run.state
         self.warn_about_data_size()
         self.reporter.start(state.total_steps, state.step)
-        metrics = MetricAccumulator()
-        stream = self._micro_batches(loader, sampler, state)
-        last_log = None  # (time, tokens) the next rate is measured from: set after the first step, so start-up is excluded
+        stream = self._micro_batches(run.loader, sampler, state)
         interrupt = InterruptGuard.install()
         try:
-            module.train()
+            run.module.train()
             while state.step < state.total_steps:
-                window = self.next_window(module, stream, state)
-                self._optimizer_step(module, optimizer, scheduler, window, state, metrics)
+                window = self.next_window(run.module, stream, state)
+                self.optimizer_step(run, window)
                 self.reporter.advance(state.step)
-                last_log = self._after_step(module, state, metrics, scheduler, last_log)
+                self.end_step(run)
                 self._stop_if_interrupted(interrupt, state)
         finally:
             interrupt.restore()
@@ -275,11 +298,11 @@ class Trainer:
         self._finish()
         return state
 
-    def _set_up_training(self, loader=None):
+    def start_training(self, loader=None) -> TrainingRun:
         """Wrap and prepare the model (and ``loader``, when training from data), build the
         optimizer and schedule, register what checkpoints hold and resume. Sets ``self.module``
-        and ``self.state``; returns ``(module, optimizer, scheduler, loader)``. Online trainers
-        driven step by step (PPO's ``step``) call it without a loader."""
+        and ``self.state``. A trainer driven step by step (PPO's ``step``) starts without a
+        loader."""
         cfg, acc = self.config, self.accelerator
         module = self.wrap_model(self.model)
         optimizer = build_optimizer(module, cfg)
@@ -305,7 +328,7 @@ class Trainer:
             f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
             f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
         )
-        return module, optimizer, scheduler, loader
+        return TrainingRun(module, optimizer, scheduler, state, loader)
 
     def build_lr_scheduler(self, optimizer, total_steps: int):
         """The learning-rate schedule over ``total_steps`` optimizer steps."""
@@ -322,8 +345,13 @@ class Trainer:
             state.epoch += 1
             state.batches_in_epoch = 0
 
-    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
+    def optimizer_step(self, run: TrainingRun, window: list, metrics=None) -> None:
+        """Train on ``window`` (the micro-batches of one step), clip, check the loss and gradient
+        are finite, step optimizer and schedule. Metrics go to ``metrics`` (anything with
+        ``update(dict)``; default ``run.metrics``)."""
         cfg, acc = self.config, self.accelerator
+        module, optimizer, scheduler, state = run.module, run.optimizer, run.scheduler, run.state
+        metrics = run.metrics if metrics is None else metrics
         # Counted without reading the device where the batches say them (see train/host_sync.py).
         units, tokens = count_window(acc, [self.count_units(b) for b in window], [self.count_tokens(b) for b in window])
         scale = loss_scale(units, acc.num_processes)
@@ -358,16 +386,18 @@ class Trainer:
             "Try a lower learning_rate, max_grad_norm > 0, bf16 instead of fp16, or check the data of this step."
         )
 
-    def _after_step(self, module, state, metrics, scheduler, last_log):
-        cfg = self.config
+    def end_step(self, run: TrainingRun) -> None:
+        """After an optimizer step: the metric line when due, evaluation, the completion log,
+        a checkpoint, the callbacks."""
+        cfg, state, last_log = self.config, run.state, run.last_log
         final = state.step == state.total_steps
         logged = cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)
         if logged:
-            values = metrics.compute(self.accelerator)
+            values = run.metrics.compute(self.accelerator)
             now = time.perf_counter()
             values.update(
                 {
-                    "learning_rate": scheduler.get_last_lr()[0],
+                    "learning_rate": run.scheduler.get_last_lr()[0],
                     "epoch": state.epoch + state.batches_in_epoch / self._batches_per_epoch,
                     "tokens_seen": float(state.tokens_seen),
                 }
@@ -384,7 +414,8 @@ class Trainer:
         for callback in self.callbacks:
             callback(self, state)
         # evaluation and checkpoints above are not training time: the next interval starts here
-        return (time.perf_counter(), state.tokens_seen) if logged or last_log is None else last_log
+        if logged or last_log is None:
+            run.last_log = (time.perf_counter(), state.tokens_seen)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -493,7 +524,7 @@ class Trainer:
         acc.wait_for_everyone()
         path = None
         if self.config.save_final_model:
-            state_dict = self._full_state_dict()  # every process takes part in the gather
+            state_dict = self.full_state_dict()  # every process takes part in the gather
             if acc.is_main_process:
                 final = Path(self.config.output_dir) / "final"
                 path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, final, state_dict=state_dict)
@@ -501,7 +532,7 @@ class Trainer:
             acc.end_training()
         self.reporter.finish(self.state, model_dir=path)
 
-    def _full_state_dict(self) -> dict | None:
+    def full_state_dict(self) -> dict | None:
         """The trained model's complete weights, keyed as in ``self.model.state_dict()``.
 
         Through ``accelerator.get_state_dict``, which gathers FSDP / DeepSpeed ZeRO-3 shards (a

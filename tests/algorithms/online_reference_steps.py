@@ -72,11 +72,14 @@ def _recording(loop_module, steps: list) -> None:
 
 
 def _scripted(trainer_cls, model, config, rows, **kwargs):
+    # recorded with `trainer._engine = ScriptedEngine(trainer.tokenizer, SCRIPTED_TEXTS)`, the
+    # way the code before the redesign took an engine
+    from transformers import AutoTokenizer
+
     from posttrain.testing import ScriptedEngine
 
-    trainer = trainer_cls(model, config, train_dataset=rows, reward_funcs=[_length_reward], **kwargs)
-    trainer._engine = ScriptedEngine(trainer.tokenizer, SCRIPTED_TEXTS)
-    return trainer
+    engine = ScriptedEngine(AutoTokenizer.from_pretrained(model), SCRIPTED_TEXTS)
+    return trainer_cls(model, config, train_dataset=rows, reward_funcs=[_length_reward], rollout_engine=engine, **kwargs)
 
 
 def cases(root: Path) -> dict:
