@@ -68,11 +68,11 @@ def run(name: str, model_dir: str, steps: int, warmup: int) -> dict:
         if name == "grpo":
             config = GRPOConfig(**common, num_generations=8, per_device_train_batch_size=64, beta=0.04)
             trainer = GRPOTrainer(model_dir, config, train_dataset=prompt_rows(8 * total), reward_funcs=[length_reward])
-            passes = "time/logps"
+            passes = "time/experience"
         else:
             config = PPOConfig(**common, batch_size=64, per_device_train_batch_size=64, ppo_epochs=1, kl_coef=0.05)
             trainer = PPOTrainer(model_dir, config, train_dataset=prompt_rows(64 * total), reward_funcs=[length_reward])
-            passes = "time/passes"
+            passes = "time/experience"
         trainer.train()
         records = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()][warmup:]
     parts = {"generation": "time/generation", "rewards": "time/rewards", "passes": passes, "optimisation": "time/training"}

@@ -1,24 +1,15 @@
 """What the online algorithms train on, in two typed stages (docs/design.md, "Online RL"):
+:class:`Samples`, a generation batch as the rollout (or PPO's ``step`` caller) made it, and
+:class:`Experience`, the same as training data, with what the algorithm computed from it.
 
-- :class:`Samples`: one generation batch as the rollout made it: prompts, completions and one
-  reward per completion token, with the reward functions' details. Made by the trainer's one
-  rollout path (:meth:`~posttrain.algorithms.online.OnlineTrainer.sample`), or from the caller's
-  own completions and rewards (PPO's ``step``).
-- :class:`Experience`: those samples as training data: ``(N, L)`` tensors of the completion mask,
-  the rewards, and what the algorithm computed from them (advantages; old and reference log-probs,
-  values and returns as it needs).
+:func:`micro_batch` lays rows of an experience out for one forward pass: prompt + completion of
+each sequence packed into rows of ``capacity`` tokens (best-fit decreasing, position ids
+restarting per sequence) or one per right-padded row, and ``completion_index`` ``(S, L)``, the
+flat input position of each completion token, so that per-token values of the packed rows come
+back as a right-padded ``(S, L)`` view by one gather (:func:`completion_view`), the layout every
+loss in :mod:`posttrain.losses` takes.
 
-:func:`micro_batch` lays rows of an experience out for one forward pass without padding waste:
-
-- the **model input**: prompt + completion of every sequence, packed into rows of ``capacity``
-  tokens (best-fit decreasing, position ids restarting per sequence, as SFT packing does), or one
-  sequence per right-padded row when ``capacity`` is 0;
-- the **completion view**: ``completion_index`` ``(S, L)`` holds, for completion token ``j`` of
-  sequence ``s``, its flat position in the ``(R, T)`` input, so that per-token log-probs computed
-  on the packed rows come back as a right-padded ``(S, L)`` tensor by one gather
-  (:func:`completion_view`). Every pure loss in :mod:`posttrain.losses` works on that view.
-
-``N`` sequences per generation batch (a prompt's ``G`` samples contiguous), ``S`` in a
+``N`` sequences per generation batch (a prompt's ``G`` samples contiguous), ``S`` per
 micro-batch, ``L`` the longest completion, ``R`` x ``T`` packed rows.
 """
 
@@ -35,21 +26,18 @@ from posttrain.data.packing import best_fit_decreasing, make_packed_row
 
 @dataclass
 class Samples:
-    """One generation batch before it is training data.
+    """One generation batch as sampled and scored.
 
     Attributes:
-        items: ``N`` prompt items (``prompt`` as the row gave it, ``prompt_ids``, ``columns``);
-            the ``G`` samples of a prompt share one item.
-        completions: ``N`` :class:`~posttrain.rollout.Completion`: the token ids after the prompt
-            (with ``generated`` marking the model's own tokens when others were inserted), the
-            text and why it ended.
-        rewards: ``N`` lists, one reward per completion token: the sequence's score on its last
-            token, unless the caller gave per-token rewards.
-        details: the reward functions' :class:`~posttrain.rollout.RewardResult` (per function,
-            for metrics and the completion log); None when the caller scored.
+        items: ``N`` prompt items (``prompt`` as given, ``prompt_ids``, ``columns``), a group's
+            ``G`` samples sharing one.
+        completions: ``N`` :class:`~posttrain.rollout.Completion` (token ids after the prompt,
+            ``generated`` marking the model's own when others were inserted; text; why it ended).
+        rewards: ``N`` lists of one reward per completion token: the score on the last token,
+            unless the caller gave per-token rewards.
+        details: the reward functions' :class:`~posttrain.rollout.RewardResult`, or None.
         group_size: ``G``, samples per prompt.
-        stats: numbers the rollout reports, logged as metrics (``time/rewards``, GRPO's
-            ``dynamic_sampling/*``).
+        stats: numbers the rollout reports as metrics (``time/rewards``, ``dynamic_sampling/*``).
     """
 
     items: list[dict]
@@ -83,20 +71,19 @@ class Samples:
 
 @dataclass
 class Experience:
-    """A generation batch as training data; every tensor is ``(N, L)`` float32, right-padded
-    with zeros, ``L`` the longest completion.
+    """A generation batch as training data: ``samples``, and ``(N, L)`` float32 tensors,
+    right-padded with zeros, ``L`` the longest completion.
 
     Attributes:
-        samples: what the rollout made (:class:`Samples`).
-        completion_mask: 1 on the tokens that get loss, KL and advantage: those the model
-            sampled, in completions not masked (``mask_truncated_completions``); 0 on tokens
-            inserted between the model's turns (tool results) and on padding.
+        completion_mask: 1 on the tokens that get loss, KL and advantage: sampled by the model,
+            in completions not masked (``mask_truncated_completions``); 0 on tokens inserted
+            between its turns (tool results) and on padding.
         rewards: the per-token rewards of ``samples``.
-        advantages: per token (an algorithm with one advantage per sequence repeats it).
-        old_logps: the sampling policy's log-probs, when the policy moves before the experience
-            is used up (else None: the current ones, detached, give ratio 1).
-        ref_logps: the reference's log-probs (a KL term), or None.
-        old_values, returns: the critic's values at sampling time and its targets (PPO), or None.
+        advantages: per token (one per sequence is repeated over its tokens).
+        old_logps: the sampling policy's log-probs when the policy moves before the experience is
+            used up; None: the current ones, detached (ratio 1).
+        ref_logps, old_values, returns: the reference's log-probs (a KL term); the critic's
+            values at sampling time and their targets (PPO); None when unused.
     """
 
     samples: Samples
@@ -123,12 +110,6 @@ class Experience:
     def __len__(self) -> int:
         return len(self.samples.completions)
 
-    def prompt_ids(self, row: int) -> list[int]:
-        return self.samples.items[row]["prompt_ids"]
-
-    def completion_ids(self, row: int) -> list[int]:
-        return list(self.samples.completions[row].token_ids)
-
 
 # Per-token fields a micro-batch carries when the experience has them.
 TOKEN_FIELDS = ("advantages", "old_logps", "ref_logps", "old_values", "returns")
@@ -136,19 +117,11 @@ TOKEN_FIELDS = ("advantages", "old_logps", "ref_logps", "old_values", "returns")
 
 @dataclass
 class MicroBatch:
-    """``S`` rows of an :class:`Experience` laid out for one forward pass.
-
-    Attributes:
-        input_ids, position_ids: ``(R, T)`` packed (or padded) prompt + completion tokens.
-        completion_index: ``(S, L)`` long, flat input position of each completion token.
-        completion_positions: ``(n,)`` long, ascending: the flat positions of every completion
-            token (the LM head scores those only; prompts are never scored); None: every token.
-        completion_mask: ``(S, L)`` float, as in the experience.
-        rows: ``(S,)`` long, which experience rows these are.
-        num_tokens: real (non-pad) input tokens.
-        advantages, old_logps, ref_logps, old_values, returns: ``(S, L)`` or None, as in the
-            experience.
-    """
+    """``S`` rows of an :class:`Experience` laid out for one forward pass: ``input_ids`` and
+    ``position_ids`` ``(R, T)``; ``completion_index`` ``(S, L)``; ``completion_positions`` ``(n,)``,
+    the ascending flat positions of every completion token, the only ones the LM head scores
+    (None: all); ``rows`` ``(S,)``, which experience rows; ``num_tokens`` (real input tokens);
+    and ``(S, L)`` slices of the experience's per-token tensors."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
@@ -169,8 +142,8 @@ def micro_batch(experience: Experience, rows: Sequence[int], pad_token_id: int, 
     ``capacity`` 0 puts each sequence in its own right-padded row."""
     if not rows:
         raise ValueError("cannot collate an empty list of rows")
-    prompts = [experience.prompt_ids(i) for i in rows]
-    completions = [experience.completion_ids(i) for i in rows]
+    prompts = [experience.samples.items[i]["prompt_ids"] for i in rows]
+    completions = [list(experience.samples.completions[i].token_ids) for i in rows]
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
     bins = best_fit_decreasing(lengths, max(capacity, max(lengths))) if capacity else [[i] for i in range(len(rows))]
     examples = [
@@ -226,12 +199,9 @@ def split_micro_batches(items: Sequence, size: int) -> list[list]:
 
 
 class ExperienceBuffer:
-    """The experience in use and the optimizer steps it still serves, each a list of experience
-    rows (a mini-batch), cut into micro-batches when served: the same rows ``num_iterations``
-    times for GRPO, one shuffled mini-batch per step and epoch for PPO.
-
-    Registered with accelerate's checkpointing (``state_dict`` / ``load_state_dict``), so a
-    checkpoint written between two steps of one generation batch resumes on the same samples."""
+    """The experience in use and the optimizer steps it still serves, each a list of its rows
+    (the same rows ``num_iterations`` times for GRPO, a shuffled mini-batch per step for PPO).
+    In every checkpoint, so a run resumed between two of those steps continues on the same samples."""
 
     def __init__(self):
         self.experience: Experience | None = None

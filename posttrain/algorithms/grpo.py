@@ -32,9 +32,9 @@ import torch
 from posttrain.algorithms.experience import Experience, Samples
 from posttrain.algorithms.online import OnlineConfig, OnlineTrainer, Prepared
 from posttrain.config import option
-from posttrain.errors import ConfigError
 from posttrain.losses.advantages import GROUP_ADVANTAGES, group_advantages
 from posttrain.losses.kl import KL_ESTIMATORS, kl_estimate
+from posttrain.options import require
 from posttrain.train.metrics import Metric
 from posttrain.train.state import TrainState
 
@@ -70,16 +70,13 @@ class GRPOConfig(OnlineConfig):
         super().__post_init__()
         if isinstance(self.scale_rewards, bool):  # TRL accepts True/False
             self.scale_rewards = "group" if self.scale_rewards else "none"
-        checks = [
+        require(
             (self.loss_type in LOSS_AGGREGATIONS, f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}, got {self.loss_type!r}"),
             (self.scale_rewards in ("group", "batch", "none"), f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}"),
             (self.advantage_estimator in GROUP_ADVANTAGES, f"advantage_estimator must be one of {tuple(GROUP_ADVANTAGES)}, got {self.advantage_estimator!r}"),
             (self.importance_sampling_level in ("token", "sequence"), f"importance_sampling_level must be token or sequence, got {self.importance_sampling_level!r}"),
             (self.num_generations >= 2, "GRPO compares completions of the same prompt: num_generations must be >= 2"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        )
 
     @property
     def aggregation(self) -> str:
@@ -138,7 +135,7 @@ class GRPOTrainer(OnlineTrainer):
         if cfg.num_iterations > 1:
             experience.old_logps = self.policy_logps(experience)
         if self.reference is not None:
-            experience.ref_logps = self.reference_logps(experience)
+            experience.ref_logps = self.policy_logps(experience, reference=True)
         return Prepared(experience, self.group_metrics(scores, advantages), {"advantage": advantages.tolist()})
 
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:

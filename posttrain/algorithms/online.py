@@ -1,21 +1,12 @@
-"""The one rollout path of every online algorithm (GRPO, PPO) and what they share: prompt data,
-generation through an injected engine, reward functions, experience reuse, the shared parts of
-the loss and the metrics (docs/design.md, "Online RL").
+"""The one rollout path of the online algorithms (GRPO, PPO) and everything they share
+(docs/design.md, "Online RL"): when the experience buffer is used up, :meth:`OnlineTrainer.next_window`
+samples and scores the next prompts (:meth:`OnlineTrainer.sample`), the algorithm makes experience
+of them (:meth:`OnlineTrainer.make_experience`), and :meth:`OnlineTrainer.prepare_experience`
+schedules the optimizer steps it serves and keeps its metrics, which join the loop's at the next
+step: beside the batches, never inside them.
 
-The loop (:mod:`posttrain.train.loop`) asks :meth:`OnlineTrainer.next_window` for the
-micro-batches of each optimizer step. When the :class:`~posttrain.algorithms.experience.ExperienceBuffer`
-is used up, the trainer takes the next batch of prompts, samples ``num_generations`` completions
-of each from the current policy and scores them (:meth:`OnlineTrainer.sample` ->
-:class:`~posttrain.algorithms.experience.Samples`); the algorithm turns them into
-:class:`~posttrain.algorithms.experience.Experience` (:meth:`OnlineTrainer.make_experience`:
-advantages, and the log-probs and values it needs); :meth:`OnlineTrainer.prepare` schedules the
-optimizer steps it serves (``epochs_per_rollout`` passes of mini-batches) and keeps its metrics,
-which join the loop's at the next step, beside the batches and never inside them.
-
-Batch sizes follow TRL: ``per_device_train_batch_size`` counts *completions* per micro-batch, so
-one optimizer step trains on ``per_device_train_batch_size * gradient_accumulation_steps``
-completions per process. A prompt's completions never straddle processes, so group statistics
-are exact under several processes.
+Batch sizes follow TRL: ``per_device_train_batch_size`` counts *completions* per micro-batch. A
+prompt's completions never straddle processes, so group statistics are exact on several.
 """
 
 from __future__ import annotations
@@ -112,16 +103,10 @@ class OnlineConfig(ReferenceConfig):
         """Passes over each generation batch (GRPO: ``num_iterations``)."""
         return self.num_iterations
 
-    @property
-    def steps_per_generation(self) -> int:
-        """Optimizer steps each generation batch serves."""
-        return self.epochs_per_rollout * (self.rollout_size // self.mini_batch_size)
-
 
 class Prepared(NamedTuple):
-    """What an algorithm makes of one generation batch: its ``experience``, its ``metrics``
-    (beyond those every online trainer logs) and ``log_columns``, per-sequence values the
-    completion log shows beside each completion (``{name: N floats}``)."""
+    """An algorithm's ``experience`` of a generation batch, its own ``metrics`` and
+    ``log_columns`` (``{name: N floats}`` the completion log shows beside each completion)."""
 
     experience: Experience
     metrics: dict[str, Metric]
@@ -134,13 +119,10 @@ def shuffle_seed(seed: int, step: int, epoch: int) -> int:
 
 
 class OnlineTrainer(Trainer):
-    """The shared machinery of the online algorithms. An algorithm defines
-    :meth:`make_experience` and :meth:`compute_loss` (with the helpers :meth:`policy_forward`,
-    :meth:`policy_gradient` and :meth:`reduce`), names its policy loss and says whether it needs
-    a reference (docs/design.md, "Add an algorithm").
-
-    ``rollout_engine``: the generation backend (any :class:`~posttrain.rollout.RolloutEngine`);
-    default :class:`~posttrain.rollout.HFGenerationEngine` over the live policy."""
+    """An online algorithm defines :meth:`make_experience` and :meth:`compute_loss` (with
+    :meth:`policy_forward`, :meth:`policy_gradient`, :meth:`reduce`), names its policy loss and
+    says whether it needs a reference. ``rollout_engine``: any :class:`~posttrain.rollout.RolloutEngine`
+    (default: transformers' ``generate`` over the live policy)."""
 
     config_class = OnlineConfig
     # the loss of posttrain.losses.policy.POLICY_LOSSES the update uses
@@ -166,8 +148,7 @@ class OnlineTrainer(Trainer):
         return False
 
     def make_experience(self, samples: Samples, state: TrainState) -> Prepared:
-        """Turn one generation batch into experience: advantages, and the log-probs and values
-        the loss needs (:meth:`policy_logps`, :meth:`reference_logps`, :meth:`scoring_pass`)."""
+        """Advantages, and the log-probs and values the loss needs (:meth:`scoring_pass`)."""
         raise TypeError(f"{type(self).__name__} must define make_experience")
 
     def policy_loss_options(self) -> dict:
@@ -200,9 +181,10 @@ class OnlineTrainer(Trainer):
 
     def total_steps(self, micro_batches_per_epoch: int) -> int:
         cfg = self.config
-        if cfg.max_steps > 0:
+        if cfg.max_steps > 0 or self.train_source is None:  # driven step by step: as long as the caller goes on
             return cfg.max_steps
-        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * cfg.steps_per_generation
+        steps_per_generation = cfg.epochs_per_rollout * (cfg.rollout_size // cfg.mini_batch_size)
+        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * steps_per_generation
 
     def checkpoint_objects(self) -> list:
         return [self.buffer]
@@ -227,8 +209,7 @@ class OnlineTrainer(Trainer):
 
     @property
     def engine(self):
-        """The generation engine: the one given as ``rollout_engine``, else transformers'
-        ``generate`` over the live policy (built at first use)."""
+        """The generation engine (the default one is built at first use)."""
         if self._engine is None:
             self._engine = HFGenerationEngine(self.model, self.tokenizer, batch_size=self.config.generation_batch_size, accelerator=self.accelerator)
         return self._engine
@@ -248,8 +229,7 @@ class OnlineTrainer(Trainer):
         return completions
 
     def generation_weights(self) -> torch.nn.Module:
-        """The policy whose weights an engine with its own copy loads (sharded training gathers
-        the full weights here)."""
+        """The policy an engine with its own copy loads (sharded training gathers it here)."""
         return self.unwrapped_model()
 
     def sampling_options(self, greedy: bool = False) -> SamplingOptions:
@@ -270,8 +250,8 @@ class OnlineTrainer(Trainer):
         )
 
     def sample(self, stream: Iterator) -> Samples:
-        """The next prompt batch, ``num_generations`` completions of each, scored: the reward
-        functions' total on each completion's last token."""
+        """The next prompts, ``num_generations`` completions of each, scored (the reward
+        functions' total on each completion's last token)."""
         items, size = next(stream), self.config.num_generations
         completions = self.sample_completions([item["prompt_ids"] for item in items], self.sampling_options(), size)
         start = time.perf_counter()
@@ -299,8 +279,8 @@ class OnlineTrainer(Trainer):
         return self.take_window()
 
     def prepare_experience(self, samples: Samples, state: TrainState) -> None:
-        """Make experience of ``samples``, schedule the optimizer steps it serves, keep its metrics
-        for the next step and log its completions when one of those steps is due."""
+        """Make experience of ``samples``, schedule the steps it serves, keep its metrics for the
+        next step, log its completions when one of those steps is due."""
         start = time.perf_counter()
         prepared = self.make_experience(samples, state)
         seconds = time.perf_counter() - start
@@ -310,10 +290,9 @@ class OnlineTrainer(Trainer):
         self.log_completions(state, samples, prepared.log_columns, len(steps))
 
     def mini_batch_schedule(self, size: int, state: TrainState) -> list[list[int]]:
-        """The experience rows of each optimizer step a generation batch of ``size`` sequences
-        serves: ``epochs_per_rollout`` passes of mini-batches, each pass in a fresh order drawn
-        from ``(seed, step, epoch)`` when the config shuffles (never from the global RNG, so a
-        resumed run replays it)."""
+        """The rows of each optimizer step a generation batch of ``size`` serves:
+        ``epochs_per_rollout`` passes of mini-batches, shuffled per pass (when the config says so)
+        from ``(seed, step, epoch)``, never the global RNG, so a resumed run replays it."""
         cfg, steps = self.config, []
         for epoch in range(cfg.epochs_per_rollout):
             order = list(range(size))
@@ -329,9 +308,8 @@ class OnlineTrainer(Trainer):
         return None if rows is None else self.micro_batches(self.buffer.experience, rows)
 
     def micro_batches(self, experience: Experience, rows: list[int]) -> list[MicroBatch]:
-        """``rows`` of ``experience`` cut into micro-batches of ``per_device_train_batch_size``."""
-        size = self.config.per_device_train_batch_size
-        return [micro_batch(experience, chunk, self.tokenizer.pad_token_id, self._row_capacity()) for chunk in split_micro_batches(rows, size)]
+        chunks = split_micro_batches(rows, self.config.per_device_train_batch_size)
+        return [micro_batch(experience, chunk, self.tokenizer.pad_token_id, self._row_capacity()) for chunk in chunks]
 
     def _row_capacity(self) -> int:
         cfg = self.config
@@ -357,17 +335,15 @@ class OnlineTrainer(Trainer):
                 out.setdefault(name, torch.zeros_like(experience.completion_mask))[chunk, : view.shape[1]] = torch.where(inside, view, 0.0)
         return out
 
-    def policy_logps(self, experience: Experience) -> torch.Tensor:
-        """``(N, L)`` log-probs of the completions under the current policy, at the sampling temperature."""
-        module, temperature = self._policy_module(), self.config.temperature
-        return self.scoring_pass(experience, lambda ids, pos, scored: {"logps": module(ids, pos, temperature=temperature, positions=scored).logps})["logps"]
-
-    def reference_logps(self, experience: Experience) -> torch.Tensor:
-        """``(N, L)`` log-probs of the completions under the reference, at the sampling temperature."""
+    def policy_logps(self, experience: Experience, reference: bool = False) -> torch.Tensor:
+        """``(N, L)`` log-probs of the completions under the current policy (or the reference),
+        at the sampling temperature."""
         module, temperature = self._policy_module(), self.config.temperature
 
         def forward(ids, positions, scored):
-            return {"logps": self.reference.token_logps(module, ids, positions, temperature=temperature, positions=scored)}
+            if reference:
+                return {"logps": self.reference.token_logps(module, ids, positions, temperature=temperature, positions=scored)}
+            return {"logps": module(ids, positions, temperature=temperature, positions=scored).logps}
 
         return self.scoring_pass(experience, forward)["logps"]
 
@@ -393,9 +369,9 @@ class OnlineTrainer(Trainer):
         return completion_view(out.logps, index), completion_view(out.entropy, index), values
 
     def policy_gradient(self, logps: torch.Tensor, entropy: torch.Tensor, batch: MicroBatch):
-        """``(per-token loss (S, L), stats, metrics)`` of the algorithm's policy loss on the
-        batch's advantages, against the sampling policy's log-probs (the current ones, detached,
-        when the experience has none), with the entropy and clip metrics every online trainer logs."""
+        """``(per-token loss (S, L), stats, metrics)``: the algorithm's policy loss against the
+        sampling policy (the current one, detached, when the experience has no old log-probs),
+        with the entropy and clip metrics of every online trainer."""
         device = logps.device
         mask = batch.completion_mask.to(device)
         old = batch.old_logps.to(device) if batch.old_logps is not None else logps.detach()
@@ -410,8 +386,7 @@ class OnlineTrainer(Trainer):
         return per_token, stats, metrics
 
     def reduce(self, per_token: torch.Tensor, batch: MicroBatch, metrics: dict[str, Metric]) -> tuple[torch.Tensor, dict[str, Metric]]:
-        """The summed loss of the batch by the config's aggregation (the loop divides by the
-        accumulated units), with ``loss`` added to ``metrics``."""
+        """The batch's summed loss by the config's aggregation, ``loss`` added to ``metrics``."""
         loss = aggregate(self.config.aggregation, per_token, batch.completion_mask.to(per_token.device), max_len=self.config.max_completion_length)
         metrics["loss"] = Metric.mean(loss.total, loss.count)
         return loss.total, metrics
@@ -449,8 +424,8 @@ class OnlineTrainer(Trainer):
         return metrics
 
     def log_completions(self, state: TrainState, samples: Samples, columns: dict[str, list[float]], steps: int) -> None:
-        """The completion log (prompt, completion, reward, each reward function, the algorithm's
-        ``columns``), when one of the ``steps`` optimizer steps from ``state`` is due."""
+        """Prompt, completion, reward, each reward function and ``columns`` of every sample, when
+        the completion log is due at one of the next ``steps`` steps."""
         due = next((s for s in range(state.step + 1, state.step + 1 + steps) if self.completion_log.due(s)), None)
         if due is None:
             return

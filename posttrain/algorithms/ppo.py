@@ -61,6 +61,7 @@ from posttrain.models.value import (
     value_model_critic,
 )
 from posttrain.ops import masked_mean
+from posttrain.options import require
 from posttrain.train.metrics import Metric
 from posttrain.train.state import TrainState
 
@@ -96,7 +97,7 @@ class PPOConfig(OnlineConfig):
         if self.batch_size is None:
             self.batch_size = self.mini_batch_size
         super().__post_init__()
-        checks = [
+        require(
             (self.batch_size >= 1 and self.batch_size % self.mini_batch_size == 0,
              (f"batch_size = {self.batch_size} completions per rollout batch must be a multiple of the mini-batch, "
               f"per_device_train_batch_size x gradient_accumulation_steps = {self.mini_batch_size}. Fix: change one of them")),
@@ -108,10 +109,7 @@ class PPOConfig(OnlineConfig):
             (self.critic in CRITIC_LAYOUTS, f"critic must be one of {CRITIC_LAYOUTS}, got {self.critic!r}"),
             (self.target_kl is None or self.target_kl > 0, f"target_kl must be > 0 or None, got {self.target_kl}"),
             (not self.adap_kl_ctrl or (self.kl_target > 0 and self.kl_horizon > 0), "kl_target and kl_horizon must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        )
 
     @property
     def rollout_size(self) -> int:
@@ -215,7 +213,7 @@ class PPOTrainer(StepAPI, OnlineTrainer):
             return {"logps": output.logps, "values": output.values}
 
         passes = self.scoring_pass(experience, policy_and_values)
-        ref_logps = self.reference_logps(experience) if self.reference is not None else None
+        ref_logps = self.policy_logps(experience, reference=True) if self.reference is not None else None
         targets = self.ppo_targets(experience, passes["logps"], passes["values"], ref_logps)
         experience.old_logps, experience.old_values = passes["logps"], passes["values"]
         experience.advantages, experience.returns = targets.advantages, targets.returns

@@ -112,11 +112,6 @@ class StepAPI:
             )
         return super().train()
 
-    def total_steps(self, micro_batches_per_epoch: int) -> int:
-        if self.train_source is None:  # step(): as long as the caller goes on, unless max_steps
-            return self.config.max_steps
-        return super().total_steps(micro_batches_per_epoch)
-
     def build_lr_scheduler(self, optimizer, total_steps: int):
         if total_steps > 0:
             return super().build_lr_scheduler(optimizer, total_steps)

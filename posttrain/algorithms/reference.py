@@ -91,10 +91,9 @@ def load_policy(source, config: TrainConfig, accelerator, with_reference: bool):
 
 
 class ReferencePolicy:
-    """The reference a trainer holds: ``mode`` (``model``, ``adapters_disabled`` or
-    ``precomputed``), ``source`` (what computes its log-probs: ``model`` or
-    ``adapters_disabled``), ``model`` (the frozen copy, or None) and ``policy`` (the trained
-    model, whose adapters ``adapters_disabled`` switches off)."""
+    """``mode`` (``model``, ``adapters_disabled``, ``precomputed``), ``source`` (what computes its
+    log-probs: ``model`` or ``adapters_disabled``), ``model`` (the frozen copy, or None), ``policy``
+    (the trained model, whose adapters ``adapters_disabled`` switches off)."""
 
     def __init__(self, mode: str, source: str, model, config: TrainConfig, accelerator):
         self.mode, self.source, self.model = mode, source, model
@@ -129,10 +128,9 @@ class ReferencePolicy:
     # ------------------------------------------------------------------ computing
 
     def token_logps(self, policy_module, input_ids, position_ids, *, temperature: float = 1.0, positions=None) -> torch.Tensor:
-        """``(R, T)`` per-token reference log-probs of ``input_ids``, at ``temperature``, in the
-        policy's mixed precision, without grad. ``policy_module`` (a :class:`TokenLogProbs` over
-        the policy; None: one is made) runs with its adapters off in ``adapters_disabled`` form;
-        ``positions``: the flat indices of the tokens to score (the head skips the others)."""
+        """``(R, T)`` per-token log-probs, in the policy's mixed precision, without grad;
+        ``policy_module`` (a :class:`TokenLogProbs` over the policy; None: one is made) runs with
+        adapters off in ``adapters_disabled`` form; ``positions``: flat indices of the scored tokens."""
         with torch.no_grad(), self._accelerator.autocast():
             if self.source == "model":
                 return self._frozen_module()(input_ids, position_ids, temperature=temperature, positions=positions).logps
@@ -141,15 +139,13 @@ class ReferencePolicy:
                 return module(input_ids, position_ids, temperature=temperature, positions=positions).logps
 
     def sequence_logps(self, policy_module, sequences: dict) -> torch.Tensor:
-        """``(N,)`` summed reference log-probs of a collated batch of sequences (``input_ids``,
-        ``position_ids``, ``loss_weights``; ``sequence_ids`` and ``num_sequences`` for packed rows,
-        ``trained_positions`` when the collator gives them), computed now."""
+        """``(N,)`` summed log-probs of a collated batch (``input_ids``, ``position_ids``,
+        ``loss_weights``; ``sequence_ids``, ``num_sequences``, ``trained_positions`` when given)."""
         token_logps = self.token_logps(policy_module, sequences["input_ids"], sequences["position_ids"], positions=sequences.get("trained_positions"))
         return sequence_logps(token_logps, sequences["loss_weights"], sequences.get("sequence_ids"), sequences.get("num_sequences")).float()
 
     def batch_logps(self, policy_module, batch: dict, sequences: dict, key: str = "ref_logps") -> torch.Tensor:
-        """The reference log-probs of ``sequences`` ``(N,)``: read from ``batch[key]`` in
-        precomputed form, computed otherwise."""
+        """``(N,)`` log-probs of ``sequences``: ``batch[key]`` when precomputed, else computed."""
         if self.mode == "precomputed":
             self.release_copy()  # training has begun: the copy's work is done
             return batch[key].to(sequences["input_ids"].device)
@@ -174,9 +170,8 @@ class ReferencePolicy:
     # ------------------------------------------------------------------ precomputing
 
     def precompute(self, groups: list[list[TokenizedExample]], split: str, *, pad_token_id: int, batch_size: int, report) -> torch.Tensor | None:
-        """In precomputed form, ``(len(groups), k)`` reference log-probs of every item's ``k``
-        sequences, loaded from the cache or computed and cached (``report(line)`` says which);
-        None in the other forms."""
+        """Precomputed form: ``(len(groups), k)`` log-probs of each item's ``k`` sequences, from
+        the cache or computed and cached (``report(line)`` says which); else None."""
         if self.mode != "precomputed":
             return None
         key_source = self.model if self.model is not None else self.policy
