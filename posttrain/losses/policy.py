@@ -229,7 +229,7 @@ def clipped_value_loss(
     Returns:
         ``(per_token_loss (B, T), clipped (B, T) bool)``: the loss is 0 outside the mask;
         ``clipped`` marks masked tokens where the clipped term was the larger (its gradient
-        is 0 there when the clip is active), for the ``value/clipfrac`` metric.
+        is 0 there when the clip is active), for the ``val/clipfrac_avg`` metric.
     """
     shapes = {tuple(values.shape), tuple(old_values.shape), tuple(returns.shape), tuple(mask.shape)}
     if len(shapes) != 1 or values.ndim != 2:
