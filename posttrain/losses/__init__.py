@@ -25,6 +25,7 @@ from posttrain.losses.policy import (
     explained_variance,
     log_importance_ratio,
     policy_loss,
+    reinforce_policy_loss,
 )
 from posttrain.losses.preference import (
     PREFERENCE_LOSSES,
@@ -66,6 +67,7 @@ __all__ = [
     "policy_loss",
     "preference_loss",
     "preference_metrics",
+    "reinforce_policy_loss",
     "sum_and_count",
     "token_nll",
     "whiten_advantages",

@@ -193,10 +193,36 @@ def clipped_policy_loss(
     return torch.where(inside, loss, 0.0), stats
 
 
+def reinforce_policy_loss(
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, PolicyLossStats]:
+    """REINFORCE (Williams 1992) per token: ``loss = -A * log pi(y_t)``, for completions sampled
+    from the current policy (on-policy: nothing clips, the gradient is ``-A * grad log pi``).
+
+    Args:
+        per_token_logps: ``(B, T)`` current policy log-probs (with gradient).
+        old_per_token_logps: ``(B, T)`` log-probs at sampling time; only the ``ratio`` statistic
+            reads them (1 on-policy).
+        advantages: ``(B,)`` one per sequence, or ``(B, T)`` per token; detached here.
+        mask: ``(B, T)`` bool or float weights of the completion tokens.
+
+    Returns:
+        ``(per_token_loss (B, T), stats)``: the loss is 0 outside the mask; no clip flag is set.
+    """
+    _check_pair(per_token_logps, old_per_token_logps, mask)
+    adv = _per_token_advantages(advantages, per_token_logps.shape).to(per_token_logps.dtype)
+    inside = mask > 0
+    with torch.no_grad():
+        ratio = torch.exp(torch.where(inside, per_token_logps - old_per_token_logps, 0.0))
+        never = torch.zeros_like(inside)
+    return torch.where(inside, -adv * per_token_logps, 0.0), PolicyLossStats(ratio, never, never, never)
+
+
 # Policy losses by name: ``fn(per_token_logps, old_per_token_logps, advantages, mask, **options)
 # -> (per_token_loss (B, T), PolicyLossStats)``; an online trainer picks one (docs/design.md).
 POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, PolicyLossStats]]] = {
     "clipped": clipped_policy_loss,
+    "reinforce": reinforce_policy_loss,
 }
 
 
