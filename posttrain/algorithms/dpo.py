@@ -56,7 +56,6 @@ def precompute_reference(trainer: Trainer, items: list[dict], split: str, sequen
 class PreferenceDataConfig(PrecomputableReferenceConfig):
     """Tokenization options of completion-scored data (DPO, KTO)."""
 
-
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.", range="[2, inf)")
     max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP, range="[2, inf)")
     overlong: str = option("truncate", "truncate or drop sequences longer than max_length.", choices=OVERLONG_POLICIES)

@@ -38,7 +38,6 @@ PARTNER_SEARCH = 16
 class KTOConfig(PreferenceDataConfig):
     """KTO options (plus everything in TrainConfig and the reference options)."""
 
-
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
     beta: float = option(0.1, "Scale of the log-ratio, as in DPO.", range="(0, inf)")
     desirable_weight: float = option(1.0, "lambda_D: weight of desirable examples' loss.", range="(0, inf)")

@@ -40,7 +40,6 @@ from posttrain.train.metrics import Metric
 class RewardConfig(TrainConfig):
     """Reward-model options (plus everything in TrainConfig). Batch sizes count pairs."""
 
-
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW); 1e-5 suits full fine-tuning of pretrained backbones, tiny models from scratch want ~1e-3.")
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.", range="[2, inf)")
     max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP, range="[2, inf)")
