@@ -11,7 +11,8 @@ RECORDED was written by ``tests/algorithms/online_reference_steps.py`` as it sto
 gradients, and per watched parameter ``[norm, sum, first value]`` of its gradient.
 
 On that machine the redesigned code reproduces every number bit for bit (the operations are the
-same, in the same order). The comparison still allows 1e-5 of each quantity's own scale, because
+same, in the same order), with 1 and 2 threads, and under ``ATEN_CPU_CAPABILITY=avx2`` it
+reproduces the old code's AVX2 numbers bit for bit too. The comparison still allows 1e-5 of each quantity's own scale, because
 ``ATEN_CPU_CAPABILITY=avx2`` kernels move the same computation by up to 1.5e-4 of the smallest
 entries (a first gradient value of 9e-6 against its parameter's gradient norm of 0.2), i.e. far
 below 1e-5 of the scale: a parameter's values are compared against its gradient norm, the losses
