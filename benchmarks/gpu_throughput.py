@@ -1,5 +1,5 @@
 """Training-step throughput of the real trainers on a Qwen2.5-0.5B-shaped model, as model FLOP
-utilisation (DESIGN.md "Measuring speed"; the method of ``sft_throughput.py`` and ``dpo_throughput.py``).
+utilisation (docs/design.md, "Measuring speed"; the method of ``sft_throughput.py`` and ``dpo_throughput.py``).
 
     python benchmarks/gpu_throughput.py                          # on a CUDA machine: variants baseline and fast
     python benchmarks/gpu_throughput.py --variant fast --runs sft_packed --compile --steps 10

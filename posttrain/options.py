@@ -195,6 +195,14 @@ def validate_config(config) -> None:
         rule(config)
 
 
+def require(*checks: tuple[bool, str]) -> None:
+    """Raise :class:`ConfigError` with the message of the first ``(condition, message)`` that
+    does not hold (a config's own checks between its options)."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
 def _check_declared(name: str, value: Any, rule: dict) -> None:
     meaning = f" ({rule['help']})" if rule.get("help") else ""
     allowed = rule.get("range")

@@ -314,7 +314,10 @@ class ScriptedEngine:
 
     Completion ``k`` of a prompt is ``texts[(k + sum(prompt_ids)) % len(texts)]`` tokenized,
     followed by EOS, and cut to ``max_completion_length`` (then it ends for "length"). Implements
-    the :class:`~posttrain.rollout.engine.RolloutEngine` interface."""
+    the :class:`~posttrain.rollout.engine.RolloutEngine` interface; give it to a trainer as
+    ``rollout_engine=ScriptedEngine(tokenizer, texts)``."""
+
+    holds_weights = False
 
     def __init__(self, tokenizer, texts):
         from posttrain.rollout import GenerationStats

@@ -144,3 +144,13 @@ def tokenize_conversation(
                 if token_start < start:
                     mismatches += 1
     return ConversationTokens(input_ids, message_index, mismatches, full_text)
+
+
+def require_chat_template(tokenizer, conversational: bool) -> None:
+    """Conversational rows need a chat template; encoder tokenizers (BERT) usually have none."""
+    if conversational and not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            "these rows are conversational (message lists), which are rendered with the tokenizer's chat template, "
+            "and this tokenizer has none (typical of encoder backbones such as BERT). Fix: give the rows as plain "
+            "strings (prompt/chosen/rejected text), or set chat_template (a Jinja string or a file path) in the config"
+        )

@@ -14,7 +14,6 @@ from rich.text import Text
 
 from posttrain.data.prepare import prepare_lm_data
 from posttrain.data.tokenize import LMDataOptions
-from posttrain.errors import ConfigError
 
 TRAINED = "bold green"
 WEIGHTED = "bold yellow"
@@ -149,34 +148,3 @@ def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int =
         for name, value in item["columns"].items():
             console.print(f"  [bold]{name}[/] = {value!r:.300}")
     return shown
-
-
-def inspect_config(config, *, split: str = "train", start: int = 0, count: int = 3, console: Console | None = None):
-    """``posttrain inspect``: load the tokenizer and data a training config names and show them
-    as that config's trainer would prepare them (SFT rows, preference pairs, unpaired rows or
-    prompts)."""
-    from posttrain.data.loading import load_rows
-    from posttrain.models.loading import load_tokenizer, set_chat_template
-
-    if config.model is None and config.tokenizer is None:
-        raise ConfigError("inspect needs the tokenizer: set the option 'model' (or 'tokenizer') in the config")
-    tokenizer = load_tokenizer(config.tokenizer, config.model)
-    set_chat_template(tokenizer, getattr(config, "chat_template", None))
-    if split == "eval" and config.eval_data is None and config.eval_fraction > 0:
-        from posttrain.data.loading import split_rows
-
-        # the rows the trainer would hold out (same fraction, same seed)
-        rows = split_rows(load_rows(config.train_data, "train_data"), config.eval_fraction, config.seed)[1]
-    else:
-        source = config.train_data if split == "train" else config.eval_data
-        if source is None:
-            raise ConfigError(f"the config names no {split}_data to inspect (nor an eval_fraction); set {split}_data")
-        rows = load_rows(source, f"{split}_data")
-    kind = getattr(config, "data_kind", "lm")
-    if kind == "prompts":
-        return inspect_prompt_rows(rows, tokenizer, config, start=start, count=count, console=console)
-    if kind == "lm":
-        return inspect_rows(rows, tokenizer, config.data_options(), start=start, count=count, console=console)
-    return inspect_preference_rows(
-        rows, tokenizer, config.data_options(), paired=kind == "pairs", start=start, count=count, console=console
-    )

@@ -5,7 +5,7 @@ what was changed come out (usually one example; a conversation whose chat templa
 earlier turns becomes one example per trained turn). Nothing here knows about batches, models
 or the training loop.
 
-Rules (DESIGN.md "Data"):
+Rules (docs/design.md, "Data"):
 
 - Plain text and string completions end with the tokenizer's EOS, appended when missing and
   never doubled. Because weights are explicit, a pad token equal to EOS does not unmask it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -213,6 +214,38 @@ def apply_lora(model, config, task_type: str = "CAUSAL_LM"):
         task_type=task_type,
     )
     return get_peft_model(model, lora_config)
+
+
+def prepare_for_training(model, config, task_type: str = "CAUSAL_LM"):
+    """What every trainer does to a freshly loaded model before training, per its config:
+    activation checkpointing (``gradient_checkpointing``, ``gradient_checkpointing_fraction``),
+    then LoRA adapters (``use_lora``; a model that has adapters already keeps its own)."""
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model, config.gradient_checkpointing_fraction)
+    if config.use_lora and not is_peft_model(model):
+        model = apply_lora(model, config, task_type=task_type)
+    return model
+
+
+@contextmanager
+def kept_trainable(model):
+    """Put every adapter parameter's ``requires_grad`` back after the block. peft's
+    ``set_adapter`` and ``disable_adapter`` leave only the active adapter trainable; PPO trains
+    two adapter sets (policy and critic) under one optimizer."""
+    flags = [(p, p.requires_grad) for n, p in model.named_parameters() if "lora_" in n]
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+@contextmanager
+def adapters_disabled(model):
+    """Run the block with a peft model's adapters switched off (the frozen base model), every
+    adapter's ``requires_grad`` unchanged afterwards."""
+    with kept_trainable(model), model.disable_adapter():
+        yield
 
 
 def is_peft_model(model) -> bool:

@@ -32,17 +32,23 @@ def _named(fn, name: str, required_columns: Sequence[str] = ()):
     return fn
 
 
+def exact_match(completion, answer) -> float:
+    """1.0 if ``completion`` is exactly ``answer`` once surrounding whitespace is stripped.
+
+    ``completion`` is decoded text with special tokens skipped, so it carries no EOS or
+    end-of-turn marker; any other trailing text (``"85 apples"``, ``"85<|endoftext|>"``)
+    scores 0.0. A message list is scored by the content of its last message.
+    """
+    return 1.0 if completion_text(completion).strip() == str(answer).strip() else 0.0
+
+
 def exact_answer(column: str = "answer", name: str = "exact_answer"):
     """1.0 when the completion, stripped of surrounding whitespace, equals the row's ``column``
-    value (stripped, as a string), else 0.0; None for rows whose value is None. The rule of
-    :meth:`posttrain.tasks.ArithmeticTask.score`."""
-    from posttrain.tasks.arithmetic import ArithmeticTask
+    value (stripped, as a string), else 0.0; None for rows whose value is None
+    (:func:`exact_match`, also the rule of :meth:`posttrain.tasks.ArithmeticTask.score`)."""
 
     def reward(completions, **columns) -> list[float | None]:
-        return [
-            None if answer is None else ArithmeticTask.score(completion_text(c), str(answer))
-            for c, answer in zip(completions, columns[column])
-        ]
+        return [None if answer is None else exact_match(c, answer) for c, answer in zip(completions, columns[column])]
 
     return _named(reward, name, [column])
 

@@ -154,6 +154,8 @@ class HFGenerationEngine:
     ``last_stats`` holds the :class:`GenerationStats` of the latest :meth:`generate` call.
     """
 
+    holds_weights = False  # it generates with the live module (or, sharded, whole weights gathered from it)
+
     def __init__(
         self, model: nn.Module, tokenizer, batch_size: int = 64, unwrap: Callable | None = None, accelerator=None, weights: Callable | None = None
     ):

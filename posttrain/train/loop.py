@@ -11,7 +11,12 @@ A subclass provides:
 
 The loop divides each micro-batch's *summed* loss by the number of units in the whole
 accumulated batch across all processes, so batch 8 x accumulation 1 and batch 2 x accumulation
-4 take the same optimizer step (DESIGN.md "Loss normalisation").
+4 take the same optimizer step (docs/design.md, "Loss normalisation").
+
+Its public steps, which :meth:`Trainer.train` runs and a caller that makes its own batches
+(PPO's ``step``) runs too: :meth:`Trainer.start_training` (a :class:`TrainingRun`),
+:meth:`Trainer.optimizer_step` per window of micro-batches, :meth:`Trainer.end_step` after each
+(docs/design.md, "The life of a batch").
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,12 +36,11 @@ from torch.utils.data import DataLoader
 from posttrain.config import TrainConfig, config_to_dict
 from posttrain.errors import ConfigError, OutputDirError, TrainingError
 from posttrain.models.loading import (
-    apply_lora,
     count_parameters,
     disable_dropout,
-    enable_activation_checkpointing,
     load_causal_lm,
     load_tokenizer,
+    prepare_for_training,
     tokenizer_source,
 )
 from posttrain.train import sharding
@@ -80,12 +84,30 @@ class BatchSource:
     group_by_length: bool = False
 
 
+@dataclass
+class TrainingRun:
+    """A run between optimizer steps (:meth:`Trainer.start_training`): the prepared module,
+    optimizer, schedule and data loader (None when the caller makes the batches), the position
+    ``state``, the metrics since the last log line, and ``last_log``, the ``(time, tokens seen)``
+    the next throughput is measured from (None until the first step, so start-up is excluded)."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: TrainState
+    loader: object = None
+    metrics: MetricAccumulator = field(default_factory=MetricAccumulator)
+    last_log: tuple[float, int] | None = None
+
+
 class Trainer(TrainerAPI):
     """Base trainer: model/tokenizer loading, the optimisation loop, evaluation, checkpoints.
     TRL's methods and names (``args``, ``save_model``, ``push_to_hub``, callbacks, ...) come from
     :class:`~posttrain.train.trainer_api.TrainerAPI`."""
 
     config_class: type = TrainConfig
+    # False: the trainer may be built without training rows (PPO driven by generate/step)
+    needs_train_data: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -120,10 +142,8 @@ class Trainer(TrainerAPI):
         self._sources = describe_sources(model, tokenizer, train_dataset, eval_dataset)
         self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, tokenizer_source(model))
         self.model = self.load_model(model)
-        if cfg.disable_dropout:
-            for module in (self.model, getattr(self, "ref_model", None)):
-                if module is not None:
-                    disable_dropout(module)
+        if cfg.disable_dropout:  # a reference copy or a critic the trainer holds does the same itself
+            disable_dropout(self.model)
         self.completion_log = CompletionLog(
             self.accelerator, self.reporter.console, cfg.output_dir, every=cfg.log_completions_steps,
             rows_to_print=cfg.num_completions_to_print, unique_prompts=cfg.log_unique_prompts,
@@ -142,12 +162,7 @@ class Trainer(TrainerAPI):
     def load_model(self, model):
         """The model to train: loaded when given as a path, LoRA applied when asked."""
         cfg = self.config
-        model = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
-        if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(model, cfg.gradient_checkpointing_fraction)
-        if cfg.use_lora:
-            model = apply_lora(model, cfg)
-        return model
+        return prepare_for_training(load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation), cfg)
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
         raise TypeError(f"{type(self).__name__} must define build_batch_source")
@@ -195,14 +210,14 @@ class Trainer(TrainerAPI):
             return
         cfg = self.config
         rows = generate_samples(
-            self.model, self.tokenizer, self.accelerator, self._sample_prompts, getattr(cfg, "chat_template_kwargs", None), weights=self.generation_weights
+            self.model, self.tokenizer, self.accelerator, self._sample_prompts, getattr(cfg, "chat_template_kwargs", None), weights=self.gathered_weights
         )
         self.completion_log.log(step, rows if self.accelerator.is_main_process else [])
 
     def count_tokens(self, batch) -> int:
         return int(batch.get("num_tokens", 0)) if isinstance(batch, dict) else 0
 
-    def generation_weights(self):
+    def gathered_weights(self):
         """A context manager giving the model to generate with: None (generate with the live model)
         or, once a sharded run has started, a whole-weights copy gathered from the shards
         (:mod:`posttrain.train.whole_weights`). Every process must enter it together."""
@@ -255,6 +270,8 @@ class Trainer(TrainerAPI):
         from posttrain.data.loading import load_rows, split_rows
 
         cfg = self.config
+        if train_dataset is None and cfg.train_data is None and not self.needs_train_data:
+            return None, None
         train = rename_columns(load_rows(train_dataset if train_dataset is not None else cfg.train_data, "train_data"), cfg.rename_columns)
         evaluation = eval_dataset if eval_dataset is not None else cfg.eval_data
         evaluation = rename_columns(load_rows(evaluation, "eval_data"), cfg.rename_columns) if evaluation is not None else None
@@ -297,26 +314,24 @@ class Trainer(TrainerAPI):
         ``control.should_training_stop``); returns the final :class:`TrainState`. TRL's
         ``train(resume_from_checkpoint=True | path)`` works too."""
         loader, sampler = self._dataloader(self.train_source, self.train_loader_batch_size(), shuffle=True)
-        module, optimizer, scheduler, loader = self._set_up_training(loader)
-        self.train_dataloader = loader
-        state, events = self.state, self.callback_handler
+        run = self.start_training(loader)
+        self.train_dataloader = run.loader
+        state, events = run.state, self.callback_handler
         self.warn_about_data_size()
         self.reporter.start(state.total_steps, state.step)
-        metrics = MetricAccumulator()
-        stream = self._micro_batches(loader, sampler, state)
-        last_log = None  # (time, tokens) the next rate is measured from: set after the first step, so start-up is excluded
+        stream = self._micro_batches(run.loader, sampler, state)
         interrupt = InterruptGuard.install()
         events.fire("on_train_begin", self)
         events.fire("on_epoch_begin", self)
         epochs_done = state.epoch
         try:
-            module.train()
+            run.module.train()
             while state.step < state.total_steps and not events.control.should_training_stop:
                 events.step_begin(self)
-                window = self.next_window(module, stream, state)
-                self._optimizer_step(module, optimizer, scheduler, window, state, metrics)
+                window = self.next_window(run.module, stream, state)
+                self.optimizer_step(run, window)
                 self.reporter.advance(state.step)
-                last_log = self._after_step(module, state, metrics, scheduler, last_log)
+                self.end_step(run)
                 epochs_done = self._epoch_events(state, epochs_done)
                 self._stop_if_interrupted(interrupt, state)
         finally:
@@ -327,11 +342,11 @@ class Trainer(TrainerAPI):
         self._push_if_asked()
         return state
 
-    def _set_up_training(self, loader=None):
+    def start_training(self, loader=None) -> TrainingRun:
         """Wrap and prepare the model (and ``loader``, when training from data), build the
         optimizer and schedule, register what checkpoints hold and resume. Sets ``self.module``
-        and ``self.state``; returns ``(module, optimizer, scheduler, loader)``. Online trainers
-        driven step by step (PPO's ``step``) call it without a loader."""
+        and ``self.state``. A trainer driven step by step (PPO's ``step``) starts without a
+        loader."""
         cfg, acc = self.config, self.accelerator
         module = self.wrap_model(self.model)
         optimizer = build_optimizer(module, cfg)
@@ -369,7 +384,7 @@ class Trainer(TrainerAPI):
             f"[bold]{type(self).__name__}[/]: {steps}, {trainable:,} trainable of {total:,} parameters, "
             f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
         )
-        return module, optimizer, scheduler, loader
+        return TrainingRun(module, optimizer, scheduler, state, loader)
 
     def build_lr_scheduler(self, optimizer, total_steps: int):
         """The learning-rate schedule over ``total_steps`` optimizer steps."""
@@ -386,8 +401,13 @@ class Trainer(TrainerAPI):
             state.epoch += 1
             state.batches_in_epoch = 0
 
-    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
+    def optimizer_step(self, run: TrainingRun, window: list, metrics=None) -> None:
+        """Train on ``window`` (the micro-batches of one step), clip, check the loss and gradient
+        are finite, step optimizer and schedule. Metrics go to ``metrics`` (anything with
+        ``update(dict)``; default ``run.metrics``)."""
         cfg, acc = self.config, self.accelerator
+        module, optimizer, scheduler, state = run.module, run.optimizer, run.scheduler, run.state
+        metrics = run.metrics if metrics is None else metrics
         # Counted without reading the device where the batches say them (see train/host_sync.py).
         units, tokens = count_window(acc, [self.count_units(b) for b in window], [self.count_tokens(b) for b in window])
         scale = loss_scale(units, acc.num_processes)
@@ -428,18 +448,21 @@ class Trainer(TrainerAPI):
             "Try a lower learning_rate, max_grad_norm > 0, bf16 instead of fp16, or check the data of this step."
         )
 
-    def _after_step(self, module, state, metrics, scheduler, last_log):
-        cfg = self.config
+    def end_step(self, run: TrainingRun) -> None:
+        """After an optimizer step: the TrainerCallbacks' ``on_step_end`` (which may ask for a
+        log, evaluation, checkpoint or stop), the metric line when due, evaluation, the
+        completion log, a checkpoint, the plain callbacks."""
+        cfg, state, last_log = self.config, run.state, run.last_log
         # TrainerCallbacks see the step first and may ask for a log, evaluation, checkpoint or stop
         control = self.callback_handler.fire("on_step_end", self)
         final = state.step == state.total_steps or control.should_training_stop
         logged = (cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)) or control.should_log
         if logged:
-            values = metrics.compute(self.accelerator)
+            values = run.metrics.compute(self.accelerator)
             now = time.perf_counter()
             values.update(
                 {
-                    "learning_rate": scheduler.get_last_lr()[0],
+                    "learning_rate": run.scheduler.get_last_lr()[0],
                     "epoch": state.epoch + state.batches_in_epoch / self._batches_per_epoch,
                     "tokens_seen": float(state.tokens_seen),
                 }
@@ -457,7 +480,8 @@ class Trainer(TrainerAPI):
             self._save_checkpoint(state)
         self.callback_handler.call_functions(self, state)
         # evaluation and checkpoints above are not training time: the next interval starts here
-        return (time.perf_counter(), state.tokens_seen) if logged or last_log is None else last_log
+        if logged or last_log is None:
+            run.last_log = (time.perf_counter(), state.tokens_seen)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -585,7 +609,7 @@ class Trainer(TrainerAPI):
         acc.wait_for_everyone()
         path = None
         if self.config.save_final_model:
-            state_dict = self._full_state_dict()  # every process takes part in the gather
+            state_dict = self.full_state_dict()  # every process takes part in the gather
             if acc.is_main_process:
                 final = Path(self.config.output_dir) / "final"
                 path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, final, state_dict=state_dict)
@@ -600,7 +624,7 @@ class Trainer(TrainerAPI):
         if self.config.push_to_hub:
             self.push_to_hub()
 
-    def _full_state_dict(self) -> dict | None:
+    def full_state_dict(self) -> dict | None:
         """The trained model's complete weights, keyed as in ``self.model.state_dict()``.
 
         Through ``accelerator.get_state_dict``, which gathers FSDP / DeepSpeed ZeRO-3 shards (a

@@ -50,8 +50,8 @@ def generate_samples(
     """Greedy completions of ``prompts`` as completion-log rows. Every process generates (a
     sharded model needs them all to gather its weights); the caller logs the main process's rows.
     ``weights``: the engine's source of whole weights under sharding (see ``HFGenerationEngine``)."""
-    from posttrain.rollout import HFGenerationEngine, SamplingOptions, encode_prompts
-    from posttrain.rollout.prompts import end_of_turn_ids
+    from posttrain.data.prompts import encode_prompts, end_of_turn_ids
+    from posttrain.rollout import HFGenerationEngine, SamplingOptions
 
     conversational = any(not isinstance(p["prompt"], str) for p in prompts)
     options = SamplingOptions(

@@ -45,7 +45,7 @@ def format_value(name: str, value: float) -> str:
 CONSOLE_LIMIT = 14
 HEADLINE = (
     "completions/mean_length", "objective/rlhf_reward", "objective/scores", "objective/kl", "objective/entropy",
-    "policy/approxkl", "policy/clipfrac", "value/clipfrac", "loss/policy", "loss/value",
+    "policy/approxkl_avg", "clip_ratio/region_mean", "val/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
 )
 
 

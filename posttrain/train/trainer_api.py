@@ -122,7 +122,7 @@ class TrainerAPI:
         from posttrain.train.checkpoint import save_pretrained_atomic
 
         directory = Path(output_dir) if output_dir is not None else Path(self.config.output_dir) / "final"
-        state_dict = self._full_state_dict()
+        state_dict = self.full_state_dict()
         if self.accelerator.is_main_process:
             save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, directory, state_dict=state_dict)
             self.reporter.print_verbatim(f"saved the model and tokenizer to {directory}")

@@ -75,9 +75,9 @@ def test_step_returns_the_stats_of_its_optimizer_steps(brief_model, tmp_path):
     queries = [QUERY, [{"role": "user", "content": "Hi"}], [3, 4, 5], torch.tensor([6, 7])]
     responses = trainer.generate(queries)
     stats = trainer.step(queries, responses, [1.0, 0.0, 0.5, -1.0])
-    expected = {"loss", "loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "policy/entropy", "value/clipfrac",
+    expected = {"loss", "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "clip_ratio/region_mean", "entropy", "val/clipfrac_avg",
                 "objective/kl", "objective/entropy", "objective/scores", "objective/non_score_reward", "objective/kl_coef",
-                "returns/mean", "advantages/mean", "value/explained_variance", "time/generation", "time/passes",
+                "returns/mean", "advantages/mean", "val/explained_variance", "time/generation", "time/experience",
                 "time/training", "learning_rate", "step"}
     assert expected <= set(stats), expected - set(stats)
     assert stats["step"] == 4.0 and trainer.state.step == 4  # 2 mini-batches x 2 epochs

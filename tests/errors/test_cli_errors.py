@@ -44,6 +44,7 @@ CASES = [
     (["report", "{tmp}"], ["no metrics at", "metrics.jsonl"]),
     (["grpo", "num_generations=1"], ["num_generations must be >= 2"]),
     (["grpo", "scale_rewards=sometimes"], ["scale_rewards"]),
+    (["ppo", "target_kl=0"], ["target_kl must be > 0"]),
     (["grpo", "model={model}", "train_data={data}", "reward_funcs=[no_such_reward]", "num_generations=2"], ["unknown reward 'no_such_reward'"]),
     # issue 20: what a TRL user brings, each refused before any model loads (the model path does
     # not exist: a check made after loading would report that instead)

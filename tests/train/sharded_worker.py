@@ -133,7 +133,7 @@ def sampled_ids(trainer, final: Path) -> dict:
     options = SamplingOptions(max_completion_length=8, temperature=1.5)
     out = {}
     for name, engine in (
-        ("gathered", HFGenerationEngine(trainer.model, trainer.tokenizer, weights=trainer.generation_weights)),
+        ("gathered", HFGenerationEngine(trainer.model, trainer.tokenizer, weights=trainer.gathered_weights)),
         ("final", HFGenerationEngine(AutoModelForCausalLM.from_pretrained(final), trainer.tokenizer)),
     ):
         torch.manual_seed(1234)
