@@ -271,14 +271,6 @@ def _schedule_builds(config) -> None:
         raise ConfigError(f"option 'lr_scheduler': {name} cannot be built with lr_scheduler_kwargs={dict(arguments)} ({error})") from None
 
 
-def _reward_packages(config) -> None:
-    specs = getattr(config, "reward_funcs", None)
-    if specs:
-        from posttrain.rollout.reward_spec import check_reward_packages
-
-        check_reward_packages(specs)
-
-
 def fsdp_conflict(config) -> str | None:
     """What in ``config`` cannot be combined with sharding (FSDP2), or None."""
     if getattr(config, "model_dtype", "float32") != "float32":
@@ -299,4 +291,4 @@ def _fsdp_combinations(config) -> None:
 
 # Rules that involve more than one option (or the machine), for every config. A config class
 # adds its own as ``config_rules: ClassVar[tuple] = (rule, ...)``.
-RULES: list[Callable] = [_one_layout, _fp16_needs_a_gpu, _schedule_builds, _reward_packages, _fsdp_combinations]
+RULES: list[Callable] = [_one_layout, _fp16_needs_a_gpu, _schedule_builds, _fsdp_combinations]

@@ -39,6 +39,7 @@ from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
 from posttrain.models.packing_check import check_packing_isolation
 from posttrain.rollout import HFGenerationEngine, RewardFunctions, SamplingOptions
+from posttrain.rollout.reward_spec import check_reward_packages
 from posttrain.train.loop import BatchSource, Trainer, TrainingRun
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.state import TrainState
@@ -76,6 +77,8 @@ class OnlineConfig(ReferenceConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.reward_funcs:  # a built-in reward whose package is missing: said now, before any model loads
+            check_reward_packages(self.reward_funcs)
         if self.rollout_size % self.num_generations:
             raise ConfigError(
                 f"{self.rollout_size} completions per generation batch must be a multiple of num_generations = {self.num_generations}, "
