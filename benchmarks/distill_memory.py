@@ -57,7 +57,7 @@ def _llama(size: dict, device: str, length: int):
 def one_step(rows: int, length: int, variant: str, chunk: int) -> dict:
     import torch
 
-    from posttrain.losses.distill import divergence_from_logits
+    from posttrain.losses.distill import DivergenceOptions, divergence_from_logits
     from posttrain.models.distill import DistillationStudent, freeze_teacher, teacher_states
 
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def one_step(rows: int, length: int, variant: str, chunk: int) -> dict:
     else:
         student = DistillationStudent(student_model, chunk_size=chunk)
         states, head = teacher_states(teacher, inputs, positions)
-        divergence = student(**inputs, positions=positions, teacher_states=states, teacher_head=head, beta=0.5).divergence
+        divergence = student(**inputs, positions=positions, teacher_states=states, teacher_head=head, options=DivergenceOptions(0.5)).divergence
     loss = divergence.mean()
     loss.backward()
     if device == "cuda":

@@ -39,6 +39,7 @@ Imports only ``torch``.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
@@ -66,6 +67,19 @@ class DivergenceStats(NamedTuple):
     student_entropy: torch.Tensor | None = None
     teacher_entropy: torch.Tensor | None = None
     agreement: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class DivergenceOptions:
+    """Which divergence, at what temperature, against which teacher distribution (module
+    docstring). Checked on construction (``ValueError`` naming the option)."""
+
+    beta: float
+    temperature: float = 1.0
+    teacher_top_k: int | None = None
+
+    def __post_init__(self):
+        check_divergence_options(self.beta, self.temperature, self.teacher_top_k)
 
 
 def check_divergence_options(beta: float, temperature: float, teacher_top_k: int | None) -> None:
@@ -199,10 +213,8 @@ def chunked_divergence(
     student_head: nn.Module,
     teacher_states: torch.Tensor,
     teacher_head: nn.Module,
+    options: DivergenceOptions,
     *,
-    beta: float,
-    temperature: float = 1.0,
-    teacher_top_k: int | None = None,
     vocab_size: int | None = None,
     chunk_size: int | None = None,
     with_stats: bool = False,
@@ -217,7 +229,7 @@ def chunked_divergence(
             through ``.weight``, as in :func:`posttrain.ops.token_logps`).
         teacher_states: ``(N, Ht)`` teacher hidden states of the same positions (detached here;
             the teacher may be wider or narrower than the student).
-        beta, temperature, teacher_top_k, with_stats: as in :func:`divergence_from_logits`.
+        options: the divergence (:class:`DivergenceOptions`).
         vocab_size: compare only the first ``vocab_size`` logits of each head (the tokenizer's
             vocabulary: model families pad their embedding matrices to different multiples,
             e.g. 151,936 rows for a 0.5B Qwen2.5 and 152,064 for the 7B, and the padding rows
@@ -228,25 +240,25 @@ def chunked_divergence(
             of each model exist at a time in the forward and in the backward pass (both heads
             are re-run in backward: two extra head matmuls per chunk, one of them the
             teacher's). Results and gradients equal the direct computation up to rounding.
+        with_stats: as in :func:`divergence_from_logits`.
 
     Returns:
         :class:`DivergenceStats` of ``(N,)`` tensors.
     """
-    check_divergence_options(beta, temperature, teacher_top_k)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be None or >= 1, got {chunk_size}")
     if student_states.shape[0] != teacher_states.shape[0]:
         raise ValueError(f"student states {tuple(student_states.shape)} and teacher states {tuple(teacher_states.shape)} cover different numbers of positions")
-    options = {"beta": beta, "temperature": temperature, "teacher_top_k": teacher_top_k, "with_stats": with_stats}
+    keywords = {**asdict(options), "with_stats": with_stats}
     teacher_states = teacher_states.detach()
     num_positions = student_states.shape[0]
     if chunk_size is None:
         vocab = vocab_size or getattr(student_head, "out_features", None)
         chunk_size = auto_chunk_size(num_positions, vocab, budget_elements=2**25) if vocab else None
     if chunk_size is None or chunk_size >= num_positions:
-        return _chunk_divergence(student_states, teacher_states, student_head, teacher_head, vocab_size, options)
+        return _chunk_divergence(student_states, teacher_states, student_head, teacher_head, vocab_size, keywords)
     parts = [
-        checkpoint(_chunk_divergence, s, t, student_head, teacher_head, vocab_size, options, use_reentrant=False)
+        checkpoint(_chunk_divergence, s, t, student_head, teacher_head, vocab_size, keywords, use_reentrant=False)
         for s, t in zip(student_states.split(chunk_size), teacher_states.split(chunk_size))
     ]
     return DivergenceStats(*(None if parts[0][i] is None else torch.cat([part[i] for part in parts]) for i in range(4)))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from posttrain.errors import ModelError
-from posttrain.losses.distill import DivergenceStats, chunked_divergence
+from posttrain.losses.distill import DivergenceOptions, DivergenceStats, chunked_divergence
 from posttrain.models.causal_lm import TokenLogProbs
 
 
@@ -66,7 +66,7 @@ class DistillationStudent(TokenLogProbs):
     """The student: ``forward`` returns the per-token divergence from the teacher.
 
     ``forward(input_ids (B, T), position_ids, attention_mask, *, positions (n,), teacher_states
-    (n, Ht), teacher_head, beta, temperature, teacher_top_k, vocab_size, with_stats)`` returns
+    (n, Ht), teacher_head, options, vocab_size, with_stats)`` returns
     :class:`~posttrain.losses.distill.DivergenceStats` of ``(n,)`` tensors, one per scored
     position, in the order of ``positions``. ``chunk_size`` (the constructor's) is positions per
     head chunk: None chooses automatically, 0 computes all positions at once.
@@ -81,9 +81,7 @@ class DistillationStudent(TokenLogProbs):
         positions: torch.Tensor,
         teacher_states: torch.Tensor,
         teacher_head: nn.Module,
-        beta: float,
-        temperature: float = 1.0,
-        teacher_top_k: int | None = None,
+        options: DivergenceOptions,
         vocab_size: int | None = None,
         with_stats: bool = False,
     ) -> DivergenceStats:
@@ -94,7 +92,4 @@ class DistillationStudent(TokenLogProbs):
             # All positions at once; an Identity head means the full logits already exist (a
             # model that post-processes its logits), so chunking would only add work.
             chunk = max(1, states.shape[0])
-        return chunked_divergence(
-            states, head, teacher_states, teacher_head, beta=beta, temperature=temperature, teacher_top_k=teacher_top_k,
-            vocab_size=vocab_size, chunk_size=chunk, with_stats=with_stats,
-        )
+        return chunked_divergence(states, head, teacher_states, teacher_head, options, vocab_size=vocab_size, chunk_size=chunk, with_stats=with_stats)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from posttrain.losses.distill import (
+    DivergenceOptions,
     chunked_divergence,
     divergence_from_logits,
     forward_kl,
@@ -174,6 +175,8 @@ def test_half_precision_logits_are_upcast():
 def test_bad_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         divergence_from_logits(STUDENT, TEACHER, **options)
+    with pytest.raises(ValueError, match=message):
+        DivergenceOptions(**options)
 
 
 # ---------------------------------------------------------------------- chunked computation
@@ -188,10 +191,10 @@ def _setup(seed=0, positions=10, student_width=6, teacher_width=9, vocab=13, tea
     return student_head, teacher_head, student_states, teacher_states
 
 
-def _run(student_head, teacher_head, student_states, teacher_states, **options):
+def _run(student_head, teacher_head, student_states, teacher_states, options, chunk_size):
     student_head.zero_grad()
     student_states.grad = None
-    stats = chunked_divergence(student_states, student_head, teacher_states, teacher_head, with_stats=True, **options)
+    stats = chunked_divergence(student_states, student_head, teacher_states, teacher_head, DivergenceOptions(**options), chunk_size=chunk_size, with_stats=True)
     # A weighted sum so every position gets a distinct upstream gradient.
     weights = torch.arange(1, stats.divergence.numel() + 1, dtype=torch.float32)
     (stats.divergence * weights).sum().backward()
@@ -203,8 +206,8 @@ def _run(student_head, teacher_head, student_states, teacher_states, **options):
 def test_chunked_equals_direct_gradients_included(beta, top_k, chunk_size):
     parts = _setup()
     options = {"beta": beta, "temperature": 0.8, "teacher_top_k": top_k}
-    chunked, chunked_grads = _run(*parts, chunk_size=chunk_size, **options)
-    direct, direct_grads = _run(*parts, chunk_size=None, **options)
+    chunked, chunked_grads = _run(*parts, options, chunk_size)
+    direct, direct_grads = _run(*parts, options, None)
     # The naive computation: both models' full logits at once.
     student_head, teacher_head, student_states, teacher_states = parts
     naive = divergence_from_logits(student_head(student_states), teacher_head(teacher_states), with_stats=True, **options)
@@ -221,7 +224,7 @@ def test_chunked_teacher_gets_no_gradient_even_when_trainable():
     student_head, teacher_head, student_states, teacher_states = _setup()
     teacher_head.requires_grad_(True)
     teacher_states.requires_grad_(True)
-    stats = chunked_divergence(student_states, student_head, teacher_states, teacher_head, beta=0.5, chunk_size=3)
+    stats = chunked_divergence(student_states, student_head, teacher_states, teacher_head, DivergenceOptions(0.5), chunk_size=3)
     stats.divergence.sum().backward()
     assert teacher_head.weight.grad is None and teacher_states.grad is None
     assert student_head.weight.grad.abs().sum() > 0
@@ -233,8 +236,8 @@ def test_vocab_size_drops_padding_rows_of_either_head():
     student_head, teacher_head, student_states, teacher_states = _setup(teacher_vocab=16)
     cut = nn.Linear(teacher_head.in_features, 13, bias=False)
     cut.weight.data.copy_(teacher_head.weight.data[:13])
-    padded = chunked_divergence(student_states, student_head, teacher_states, teacher_head, beta=0.5, vocab_size=13, chunk_size=4)
-    exact = chunked_divergence(student_states, student_head, teacher_states, cut, beta=0.5, chunk_size=4)
+    padded = chunked_divergence(student_states, student_head, teacher_states, teacher_head, DivergenceOptions(0.5), vocab_size=13, chunk_size=4)
+    exact = chunked_divergence(student_states, student_head, teacher_states, cut, DivergenceOptions(0.5), chunk_size=4)
     assert torch.equal(padded.divergence, exact.divergence)
     with pytest.raises(ValueError, match="differ in shape"):
-        chunked_divergence(student_states, student_head, teacher_states, teacher_head, beta=0.5)
+        chunked_divergence(student_states, student_head, teacher_states, teacher_head, DivergenceOptions(0.5))

@@ -13,7 +13,7 @@ from posttrain.data.collate import Collator
 from posttrain.data.prepare import prepare_lm_data
 from posttrain.data.tokenize import LMDataOptions
 from posttrain.errors import ModelError
-from posttrain.losses.distill import divergence_from_logits
+from posttrain.losses.distill import DivergenceOptions, divergence_from_logits
 from posttrain.models.distill import DistillationStudent, check_same_vocabulary, freeze_teacher, teacher_states
 from posttrain.tasks import ArithmeticTask
 from posttrain.testing import assert_close_to_scale, assert_tensors_close_to_scale, build_causal_lm
@@ -63,7 +63,7 @@ def test_student_divergence_equals_full_logits_computation(chatml, layout, chunk
 
     states, head = teacher_states(teacher, _inputs(batch), positions)
     assert not states.requires_grad
-    stats = student(**_inputs(batch), positions=positions, teacher_states=states, teacher_head=head, with_stats=True, **options)
+    stats = student(**_inputs(batch), positions=positions, teacher_states=states, teacher_head=head, options=DivergenceOptions(**options), with_stats=True)
     stats.divergence.sum().backward()
     lean_grads = _grads(student_model)
 
@@ -87,7 +87,7 @@ def test_teacher_equal_to_student_gives_zero_divergence_and_gradient(chatml):
     positions = batch["trained_positions"]
     states, head = teacher_states(teacher, _inputs(batch), positions)
     for beta in (0.0, 0.5, 1.0):
-        stats = student(**_inputs(batch), positions=positions, teacher_states=states, teacher_head=head, beta=beta)
+        stats = student(**_inputs(batch), positions=positions, teacher_states=states, teacher_head=head, options=DivergenceOptions(beta))
         stats.divergence.sum().backward()
         grads = _grads(student_model)
         # The same weights and inputs give the same logits: every term is p * 0.
