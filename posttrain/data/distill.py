@@ -26,7 +26,8 @@ class DistillationData:
     system prompt applied), ``prompt_ids``, ``columns`` (``{}``: distillation has no reward
     functions to pass them to) and, for prompt-completion rows, ``completion_ids`` and
     ``completion_mask`` (one bool per completion token: False on tokens the model does not
-    write, such as a tool's message inside a multi-message completion); prompt-only rows have
+    write, such as a tool's message inside a multi-message completion) and ``completion_cut``
+    (True when it was cut to ``max_completion_length``); prompt-only rows have
     ``completion_ids`` None."""
 
     items: list[dict]
@@ -63,7 +64,7 @@ def prepare_distillation_data(
         prepared = prepare_prompts(
             rows, tokenizer, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs, max_prompt_length=max_prompt_length
         )
-        items = [{**item, "columns": {}, "completion_ids": None, "completion_mask": None} for item in prepared.items]
+        items = [{**item, "columns": {}, "completion_ids": None, "completion_mask": None, "completion_cut": False} for item in prepared.items]
         return DistillationData(items, prepared.data_format, [line for line in prepared.lines() if "reward functions" not in line])
     if system_prompt:
         rows, data_format = _with_system_prompt(rows, system_prompt), formats.DataFormat(formats.PROMPT_COMPLETION, True)
@@ -75,11 +76,12 @@ def prepare_distillation_data(
         trained = [i for i, w in enumerate(weights) if w]
         first, last = trained[0], trained[-1]
         completion, mask = ids[first : last + 1], [w > 0 for w in weights[first : last + 1]]
-        if len(completion) > max_completion_length:
+        too_long = len(completion) > max_completion_length
+        if too_long:
             cut, cut_tokens = cut + 1, cut_tokens + len(completion) - max_completion_length
             completion, mask = completion[:max_completion_length], mask[:max_completion_length]
-        prompt = rows[example["row"]]["prompt"]
-        items.append({"row": example["row"], "prompt": prompt, "prompt_ids": ids[:first], "columns": {}, "completion_ids": completion, "completion_mask": mask})
+        item = {"row": example["row"], "prompt": rows[example["row"]]["prompt"], "prompt_ids": ids[:first], "columns": {}}
+        items.append({**item, "completion_ids": completion, "completion_mask": mask, "completion_cut": too_long})
     notes = prepared.report.lines()
     if cut:
         notes.insert(0, f"cut {cut} completion(s) to max_completion_length, losing {cut_tokens} token(s)")
