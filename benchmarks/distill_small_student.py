@@ -5,14 +5,15 @@ the same number of the teacher's greedy completions (issue 19, must-show 2).
     python benchmarks/distill_small_student.py                 # trains the teacher first (the SFT demo)
 
 The teacher is the SFT demo's model (Llama, 4 layers of 128, 100% held-out). The student is that
-model with every other layer removed (layers 0 and 2: half the depth, 2.5% held-out), the
-initialisation DistilBERT used. From it, each arm trains ``--steps`` optimizer steps of
+model with only the layers ``--keep-layers`` (default 0 and 2: half the depth, every other layer,
+the initialisation DistilBERT used). From it, each arm trains ``--steps`` optimizer steps of
 ``--batch`` sequences at the same learning rate and schedule, on the same prompts:
 
 - ``sft``: SFT on the teacher's greedy completions of those prompts;
 - ``kd-off``: distillation on the same completions (``lmbda=0``), forward KL at ``--temperature``;
 - ``kd-on``: on-policy distillation (``lmbda=1``): the student samples, the teacher scores every
   token (generalized JSD, ``beta=0.5``);
+- ``kd-mixed``: half the batches each way (``lmbda=0.5``, GKD), JSD;
 
 then greedy exact match on the 200 held-out problems. Each (arm, seed) runs in this process in
 turn; the figures are the range over seeds.
@@ -27,20 +28,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-ARMS = ("sft", "kd-off", "kd-on")
-KEEP_LAYERS = (0, 2)
+ARMS = ("sft", "kd-off", "kd-on", "kd-mixed")
 
 
-def truncated_student(teacher_path: str, directory: str) -> str:
-    """The teacher with only the layers :data:`KEEP_LAYERS`, saved to ``directory``."""
+def truncated_student(teacher_path: str, directory: str, keep: tuple[int, ...]) -> str:
+    """The teacher with only the layers ``keep``, saved to ``directory``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(teacher_path)
-    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in KEEP_LAYERS)
+    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)
     for index, layer in enumerate(model.model.layers):
         layer.self_attn.layer_idx = index
-    model.config.num_hidden_layers = len(KEEP_LAYERS)
+    model.config.num_hidden_layers = len(keep)
     model.save_pretrained(directory)
     AutoTokenizer.from_pretrained(teacher_path).save_pretrained(directory)
     return directory
@@ -72,12 +72,11 @@ def run_arm(arm: str, student: str, teacher: str, rows: list[dict], args, seed: 
     if arm == "sft":
         trainer = SFTTrainer(student, SFTConfig(**common, max_length=64), train_dataset=rows)
     else:
-        on_policy = arm == "kd-on"
-        config = DistillationConfig(
-            **common, lmbda=1.0 if on_policy else 0.0, beta=0.5 if on_policy else 0.0, temperature=1.0 if on_policy else args.temperature,
-            max_completion_length=6,
-        )
-        data = [{"prompt": row["prompt"]} for row in rows] if on_policy else rows
+        lmbda = {"kd-off": 0.0, "kd-on": 1.0, "kd-mixed": 0.5}[arm]
+        # off-policy: forward KL (soft cross-entropy) at --temperature; with student samples: JSD
+        divergence = {"beta": 0.0, "temperature": args.temperature} if lmbda == 0.0 else {"beta": 0.5, "temperature": 1.0}
+        config = DistillationConfig(**common, lmbda=lmbda, max_completion_length=6, **divergence)
+        data = [{"prompt": row["prompt"]} for row in rows] if lmbda == 1.0 else rows
         trainer = DistillationTrainer(student, config, train_dataset=data, teacher_model=teacher)
     trainer.train()
     task = demo_task()
@@ -93,6 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=1.0, help="of the off-policy divergence")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--keep-layers", nargs="+", type=int, default=[0, 2], help="the teacher's layers the student keeps")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         if teacher is None:
             run_demo(f"{work}/teacher", progress_bar=False, logging_steps=0)
             teacher = f"{work}/teacher/final"
-        student = truncated_student(teacher, f"{work}/student")
+        student = truncated_student(teacher, f"{work}/student", tuple(args.keep_layers))
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         task = demo_task()
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                 accuracy = run_arm(arm, student, teacher, rows, args, seed, f"{work}/{arm}-{seed}")
                 results["arms"][arm].append(accuracy)
                 print(json.dumps({"arm": arm, "seed": seed, "accuracy": accuracy}), flush=True)
-    print(f"student (layers {KEEP_LAYERS} of the teacher) starts at {start:.1%}; {args.steps} steps x {args.batch} sequences, lr {args.learning_rate}")
+    print(f"student (layers {args.keep_layers} of the teacher) starts at {start:.1%}; {args.steps} steps x {args.batch} sequences, lr {args.learning_rate}")
     for arm, values in results["arms"].items():
         print(f"  {arm:<7} held-out {min(values):.1%}-{max(values):.1%} (mean {statistics.mean(values):.1%}) over seeds {args.seeds}")
     if args.json:

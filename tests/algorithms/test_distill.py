@@ -132,19 +132,14 @@ def test_completion_log_shows_the_teachers_summed_logp(model_path, tmp_path):
     assert rows[0]["teacher_logp"] == pytest.approx(logps.sum().item(), rel=1e-5)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path, kill_at):
-    def run(name, **kwargs):
-        extra = kwargs.pop("extra", {})
-        config = _config(tmp_path, name, max_steps=6, save_steps=3, lmbda=0.5, temperature=1.5, per_device_train_batch_size=4, num_epochs=3, **extra)
-        return _trainer(model_path, config, **kwargs)
+def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path, killed_and_resumed):
+    # mixed batches (the on/off choice from (seed, step)) sampled at temperature 1.5: the checkpoint
+    # restores the sampling RNG and the data position
+    def run(name, callbacks=(), **options):
+        config = _config(tmp_path, name, max_steps=6, save_steps=3, lmbda=0.5, temperature=1.5, per_device_train_batch_size=4, num_epochs=3, **options)
+        return _trainer(model_path, config, callbacks=list(callbacks))
 
-    full = run("full", extra={"save_final_model": True})
-    full.train()
-    with pytest.raises(RuntimeError, match="killed at step 4"):
-        run("cut", callbacks=[kill_at(4)]).train()
-    run("cut", extra={"resume_from_checkpoint": "latest", "save_final_model": True}).train()
-    expected = full.model.state_dict()
-    actual = AutoModelForCausalLM.from_pretrained(tmp_path / "cut" / "final").state_dict()
+    expected, actual = killed_and_resumed(run, 4)
     for name in expected:
         assert torch.equal(actual[name], expected[name]), name
 
