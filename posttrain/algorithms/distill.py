@@ -35,8 +35,15 @@ from posttrain.config import option
 from posttrain.data.distill import prepare_distillation_data
 from posttrain.errors import ConfigError
 from posttrain.losses.distill import DivergenceOptions
-from posttrain.models.distill import DistillationStudent, check_head_covers, check_same_vocabulary, freeze_teacher, teacher_states
-from posttrain.models.loading import is_path, is_peft_model, load_causal_lm, load_tokenizer, set_chat_template, tokenizer_source
+from posttrain.models.distill import (
+    DistillationStudent,
+    check_head_covers,
+    check_same_vocabulary,
+    freeze_teacher,
+    merge_adapters,
+    teacher_states,
+)
+from posttrain.models.loading import is_path, load_causal_lm, load_tokenizer, set_chat_template, tokenizer_source
 from posttrain.options import require
 from posttrain.rollout import Completion
 from posttrain.train.loop import BatchSource
@@ -99,9 +106,7 @@ class DistillationTrainer(OnlineTrainer):
         source = self._teacher_source if self._teacher_source is not None else cfg.teacher_model
         if source is None:
             raise ConfigError("no teacher: set teacher_model (a path or hub name) or pass DistillationTrainer(..., teacher_model=<model>)")
-        teacher = load_causal_lm(source, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
-        if is_peft_model(teacher):  # a LoRA teacher runs on merged, plain weights
-            teacher = teacher.merge_and_unload()
+        teacher = merge_adapters(load_causal_lm(source, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation))
         where = tokenizer_source(source) if is_path(source) else tokenizer_source(teacher)
         tokenizer = load_tokenizer(self._teacher_tokenizer, where) if (self._teacher_tokenizer is not None or where) else self.tokenizer
         vocab_size = check_same_vocabulary(self.tokenizer, tokenizer)

@@ -17,6 +17,7 @@ from torch import nn
 from posttrain.errors import ModelError
 from posttrain.losses.distill import DivergenceOptions, DivergenceStats, chunked_divergence
 from posttrain.models.causal_lm import TokenLogProbs
+from posttrain.models.loading import is_peft_model
 
 
 def check_same_vocabulary(student_tokenizer, teacher_tokenizer) -> int:
@@ -48,9 +49,26 @@ def check_head_covers(model: nn.Module, vocab_size: int, role: str) -> None:
         raise ModelError(f"the {role} model predicts {rows} tokens but its tokenizer has {vocab_size}: they do not belong together")
 
 
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """``model`` with its LoRA adapters folded into its weights, so that it runs as a plain model:
+    a peft model through ``merge_and_unload``, a transformers model that loaded an adapter
+    directory (``_hf_peft_config_loaded``) by merging each adapter layer in place. Other models
+    are returned as they are."""
+    if is_peft_model(model):
+        return model.merge_and_unload()
+    if getattr(model, "_hf_peft_config_loaded", False):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+    return model
+
+
 def freeze_teacher(model: nn.Module, chunk_size: int | None = None) -> TokenLogProbs:
     """The teacher as a :class:`TokenLogProbs` in eval mode (no dropout) with every parameter
-    frozen (``requires_grad=False``)."""
+    frozen (``requires_grad=False``) and any LoRA adapters merged (:func:`merge_adapters`)."""
+    model = merge_adapters(model)
     model.eval().requires_grad_(False)
     return TokenLogProbs(model, chunk_size=chunk_size)
 

@@ -124,3 +124,23 @@ def test_same_size_different_token_is_named():
     student, teacher = _Vocabulary(["a", "b", "c", "d"]), _Vocabulary(["a", "b", "x", "d"])
     with pytest.raises(ModelError, match=r"student 4 tokens, teacher 4; first difference at id 2: student 'c', teacher 'x'"):
         check_same_vocabulary(student, teacher)
+
+
+def test_lora_teachers_run_on_merged_weights(model_path, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models.loading import load_causal_lm
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path("llama")), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[5, 9, 14, 3, 7, 22, 8]])
+    with torch.no_grad():
+        expected = peft_model.eval()(ids).logits  # base + adapters, computed unmerged
+        for source in (copy.deepcopy(peft_model), load_causal_lm(str(tmp_path / "adapter"))):  # a peft object, an adapter directory
+            teacher = freeze_teacher(source)
+            adapters = [m for m in teacher.model.modules() if hasattr(m, "merged")]
+            assert all(m.merged for m in adapters)  # no adapter computation left in the forward
+            assert not any(p.requires_grad for p in teacher.model.parameters())
+            assert_close_to_scale(teacher.model(ids).logits, expected)
