@@ -178,22 +178,24 @@ class DistillationTrainer(OnlineTrainer):
     # ------------------------------------------------------------------ the update
 
     def compute_loss(self, module, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, Metric]]:
-        positions = batch.completion_positions
-        inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "attention_mask": None}
+        """The token-summed divergence of the batch's completion tokens (the teacher's body runs
+        here, without gradient, on the same packed rows) and its statistics."""
+        device = self.accelerator.device
+        positions = batch.completion_positions.to(device)
+        inputs = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device), "attention_mask": None}
         states, head = teacher_states(self.teacher, inputs, positions)
         stats = module(
-            batch.input_ids, batch.position_ids, positions=positions, teacher_states=states, teacher_head=head,
-            options=self.config.divergence, vocab_size=self.vocab_size, with_stats=True,
+            **inputs, positions=positions, teacher_states=states, teacher_head=head, options=self.config.divergence,
+            vocab_size=self.vocab_size, with_stats=True,
         )
-        flat = batch.input_ids.numel()
 
         def view(values: torch.Tensor) -> torch.Tensor:
             """``(n,)`` values at ``positions`` -> the ``(S, L)`` completion view."""
-            placed = torch.zeros(flat, dtype=torch.float32, device=values.device).index_copy(0, positions.to(values.device), values.float())
+            placed = torch.zeros(batch.input_ids.numel(), dtype=torch.float32, device=device).index_copy(0, positions, values.float())
             return completion_view(placed.reshape(batch.input_ids.shape), batch.completion_index)
 
         divergence = view(stats.divergence)
-        mask = batch.completion_mask.to(divergence.device)
+        mask = batch.completion_mask.to(device)
         tokens = mask.sum()
         metrics = {
             "entropy": Metric.mean((view(stats.student_entropy) * mask).sum(), tokens),
@@ -212,11 +214,11 @@ class DistillationTrainer(OnlineTrainer):
         items, counted, accumulator = list(self.eval_source.dataset), list(self._generation), MetricAccumulator()
         module = getattr(self, "module", None) or self._module_before_training()
         with self.accelerator.split_between_processes(items) as mine:
-            samples = self._samples(mine, on_policy=mine[0]["completion_ids"] is None, greedy=True)
-            experience = Experience.from_samples(samples)
-            for rows in split_micro_batches(range(len(experience)), self.config.per_device_eval_batch_size):
-                batch = micro_batch(experience, rows, self.tokenizer.pad_token_id, self._row_capacity())
-                accumulator.update(self.compute_loss(module, batch)[1])
+            if mine:
+                experience = Experience.from_samples(self._samples(mine, on_policy=items[0]["completion_ids"] is None, greedy=True))
+                for rows in split_micro_batches(range(len(experience)), self.config.per_device_eval_batch_size):
+                    batch = micro_batch(experience, rows, self.tokenizer.pad_token_id, self._row_capacity())
+                    accumulator.update(self.compute_loss(module, batch)[1])
         self._generation = counted  # evaluation is not part of the next generation batch
         return {f"eval/{name}": value for name, value in accumulator.compute(self.accelerator).items()}
 
