@@ -10,7 +10,10 @@ KL or the generalized JSD, chosen by ``beta``), both at ``temperature``, as one 
 the accumulated batch (docs/design.md, "Loss normalisation"). The two LM heads run side by side
 over chunks of the completion positions (:class:`~posttrain.models.distill.DistillationStudent`),
 so neither model's ``(B, T, V)`` logits exist. The teacher is frozen and never wrapped by
-accelerate: it is run, not trained, and never saved with the student.
+accelerate: it is run, not trained, and never saved with the student. Under sharding (``fsdp``)
+it is sharded block by block like the student (``shard_frozen``); its root unit (embeddings,
+final norm, head) is gathered for a step's micro-batches, since the chunked divergence re-runs
+its head in backward, and released after the optimizer step.
 
 Departures from GKD, on purpose:
 
@@ -40,6 +43,7 @@ from posttrain.models.distill import (
     check_head_covers,
     check_same_vocabulary,
     freeze_teacher,
+    release_teacher_head,
     merge_adapters,
     teacher_states,
 )
@@ -48,6 +52,7 @@ from posttrain.options import require
 from posttrain.rollout import Completion
 from posttrain.train.loop import BatchSource
 from posttrain.train.metrics import Metric, MetricAccumulator
+from posttrain.train.sharding import shard_frozen
 from posttrain.train.state import TrainState
 
 
@@ -114,6 +119,23 @@ class DistillationTrainer(OnlineTrainer):
         check_head_covers(teacher, vocab_size, "teacher")
         self.check_packing(teacher)
         return freeze_teacher(teacher.to(self.accelerator.device)), vocab_size
+
+    def _teacher_module(self):
+        """The teacher; under sharding (FSDP2) sharded like the student on first use, its blocks
+        released after each forward and its root unit after each step (:meth:`optimizer_step`)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        if self.accelerator.is_fsdp2 and not isinstance(self.teacher, FSDPModule):
+            self.teacher = shard_frozen(self.accelerator, self.teacher, reshard_root_after_forward=False)
+        return self.teacher
+
+    def optimizer_step(self, run, window: list, metrics=None) -> None:
+        # the chunked divergence re-runs the teacher's head in backward, so a sharded teacher's
+        # root unit stays gathered through the step's micro-batches and is released here
+        try:
+            super().optimizer_step(run, window, metrics)
+        finally:
+            release_teacher_head(self.teacher)
 
     def wrap_model(self, model) -> torch.nn.Module:
         self.check_packing(model)
@@ -183,7 +205,7 @@ class DistillationTrainer(OnlineTrainer):
         device = self.accelerator.device
         positions = batch.completion_positions.to(device)
         inputs = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device), "attention_mask": None}
-        states, head = teacher_states(self.teacher, inputs, positions)
+        states, head = teacher_states(self._teacher_module(), inputs, positions)
         stats = module(
             **inputs, positions=positions, teacher_states=states, teacher_head=head, options=self.config.divergence,
             vocab_size=self.vocab_size, with_stats=True,
@@ -219,6 +241,7 @@ class DistillationTrainer(OnlineTrainer):
                 for rows in split_micro_batches(range(len(experience)), self.config.per_device_eval_batch_size):
                     batch = micro_batch(experience, rows, self.tokenizer.pad_token_id, self._row_capacity())
                     accumulator.update(self.compute_loss(module, batch)[1])
+                release_teacher_head(self.teacher)
         self._generation = counted  # evaluation is not part of the next generation batch
         return {f"eval/{name}": value for name, value in accumulator.compute(self.accelerator).items()}
 
@@ -244,6 +267,8 @@ class DistillationTrainer(OnlineTrainer):
         the completion mask), at temperature 1."""
 
         def forward(ids, positions, scored):
-            return {"logps": self.teacher(ids, positions, positions=scored).logps}
+            return {"logps": self._teacher_module()(ids, positions, positions=scored).logps}
 
-        return (self.scoring_pass(experience, forward)["logps"] * experience.completion_mask).sum(dim=1)
+        logps = self.scoring_pass(experience, forward)["logps"]
+        release_teacher_head(self.teacher)
+        return (logps * experience.completion_mask).sum(dim=1)

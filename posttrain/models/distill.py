@@ -65,19 +65,45 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     return model
 
 
-def freeze_teacher(model: nn.Module, chunk_size: int | None = None) -> TokenLogProbs:
-    """The teacher as a :class:`TokenLogProbs` in eval mode (no dropout) with every parameter
+class FrozenTeacher(TokenLogProbs):
+    """The teacher: a :class:`TokenLogProbs` whose ``forward`` can also return the scored
+    states, ``forward(input_ids, position_ids, attention_mask, *, positions, states_only=True)``
+    -> ``(states (n, Ht), head)`` (see :meth:`TokenLogProbs.scored_states`).
+
+    Both passes go through ``forward`` so that a sharded teacher (FSDP2) gathers its weights by
+    its own hooks: the embeddings, final norm and head belong to the root unit, which is kept
+    gathered after the states pass (the head is used after it, beside the student's) until
+    :func:`release_teacher_head` reshards it."""
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, *, positions=None, states_only: bool = False, **options):
+        if not states_only:
+            return super().forward(input_ids, position_ids, attention_mask, positions=positions, **options)
+        inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
+        return self.scored_states(inputs, positions)
+
+
+def freeze_teacher(model: nn.Module, chunk_size: int | None = None) -> FrozenTeacher:
+    """The teacher as a :class:`FrozenTeacher` in eval mode (no dropout) with every parameter
     frozen (``requires_grad=False``) and any LoRA adapters merged (:func:`merge_adapters`)."""
     model = merge_adapters(model)
     model.eval().requires_grad_(False)
-    return TokenLogProbs(model, chunk_size=chunk_size)
+    return FrozenTeacher(model, chunk_size=chunk_size)
 
 
 @torch.no_grad()
-def teacher_states(teacher: TokenLogProbs, inputs: dict, positions: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+def teacher_states(teacher: FrozenTeacher, inputs: dict, positions: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
     """``(states (n, Ht), head)`` of the teacher at flat ``positions`` (see
     :meth:`TokenLogProbs.scored_states`), without gradient."""
-    return teacher.scored_states(inputs, positions)
+    return teacher(**inputs, positions=positions, states_only=True)
+
+
+def release_teacher_head(teacher: nn.Module) -> None:
+    """Reshard a sharded teacher's root unit (embeddings, norm, head), which its forward leaves
+    gathered; nothing for a whole teacher."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(teacher, FSDPModule):
+        teacher.reshard()
 
 
 class DistillationStudent(TokenLogProbs):

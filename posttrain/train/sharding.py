@@ -238,16 +238,20 @@ def check_sharded(module: torch.nn.Module, num_processes: int) -> None:
         )
 
 
-def shard_frozen(accelerator, module: torch.nn.Module) -> torch.nn.Module:
-    """Shard a module that is not trained (a reference policy) like the trained one, without
-    registering it with accelerate: a checkpoint holds the trained model only."""
+def shard_frozen(accelerator, module: torch.nn.Module, *, reshard_root_after_forward: bool = True) -> torch.nn.Module:
+    """Shard a module that is not trained (a reference policy, a teacher) like the trained one,
+    without registering it with accelerate: a checkpoint holds the trained model only.
+
+    ``reshard_root_after_forward=False``: the root unit (embeddings, final norm, head) stays
+    gathered after a forward until the caller's ``module.reshard()``: for a teacher whose head
+    is used after its forward (distillation re-runs it in the student's backward)."""
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
     set_units(accelerator, module)
     sharded = fsdp2_prepare_model(accelerator, module)
     # FSDP keeps a root unit's weights gathered after forward, for the backward that follows; a
     # frozen module has none, so its embeddings and head would stay whole on every process
-    sharded.set_reshard_after_forward(True, recurse=False)
+    sharded.set_reshard_after_forward(reshard_root_after_forward, recurse=False)
     check_sharded(sharded, accelerator.num_processes)
     return sharded
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 
 from posttrain import (
+    DistillationConfig,
+    DistillationTrainer,
     DPOConfig,
     DPOTrainer,
     GRPOConfig,
@@ -44,11 +46,11 @@ from posttrain import (
     SFTTrainer,
 )
 from posttrain.tasks import ArithmeticTask
-from posttrain.testing import ScriptedEngine
+from posttrain.testing import ScriptedEngine, fixture_path
 
 from resume_worker import die_after
 
-CASES = ("sft", "sft-lora", "rm", "dpo-model", "dpo-precomputed", "kto", "grpo", "ppo")
+CASES = ("sft", "sft-lora", "rm", "dpo-model", "dpo-precomputed", "kto", "grpo", "ppo", "distill")
 STEPS = 4
 SAVE_STEPS = 2
 SCRIPT = [" 1", " 22", " 7 7 7", " 333", " 4"]
@@ -99,6 +101,16 @@ def build(case: str, out: Path, batch: int, model: str, classifier: str, fsdp: b
         # policy and its critic (a copy of the backbone) in one sharded module; a sharded reference
         config = PPOConfig(**options, batch_size=batch, ppo_epochs=2, max_completion_length=8, kl_coef=0.1, adap_kl_ctrl=True, kl_target=0.01, kl_horizon=16.0)
         trainer = PPOTrainer(model, config, train_dataset=task.prompt_only("train", 16), reward_funcs=[length_reward])
+        trainer._engine = ScriptedEngine(trainer.tokenizer, SCRIPT)
+        return trainer
+    if case == "distill":
+        # the student (llama) learns on its own scripted samples from a wider, deeper teacher with
+        # the same tokenizer; both are sharded. Chunks of 8 positions: the teacher's head re-runs
+        # in the student's backward, while its sharded root unit is still gathered
+        config = DistillationConfig(
+            **options, teacher_model=str(fixture_path("qwen2-small")), lmbda=1.0, beta=0.5, max_completion_length=8, logits_chunk_size=8,
+        )
+        trainer = DistillationTrainer(model, config, train_dataset=task.prompt_only("train", 16))
         trainer._engine = ScriptedEngine(trainer.tokenizer, SCRIPT)
         return trainer
     raise ValueError(f"unknown case {case!r}")
@@ -154,6 +166,8 @@ def run_cases(out: str, batch: int, model: str, classifier: str, cases=CASES, fs
         entry = {"module": describe(trainer.module)}
         reference = getattr(trainer, "reference", None)  # the ReferencePolicy component, when the trainer holds one
         frozen = getattr(reference, "_frozen", None)  # its sharded copy, once it has run
+        if case == "distill":
+            frozen = trainer.teacher
         if frozen is not None:
             entry["reference"] = describe(frozen)
         if case == "grpo":

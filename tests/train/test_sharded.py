@@ -1,7 +1,7 @@
 """Sharded training (FSDP2) on CPU: 2 and 4 gloo processes, each holding 1/N of every parameter,
 train every trainer (SFT with gradient checkpointing, a reward model, DPO with a sharded
-reference, KTO, GRPO, PPO's policy and critic; on 2 processes also SFT with LoRA and DPO with a
-precomputed reference) as one unsharded process does with the same global batch; a sharded run killed after a checkpoint and resumed ends
+reference, KTO, GRPO, PPO's policy and critic; on 2 processes also SFT with LoRA, DPO with a
+precomputed reference and distillation with a sharded teacher) as one unsharded process does with the same global batch; a sharded run killed after a checkpoint and resumed ends
 exactly where an uninterrupted one does; its checkpoint resumes on fewer processes (4 -> 2,
 2 -> 1) to float tolerance.
 
@@ -117,13 +117,13 @@ def _moved_over_tolerance(case: str, trained: dict[str, torch.Tensor]) -> list[f
 @pytest.mark.parametrize("processes", [2, 4])
 def test_every_parameter_is_a_dtensor_sharded_over_all_processes(runs, processes):
     """What plain data parallelism (DDP) would fail: each process holds 1/N of every trained
-    parameter (and of the reference policy's) as a DTensor sharded along dim 0."""
+    parameter (and of the reference policy's, or the teacher's) as a DTensor sharded along dim 0."""
     per_rank = reports(runs[processes], processes)
     for case in CASES_ON[processes]:
         for kind in ("module", "reference"):
             tables = [report[case].get(kind) for report in per_rank]
             if tables[0] is None:
-                assert case not in ("dpo-model", "kto", "grpo", "ppo"), f"{case}: no sharded reference recorded"
+                assert case not in ("dpo-model", "kto", "grpo", "ppo", "distill"), f"{case}: no sharded reference (or teacher) recorded"
                 continue
             for rank, table in enumerate(tables):
                 plain = [row[0] for row in table if not (row[1] and row[2] == processes and row[3] == "(Shard(dim=0),)")]
