@@ -43,8 +43,8 @@ from posttrain.models.distill import (
     check_head_covers,
     check_same_vocabulary,
     freeze_teacher,
-    release_teacher_head,
     merge_adapters,
+    release_teacher_head,
     teacher_states,
 )
 from posttrain.models.loading import is_path, load_causal_lm, load_tokenizer, set_chat_template, tokenizer_source
