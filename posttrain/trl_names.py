@@ -111,6 +111,18 @@ def _optimizer(value: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def _mini_batch(value: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """TRL's classic PPO ``mini_batch_size``: completions per optimizer step, which is
+    ``per_device_train_batch_size x gradient_accumulation_steps`` here."""
+    size, accumulation = coerce(value, int, "mini_batch_size"), coerce(given.get("gradient_accumulation_steps", 1), int, "gradient_accumulation_steps")
+    if size < 1 or size % accumulation:
+        raise ConfigError(
+            f"mini_batch_size={size} is not a multiple of gradient_accumulation_steps={accumulation}: completions per optimizer "
+            "step are per_device_train_batch_size x gradient_accumulation_steps here; set per_device_train_batch_size instead"
+        )
+    return {"per_device_train_batch_size": size // accumulation}
+
+
 def _log_completions(value: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     if not _flag("log_completions", value):
         return {"log_completions_steps": 0}
@@ -252,6 +264,7 @@ ALIASES: dict[str, Alias] = {
     "activation_checkpointing": _renamed("gradient_checkpointing"),
     "wandb_log_unique_prompts": _renamed("log_unique_prompts"),
     "num_ppo_epochs": _renamed("ppo_epochs"),
+    "mini_batch_size": Alias(_mini_batch, "mini_batch_size (completions per optimizer step) is per_device_train_batch_size x gradient_accumulation_steps here"),
     "response_length": _renamed("max_completion_length"),
     "stop_token_id": Alias(lambda value, given: {"stop_token_ids": [] if value is None else [value]}, "stop_token_id=N is stop_token_ids=[N] here"),
     "bf16": Alias(_precision),

@@ -43,6 +43,8 @@ def _fresh_notes(monkeypatch):
         (GRPOConfig, {"log_completions": True, "logging_steps": 4}, {"log_completions_steps": 4}),
         (GRPOConfig, {"use_vllm": False, "wandb_log_unique_prompts": True}, {"log_unique_prompts": True}),
         (PPOConfig, {"num_ppo_epochs": 2, "response_length": 24, "stop_token_id": 7}, {"ppo_epochs": 2, "max_completion_length": 24, "stop_token_ids": [7]}),
+        # classic TRL PPO (step API): mini_batch_size completions per optimizer step
+        (PPOConfig, {"batch_size": 32, "mini_batch_size": 8, "gradient_accumulation_steps": 2}, {"batch_size": 32, "per_device_train_batch_size": 4}),
         # a YAML written for TRL's command line (ScriptArguments and ModelConfig)
         (SFTConfig, {"model_name_or_path": "org/model", "dataset_name": "org/data", "dataset_config": "main", "dataset_test_split": "test",
                      "use_peft": True, "lora_r": 8, "torch_dtype": "bfloat16", "trust_remote_code": False},
@@ -86,6 +88,7 @@ def test_alias_means_our_option(config_cls, trl, ours):
         (SFTConfig, {"dataset_train_split": "train"}, ["need dataset_name"]),
         (KTOConfig, {"learnig_rate": 1e-5}, ["unknown option 'learnig_rate' for KTOConfig; did you mean learning_rate"]),
         (SFTConfig, {"num_train_epoch": 1}, ["did you mean num_train_epochs"]),
+        (PPOConfig, {"mini_batch_size": 6, "gradient_accumulation_steps": 4}, ["mini_batch_size=6 is not a multiple of gradient_accumulation_steps=4"]),
     ],
 )
 def test_refused_with_the_replacement(config_cls, trl, fragments):

@@ -158,7 +158,9 @@ class StepAPI:
     def step(self, queries, responses, rewards) -> dict[str, float]:
         """One PPO update on this batch (``batch_size`` samples): reference and value passes,
         KL-penalised rewards, GAE, ``ppo_epochs`` over mini-batches. Returns the stats of its
-        optimizer steps (the same names ``train()`` logs) and logs them at ``logging_steps``."""
+        optimizer steps (the same names ``train()`` logs). Every ``logging_steps``-th call logs
+        one line at its last optimizer step with the metrics of the calls since the last line
+        (``logging_steps`` counts calls here, not optimizer steps)."""
         run = self._step_run()
         state = run.state
         if 0 < state.total_steps <= state.step:
@@ -169,7 +171,11 @@ class StepAPI:
         run.module.train()
         while (window := self.take_window()) is not None:
             self.optimizer_step(run, window, sink)
-            self.end_step(run)
+            self.end_step(run, scheduled_log=False)
+        self._calls += 1
+        if self.config.logging_steps and self._calls % self.config.logging_steps == 0:
+            self.log_metrics(run)
+            run.last_log = (time.perf_counter(), state.tokens_seen)
         self._generated.clear()
         stats = returned.compute(self.accelerator)
         stats["learning_rate"] = run.scheduler.get_last_lr()[0]
@@ -183,6 +189,7 @@ class StepAPI:
             if getattr(self, "module", None) is not None:
                 raise RuntimeError("step() and generate() drive their own run; this trainer already ran train(). Build a new PPOTrainer for step()")
             self._generated = {}  # (prompt ids, text) -> Completion of generate(), for step()
+            self._calls = 0  # step() calls so far (logging_steps counts them)
             self._run = self.start_training(None)
             self._run.last_log = (time.perf_counter(), self.state.tokens_seen)
         return self._run

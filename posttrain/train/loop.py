@@ -448,28 +448,19 @@ class Trainer(TrainerAPI):
             "Try a lower learning_rate, max_grad_norm > 0, bf16 instead of fp16, or check the data of this step."
         )
 
-    def end_step(self, run: TrainingRun) -> None:
+    def end_step(self, run: TrainingRun, *, scheduled_log: bool = True) -> None:
         """After an optimizer step: the TrainerCallbacks' ``on_step_end`` (which may ask for a
-        log, evaluation, checkpoint or stop), the metric line when due, evaluation, the
+        log, evaluation, checkpoint or stop), the metric line when due (``scheduled_log=False``:
+        only when a callback asks; the caller logs with :meth:`log_metrics`), evaluation, the
         completion log, a checkpoint, the plain callbacks."""
         cfg, state, last_log = self.config, run.state, run.last_log
         # TrainerCallbacks see the step first and may ask for a log, evaluation, checkpoint or stop
         control = self.callback_handler.fire("on_step_end", self)
         final = state.step == state.total_steps or control.should_training_stop
-        logged = (cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)) or control.should_log
+        due = scheduled_log and cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)
+        logged = due or control.should_log
         if logged:
-            values = run.metrics.compute(self.accelerator)
-            now = time.perf_counter()
-            values.update(
-                {
-                    "learning_rate": run.scheduler.get_last_lr()[0],
-                    "epoch": state.epoch + state.batches_in_epoch / self._batches_per_epoch,
-                    "tokens_seen": float(state.tokens_seen),
-                }
-            )
-            if last_log is not None:
-                values["tokens_per_second"] = (state.tokens_seen - last_log[1]) / max(now - last_log[0], 1e-9)
-            self.reporter.log(state.step, values)
+            self.log_metrics(run)
         if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final or control.should_evaluate):
             evaluation = self.evaluate()
             self.reporter.log(state.step, evaluation)
@@ -482,6 +473,23 @@ class Trainer(TrainerAPI):
         # evaluation and checkpoints above are not training time: the next interval starts here
         if logged or last_log is None:
             run.last_log = (time.perf_counter(), state.tokens_seen)
+
+    def log_metrics(self, run: TrainingRun) -> None:
+        """One metric line at the current step: the metrics accumulated since the last one, the
+        learning rate, epoch, tokens seen and the throughput since the last line."""
+        state, last_log = run.state, run.last_log
+        values = run.metrics.compute(self.accelerator)
+        now = time.perf_counter()
+        values.update(
+            {
+                "learning_rate": run.scheduler.get_last_lr()[0],
+                "epoch": state.epoch + state.batches_in_epoch / self._batches_per_epoch,
+                "tokens_seen": float(state.tokens_seen),
+            }
+        )
+        if last_log is not None:
+            values["tokens_per_second"] = (state.tokens_seen - last_log[1]) / max(now - last_log[0], 1e-9)
+        self.reporter.log(state.step, values)
 
     # ------------------------------------------------------------------ evaluation
 

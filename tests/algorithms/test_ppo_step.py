@@ -59,7 +59,8 @@ def test_the_issue_snippet_runs_verbatim(brief_model, tmp_path, monkeypatch):
     output_dir = tmp_path / ppo_trainer.config.output_dir
     assert output_dir.parent == tmp_path / "outputs" and output_dir.name.startswith("ppo-")
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(10, 161, 10))  # logging_steps=10, shared with train()
+    # logging_steps (default 10) counts step() calls: one line, after the 10th, at its last optimizer step
+    assert [r["step"] for r in records] == [160]
     start = AutoModelForCausalLM.from_pretrained(model).state_dict()
     assert any(not torch.equal(p, start[n]) for n, p in ppo_trainer.model.state_dict().items())
 
@@ -84,6 +85,20 @@ def test_step_returns_the_stats_of_its_optimizer_steps(brief_model, tmp_path):
     assert stats["objective/scores"] == pytest.approx(0.125) and stats["time/generation"] > 0
     assert all(math.isfinite(v) for v in stats.values())
     assert isinstance(trainer.generate(QUERY), str) and isinstance(trainer.generate(QUERY, return_ids=True), list)
+
+
+def test_each_logged_line_is_one_call(brief_model, tmp_path):
+    """A line per ``logging_steps`` calls, at the call's last optimizer step, holding the same
+    numbers ``step`` returned (issue 20: lines used to fall on optimizer steps mid-call)."""
+    trainer = PPOTrainer(_config(tmp_path, logging_steps=1), brief_model)
+    returned = []
+    for _ in range(2):
+        responses = trainer.generate([QUERY] * 4)
+        returned.append(trainer.step([QUERY] * 4, responses, [1.0, 0.0, 0.5, -1.0]))
+    logged = trainer.state.log_history
+    assert [r["step"] for r in logged] == [4, 8]
+    for line, stats in zip(logged, returned):
+        assert line["loss"] == pytest.approx(stats["loss"], rel=1e-6) and line["objective/scores"] == pytest.approx(stats["objective/scores"])
 
 
 def _trained_weights(model, tmp_path, name, responses, rewards, **values):
