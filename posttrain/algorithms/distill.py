@@ -227,7 +227,7 @@ class DistillationTrainer(OnlineTrainer):
         return self.reduce(divergence, batch, metrics)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def compute_eval_metrics(self) -> dict[str, float]:
         """The divergence and its statistics on the evaluation rows: on their own completions
         when they have them (the same tokens at every evaluation), else on the student's greedy
         completions; ``eval/loss``, ``eval/agreement``, ``eval/entropy``, ``eval/teacher_entropy``."""

@@ -447,7 +447,7 @@ class OnlineTrainer(Trainer):
         self.completion_log.log(due, rows)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def compute_eval_metrics(self) -> dict[str, float]:
         """Greedy completions of the evaluation prompts, scored by the reward functions:
         ``eval/reward`` and ``eval/rewards/<name>/mean``."""
         if self.eval_source is None or self.rewards is None:

@@ -462,9 +462,7 @@ class Trainer(TrainerAPI):
         if logged:
             self.log_metrics(run)
         if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final or control.should_evaluate):
-            evaluation = self.evaluate()
-            self.reporter.log(state.step, evaluation)
-            self.callback_handler.fire("on_evaluate", self, metrics=evaluation)
+            self.evaluate()
         if self.completion_log.due(state.step):
             self.log_sample_completions(state.step)
         if (cfg.save_steps and state.step % cfg.save_steps == 0 and not final) or control.should_save:
@@ -494,8 +492,9 @@ class Trainer(TrainerAPI):
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Metrics over the whole evaluation set, prefixed ``eval/``."""
+    def compute_eval_metrics(self) -> dict[str, float]:
+        """Metrics over the whole evaluation set, prefixed ``eval/`` (recorded by
+        :meth:`~posttrain.train.trainer_api.TrainerAPI.evaluate`)."""
         if self.eval_source is None:
             return {}
         if not hasattr(self, "_eval_loader"):

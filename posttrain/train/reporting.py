@@ -71,6 +71,9 @@ class RunReporter:
             listener(step, metrics)
         if not self.enabled:
             return
+        if not self._training:  # before the run starts (an evaluation first): the console only
+            self.console.print(format_metrics(step, metrics), markup=False, soft_wrap=True)
+            return
         record = {"step": step, "time": round(time.perf_counter() - self._started, 3), **metrics}
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -92,6 +92,17 @@ class TrainerAPI:
             self.config.output_dir = chosen
             acc.project_configuration.set_directories(chosen)
 
+    def evaluate(self) -> dict[str, float]:
+        """TRL's ``evaluate()``: the ``eval/`` metrics over the evaluation rows (empty without
+        them), recorded as the loop's evaluations are: ``state.log_history``, the callbacks'
+        ``on_log`` and ``on_evaluate``, the console, and, once ``train()`` has started the run,
+        ``metrics.jsonl`` and the trackers at the current step (before it nothing is written to
+        the output directory, which belongs to the run ``train()`` starts)."""
+        metrics = self.compute_eval_metrics()
+        self.reporter.log(self.state.step, metrics)
+        self.callback_handler.fire("on_evaluate", self, metrics=metrics)
+        return metrics
+
     # ------------------------------------------------------------------ events the loop reports
 
     def _record_log(self, step: int, metrics: dict) -> None:

@@ -3,6 +3,8 @@ what state; the control flags the loop obeys; what is refused when a callback is
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from transformers import TrainerCallback
 
@@ -110,3 +112,22 @@ def test_what_is_refused_when_a_callback_is_added(model_path, tmp_path):
     trainer.add_callback(callback)
     trainer.remove_callback(callback)
     assert trainer.callbacks == [] and trainer.pop_callback(Everything) is None
+
+
+def test_evaluate_called_by_the_user_is_recorded(model_path, tmp_path):
+    """TRL's habit of ``trainer.evaluate()`` before and after ``train()``: each call lands in
+    ``state.log_history`` and reaches ``on_log`` and ``on_evaluate``; before training it writes
+    nothing to the output directory, after it the record joins ``metrics.jsonl``."""
+    callback = Everything()
+    trainer = _trainer(model_path, tmp_path / "run", [callback], eval_steps=0)
+    before = trainer.evaluate()
+    assert "eval/loss" in before
+    assert trainer.state.log_history == [{**before, "step": 0}]
+    assert ("on_log", 0) in callback.seen and ("on_evaluate", 0) in callback.seen
+    assert not (tmp_path / "run").exists()  # the run train() starts owns the directory
+    trainer.train()
+    after = trainer.evaluate()
+    assert after["eval/loss"] != before["eval/loss"]
+    assert trainer.state.log_history[-1] == {**after, "step": 2} and callback.seen[-1] == ("on_evaluate", 2)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and records[-1]["eval/loss"] == after["eval/loss"]
