@@ -69,9 +69,13 @@ def tool_call_tags_schema(tokenizer) -> dict:
             "content": {"close_pattern": r"\s*(?:" + "|".join(stops) + ")" if stops else r"$", "content": "text"},
         },
     }
+    # The reply starts after the template's generation prompt, the last one in the context; a
+    # template without one starts replies right after the context (which the parser is then not given).
     anchor = generation_prompt(tokenizer)
     if anchor:
         schema["start_anchor"] = anchor
+    else:
+        schema["start_anchor_pattern"] = r"\A"
     return schema
 
 
@@ -146,11 +150,16 @@ class ToolCallParser:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.schema = response_schema(tokenizer)
+        self.with_context = "start_anchor" in self.schema
+        try:  # a broken response template is the user's to fix, not a malformed call of the model
+            tokenizer.parse_response("", self.schema, prefix="")
+        except ValueError as exc:
+            raise ToolError(f"the response template cannot parse replies: {exc}. Fix: correct tokenizer.response_template") from exc
 
     def parse(self, turn_ids: Sequence[int], context_ids: Sequence[int]) -> ParsedTurn:
         text = self.tokenizer.decode(list(turn_ids), skip_special_tokens=True)
         try:
-            parsed = self.tokenizer.parse_response(list(turn_ids), self.schema, prefix=list(context_ids))
+            parsed = self.tokenizer.parse_response(list(turn_ids), self.schema, prefix=list(context_ids) if self.with_context else [])
         except ValueError as exc:
             problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return ParsedTurn({"role": "assistant", "content": text}, [ToolCall(None, None, problem)])

@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 
-from posttrain.rollout.agents import ERROR_KINDS, ToolCall, Toolbox, run_tool_calls
+from posttrain.rollout.agents import ERROR_KINDS, Toolbox, ToolCall, run_tool_calls
 
 
 def multiply(a: int, b: int) -> int:
