@@ -70,8 +70,8 @@ NON_PREFIX_TEMPLATE = (
 )
 
 # ChatML with tool support, in the manner of Qwen2.5's template (our own wording, and compact: a
-# tool is one line, its name, parameters and description, so prompts stay short for tiny models).
-# With tools, the system turn lists them and says how to call one; an assistant turn writes each
+# tool is one line, its name, parameters and description, and there is no instruction text, so
+# prompts stay short for tiny models). With tools, the system turn lists them; an assistant turn writes each
 # call as <tool_call>{"name": ..., "arguments": {...}}</tool_call> after its text; a tool result is
 # a turn of role "tool". Without tools, tool calls or tool messages it renders exactly as
 # CHATML_TEMPLATE (a test checks it).
@@ -85,7 +85,7 @@ TOOLS_TEMPLATE = (
     "- {{ fn['name'] }}({{ (fn['parameters']['properties'] if fn['parameters'] is defined else {}) | join(', ') }}): "
     "{{ fn['description'] }}\n"
     "{% endfor %}"
-    "Call a tool with <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call><|im_end|>\n"
+    "<|im_end|>\n"
     "{% endif %}"
     "{% for message in messages[ns.first:] %}"
     "<|im_start|>{{ message['role'] }}\n"

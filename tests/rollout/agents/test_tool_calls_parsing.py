@@ -49,8 +49,7 @@ def test_tools_go_into_the_system_turn_and_calls_into_the_assistant_turn(tools_t
         {"role": "assistant", "content": "1786"},
     ]
     assert tools_tokenizer.apply_chat_template(conversation, tools=[multiply], tokenize=False) == (
-        "<|im_start|>system\nBe brief.\nTools:\n- multiply(a, b): Multiply two integers.\n"
-        'Call a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call><|im_end|>\n'
+        "<|im_start|>system\nBe brief.\nTools:\n- multiply(a, b): Multiply two integers.\n<|im_end|>\n"
         "<|im_start|>user\nWhat is 47*38?<|im_end|>\n"
         '<|im_start|>assistant\n<tool_call>{"name": "multiply", "arguments": {"a": 47, "b": 38}}</tool_call><|im_end|>\n'
         "<|im_start|>tool\n1786<|im_end|>\n"
