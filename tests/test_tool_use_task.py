@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.tasks.tool_use import multiply, tool_demonstrations, tool_prompts, tool_task, used_tool
+from posttrain.tasks.tool_use import multiply, tool_demonstrations, tool_prompts, tool_task, tool_use_accuracy, used_tool
 
 
 def test_prompts_ask_for_products_of_two_digit_numbers_held_out_by_hash():
@@ -56,3 +56,25 @@ def test_sft_trains_on_the_call_and_the_answer_not_on_the_tool_result():
 def test_direct_rate_out_of_range_is_refused(rate):
     with pytest.raises(ValueError, match="direct_rate"):
         tool_demonstrations(tool_task(), "train", 4, direct_rate=rate)
+
+
+def test_accuracy_scores_the_final_answer_and_counts_tool_use():
+    import re
+
+    from posttrain.testing import ScriptedTurnsEngine, build_tokenizer
+
+    tokenizer = build_tokenizer("tools")
+    rows = tool_prompts(tool_task(), "test", 6)
+
+    def reply(context: str) -> str:
+        a, b = (int(x) for x in re.findall(r"What is (\d+)\*(\d+)\?", context)[0])
+        if a % 2:  # odd first factor: answer directly, one too high
+            return f"{a * b + 1}<|im_end|>"
+        if "<|im_start|>tool" not in context:
+            return f'<tool_call>{{"name": "multiply", "arguments": {{"a": {a}, "b": {b}}}}}</tool_call><|im_end|>'
+        return re.findall(r"<\|im_start\|>tool\n(.*?)<\|im_end\|>", context)[-1] + "<|im_end|>"
+
+    result = tool_use_accuracy(None, tokenizer, rows, engine=ScriptedTurnsEngine(tokenizer, reply))
+    even = sum(int(r["prompt"][0]["content"].split()[2].split("*")[0]) % 2 == 0 for r in rows) / len(rows)
+    assert 0 < even < 1
+    assert result.accuracy == pytest.approx(even) and result.tool_use == pytest.approx(even)

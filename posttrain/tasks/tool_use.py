@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
+
 from posttrain.rollout.agents import EpisodePrompt, ToolOptions, encode_tool_prompt, generate_episodes, tool_schema
 from posttrain.rollout.generation import HFGenerationEngine
 from posttrain.rollout.sampling import SamplingOptions
@@ -97,20 +99,30 @@ class ToolEvalResult:
 
 def tool_use_accuracy(
     model, tokenizer, rows: Sequence[Mapping], tools: Sequence = (multiply,), max_new_tokens: int = 96, batch_size: int = 64,
-    max_tool_calling_iterations: int = 2,
+    max_tool_calling_iterations: int = 2, samples: int = 0, seed: int = 0, engine=None,
 ) -> ToolEvalResult:
-    """Greedy multi-turn episodes of ``rows`` (prompt-only rows with an ``answer``): the final
-    assistant message must be the answer exactly (:meth:`ArithmeticTask.score`)."""
+    """Multi-turn episodes of ``rows`` (prompt-only rows with an ``answer``), scored by exact
+    match of the final assistant message (:meth:`ArithmeticTask.score`).
+
+    ``samples=0``: one greedy episode per row. ``samples=k``: ``k`` episodes per row sampled at
+    temperature 1 (the policy's own mix of calling the tool and answering directly, which greedy
+    decoding hides), from a generator seeded with ``seed`` inside a forked RNG, so evaluating
+    never moves the training's random state and the same model always scores the same.
+    ``engine``: the generation engine (default: transformers' ``generate`` on ``model``)."""
     if not rows:
         raise ValueError("no rows to evaluate")
     schemas = [tool_schema(t) for t in tools]
     prompts = [EpisodePrompt(list(r["prompt"]), encode_tool_prompt(tokenizer, list(r["prompt"]), schemas)) for r in rows]
-    engine = HFGenerationEngine(model, tokenizer, batch_size=batch_size)
-    options = SamplingOptions(max_completion_length=max_new_tokens, do_sample=False)
-    episodes = generate_episodes(engine, tokenizer, prompts, options, ToolOptions(tools=tuple(tools), max_tool_calling_iterations=max_tool_calling_iterations))
-    scores = [ArithmeticTask.score(e.text, str(r["answer"])) if e.messages[-1]["role"] == "assistant" else 0.0 for e, r in zip(episodes, rows)]
+    engine = engine if engine is not None else HFGenerationEngine(model, tokenizer, batch_size=batch_size)
+    options = SamplingOptions(max_completion_length=max_new_tokens, do_sample=samples > 0)
+    tool_options = ToolOptions(tools=tuple(tools), max_tool_calling_iterations=max_tool_calling_iterations)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        episodes = generate_episodes(engine, tokenizer, prompts, options, tool_options, max(samples, 1))
+    repeated = [r for r in rows for _ in range(max(samples, 1))]
+    scores = [ArithmeticTask.score(e.text, str(r["answer"])) if e.messages[-1]["role"] == "assistant" else 0.0 for e, r in zip(episodes, repeated)]
     return ToolEvalResult(
         accuracy=sum(scores) / len(scores),
         tool_use=sum(used_tool(e.messages) for e in episodes) / len(episodes),
-        samples=[(r["prompt"][-1]["content"], e.messages, str(r["answer"])) for e, r in zip(episodes, rows)],
+        samples=[(r["prompt"][-1]["content"], e.messages, str(r["answer"])) for e, r in zip(episodes, repeated)],
     )
