@@ -2,6 +2,7 @@
 
     python benchmarks/multi_turn_generation.py             # 64 episodes, up to 3 tool calls each
     python benchmarks/multi_turn_generation.py --episodes 16 --repeats 1 --force   # a quick look
+    python benchmarks/multi_turn_generation.py --tiny --episodes 4 --repeats 1 --force   # the code path (a test)
 
 Both variants run the rollout engine (``HFGenerationEngine``, transformers ``generate`` with the
 KV cache, one batch of 64) on the benchmark Llama (~6M parameters, the ``tools`` chat template):
@@ -116,13 +117,20 @@ def main(argv=None) -> None:
     def extra(parser):
         parser.add_argument("--episodes", type=int, default=64, help="episodes (and single-turn rollouts) per batch")
         parser.add_argument("--repeats", type=int, default=3, help="timed batches per variant")
+        parser.add_argument("--tiny", action="store_true", help="the ~0.1M-parameter test model instead (checks the code path, not speed)")
 
     args = parse_benchmark_args(argv, "multi-turn vs single-turn generation", steps=3, warmup=1, add_arguments=extra)
     if (message := busy_message()) and not args.force:
         sys.exit(message)
     load = load_average()
     torch.manual_seed(0)
-    model, tokenizer, _ = save_benchmark_model()
+    if args.tiny:
+        from posttrain.testing import build_causal_lm, build_tokenizer
+
+        tokenizer = build_tokenizer("tools")
+        model = build_causal_lm("llama", tokenizer, size="tiny")
+    else:
+        model, tokenizer, _ = save_benchmark_model()
     tokenizer.chat_template = TOOLS_TEMPLATE
     engine = HFGenerationEngine(model, tokenizer, batch_size=args.episodes)
     prompts = build_prompts(tokenizer, args.episodes)
