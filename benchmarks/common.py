@@ -1,4 +1,4 @@
-"""What the throughput benchmarks share (DESIGN.md "Measuring speed"): the matmul peak, the load
+"""What the throughput benchmarks share (docs/design.md, "Measuring speed"): the matmul peak, the load
 check, the benchmark model, synthetic rows, step timing and the FLOP count per token."""
 
 from __future__ import annotations

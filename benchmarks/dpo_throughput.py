@@ -1,5 +1,5 @@
 """DPO training throughput, padded against packed and padding-free batches, as a fraction of this machine's
-matmul peak (DESIGN.md "Measuring speed"; the method of ``sft_throughput.py``).
+matmul peak (docs/design.md, "Measuring speed"; the method of ``sft_throughput.py``).
 
     python benchmarks/dpo_throughput.py            # ~6M-parameter Llama, 4 pairs per step
     python benchmarks/dpo_throughput.py --steps 30 --force

@@ -1,8 +1,9 @@
 """Training-step throughput of the real trainers on a Qwen2.5-0.5B-shaped model, as model FLOP
-utilisation (DESIGN.md "Measuring speed"; the method of ``sft_throughput.py`` and ``dpo_throughput.py``).
+utilisation (docs/design.md, "Measuring speed"; the method of ``sft_throughput.py`` and ``dpo_throughput.py``).
 
     python benchmarks/gpu_throughput.py                          # on a CUDA machine: variants baseline and fast
     python benchmarks/gpu_throughput.py --variant fast --runs sft_packed --compile --steps 10
+    python benchmarks/gpu_throughput.py --variant sharded --runs sft_padded,dpo_padded  # FSDP2 at world size 1
     python benchmarks/gpu_throughput.py --tiny                   # the same code path on CPU in seconds
 
 The model has Qwen2.5-0.5B's shape (24 layers x 896, 14 query / 2 key-value heads, 151,936-token
@@ -24,6 +25,11 @@ Variants (``--variant``, repeatable or comma-separated):
   (``mixed_precision=auto``), sdpa attention;
 - ``fast``: ``model_dtype=bfloat16`` with float32 master weights, ``adamw_implementation=auto``,
   and ``attn_implementation=torch_varlen`` for the packed run on CUDA (sdpa everywhere else).
+- ``sharded``: ``baseline`` with ``fsdp=True``: FSDP2 over one process (world size 1; the DPO
+  reference sharded too), float32 shards all-gathered in bf16 and gradients reduced in float32 on
+  a GPU. One GPU shards nothing away; the run checks that the sharded path trains there, at what
+  speed and memory next to ``baseline``, with the same first loss. Not in the default set, and
+  alone in its process (``--variant sharded``): the process then belongs to a distributed job.
 
 ``--compile`` adds ``torch_compile=True`` to every variant; give it ``--warmup 3`` or more, since
 every step's batch has another shape and the second shape recompiles (on CPU, with one warm-up
@@ -84,7 +90,8 @@ from common import (
 )
 
 RUNS = ("sft_padded", "sft_packed", "dpo_padded")
-VARIANTS = ("baseline", "fast")
+VARIANTS = ("baseline", "fast", "sharded")
+DEFAULT_VARIANTS = ("baseline", "fast")
 
 QWEN2_5_0_5B = {
     "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
@@ -308,6 +315,8 @@ def variant_options(variant: str, run: str, cuda: bool, compile_model: bool) -> 
             "adamw_implementation": "auto",
             "attn_implementation": "torch_varlen" if cuda and run == "sft_packed" else "sdpa",
         }
+    if variant == "sharded":
+        options = {"fsdp": True}
     if compile_model:
         options["torch_compile"] = True
     return options
@@ -431,8 +440,8 @@ def _fractions(values: list[str] | None) -> list[float]:
     return list(dict.fromkeys(fractions))
 
 
-def _names(values: list[str] | None, allowed: tuple[str, ...], what: str) -> list[str]:
-    names = [name.strip() for value in (values or [",".join(allowed)]) for name in value.split(",") if name.strip()]
+def _names(values: list[str] | None, allowed: tuple[str, ...], what: str, default: tuple[str, ...] | None = None) -> list[str]:
+    names = [name.strip() for value in (values or [",".join(default or allowed)]) for name in value.split(",") if name.strip()]
     unknown = [name for name in names if name not in allowed]
     if unknown:
         raise SystemExit(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(allowed)}")
@@ -440,7 +449,7 @@ def _names(values: list[str] | None, allowed: tuple[str, ...], what: str) -> lis
 
 
 def _add_arguments(parser) -> None:
-    parser.add_argument("--variant", action="append", help=f"option sets to compare, repeatable or comma-separated ({', '.join(VARIANTS)}; default: all)")
+    parser.add_argument("--variant", action="append", help=f"option sets to compare, repeatable or comma-separated ({', '.join(VARIANTS)}; default: {', '.join(DEFAULT_VARIANTS)}; sharded only alone)")
     parser.add_argument("--runs", action="append", help=f"runs to measure, repeatable or comma-separated ({', '.join(RUNS)}; default: all)")
     parser.add_argument("--checkpointing", action="append", help="gradient checkpointing settings, repeatable or comma-separated: off, on, or the share of blocks recomputed (gradient_checkpointing_fraction), e.g. off,0.67,on (default: off,on)")
     parser.add_argument("--compile", action="store_true", help="add torch_compile=True to every variant (use --warmup 3 or more: batch shapes vary, and the second shape recompiles)")
@@ -449,7 +458,9 @@ def _add_arguments(parser) -> None:
 
 def main(argv=None) -> int:
     args = parse_benchmark_args(argv, __doc__.splitlines()[0], steps=10, warmup=3, add_arguments=_add_arguments)
-    variants, runs = _names(args.variant, VARIANTS, "variant"), _names(args.runs, RUNS, "run")
+    variants, runs = _names(args.variant, VARIANTS, "variant", DEFAULT_VARIANTS), _names(args.runs, RUNS, "run")
+    if "sharded" in variants and len(variants) > 1:
+        raise SystemExit("--variant sharded makes the process part of a distributed job; measure it alone: --variant sharded")
     fractions = _fractions(args.checkpointing)
     if args.warmup < 1 or args.steps < 1:
         raise SystemExit("--steps and --warmup must be at least 1 (the rate is measured from the end of the warm-up)")

@@ -1,4 +1,4 @@
-"""One step of online RL, GRPO and PPO, split into its parts (DESIGN.md "Measuring speed").
+"""One step of online RL, GRPO and PPO, split into its parts (docs/design.md, "Measuring speed").
 
     python benchmarks/online_step.py             # ~6M-parameter Llama, up to 128 new tokens
     python benchmarks/online_step.py --steps 5 --force
@@ -68,14 +68,12 @@ def run(name: str, model_dir: str, steps: int, warmup: int) -> dict:
         if name == "grpo":
             config = GRPOConfig(**common, num_generations=8, per_device_train_batch_size=64, beta=0.04)
             trainer = GRPOTrainer(model_dir, config, train_dataset=prompt_rows(8 * total), reward_funcs=[length_reward])
-            passes = "time/logps"
         else:
             config = PPOConfig(**common, batch_size=64, per_device_train_batch_size=64, ppo_epochs=1, kl_coef=0.05)
             trainer = PPOTrainer(model_dir, config, train_dataset=prompt_rows(64 * total), reward_funcs=[length_reward])
-            passes = "time/passes"
         trainer.train()
         records = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()][warmup:]
-    parts = {"generation": "time/generation", "rewards": "time/rewards", "passes": passes, "optimisation": "time/training"}
+    parts = {"generation": "time/generation", "rewards": "time/rewards", "passes": "time/experience", "optimisation": "time/training"}
     result = {"algorithm": name, **{part: statistics.median(r[key] for r in records) for part, key in parts.items()}}
     result["generation_tokens_per_second"] = statistics.median(r["generation/tokens_per_second"] for r in records)
     result["completion_tokens"] = statistics.median(r["completions/mean_length"] for r in records) * 64

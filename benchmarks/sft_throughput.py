@@ -1,4 +1,4 @@
-"""SFT training throughput as a fraction of this machine's matmul peak (DESIGN.md "Measuring speed").
+"""SFT training throughput as a fraction of this machine's matmul peak (docs/design.md, "Measuring speed").
 
     python benchmarks/sft_throughput.py            # ~6M-parameter Llama, batch 8 x 256 tokens
     python benchmarks/sft_throughput.py --steps 30 --force

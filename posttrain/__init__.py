@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import importlib
 
+from posttrain.registry import exports
+
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "SFTTrainer": "posttrain.algorithms.sft",
-    "SFTConfig": "posttrain.algorithms.sft",
-    "RewardTrainer": "posttrain.algorithms.reward",
-    "RewardConfig": "posttrain.algorithms.reward",
-    "DPOTrainer": "posttrain.algorithms.dpo",
-    "DPOConfig": "posttrain.algorithms.dpo",
-    "KTOTrainer": "posttrain.algorithms.kto",
-    "KTOConfig": "posttrain.algorithms.kto",
-    "GRPOTrainer": "posttrain.algorithms.grpo",
-    "GRPOConfig": "posttrain.algorithms.grpo",
-    "PPOTrainer": "posttrain.algorithms.ppo",
-    "PPOConfig": "posttrain.algorithms.ppo",
-    "TrainConfig": "posttrain.config",
-    "load_config": "posttrain.config",
-}
+# every algorithm's trainer and config (posttrain.registry), and the config base
+_EXPORTS = {**exports(), "TrainConfig": "posttrain.config", "load_config": "posttrain.config"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,8 +1,8 @@
 """``posttrain <command> --config file.yaml key=value ...``
 
-Commands: ``sft``, ``rm``, ``dpo``, ``kto``, ``grpo``, ``ppo`` (train), ``inspect`` (show which tokens get loss), ``demo``
-(the embedded default: SFT on the arithmetic task, before/after accuracy), ``report`` (charts and
-a page for finished runs). Every training command takes a YAML config and ``key=value`` overrides
+Commands: one per algorithm of :mod:`posttrain.registry` (``sft``, ``rm``, ``dpo``, ``kto``, ``grpo``,
+``ppo``: train), ``inspect`` (show which tokens get loss), ``demo`` (the embedded default: SFT on
+the arithmetic task, before/after accuracy), ``report`` (charts and a page for finished runs). Every training command takes a YAML config and ``key=value`` overrides
 of any option; ``--help-config`` lists the options.
 
 A user error (a bad option, file, row or model path) prints one message and exits with status
@@ -15,23 +15,12 @@ import argparse
 import os
 import sys
 
-# command -> (module, trainer class, config class); imported lazily so `posttrain --help` is fast.
-TRAINERS = {
-    "sft": ("posttrain.algorithms.sft", "SFTTrainer", "SFTConfig"),
-    "rm": ("posttrain.algorithms.reward", "RewardTrainer", "RewardConfig"),
-    "dpo": ("posttrain.algorithms.dpo", "DPOTrainer", "DPOConfig"),
-    "kto": ("posttrain.algorithms.kto", "KTOTrainer", "KTOConfig"),
-    "grpo": ("posttrain.algorithms.grpo", "GRPOTrainer", "GRPOConfig"),
-    "ppo": ("posttrain.algorithms.ppo", "PPOTrainer", "PPOConfig"),
-}
+from posttrain.registry import ALGORITHMS
 
 
 def _trainer_classes(command: str):
-    import importlib
-
-    module_name, trainer_name, config_name = TRAINERS[command]
-    module = importlib.import_module(module_name)
-    return getattr(module, trainer_name), getattr(module, config_name)
+    """``(trainer class, config class)`` of an algorithm, imported only now so `posttrain --help` is fast."""
+    return ALGORITHMS[command].classes()
 
 
 def _add_debug_argument(parser: argparse.ArgumentParser, default=False) -> None:
@@ -49,17 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posttrain", description="Post-train language models.")
     _add_debug_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in TRAINERS:
-        _add_config_arguments(commands.add_parser(command, help=f"train with {command.upper()}"))
+    for name, entry in ALGORITHMS.items():
+        _add_config_arguments(commands.add_parser(name, help=f"train: {entry.title}"))
     inspect = commands.add_parser("inspect", help="show rows with the tokens that get loss highlighted")
     _add_config_arguments(inspect)
     inspect.add_argument("--rows", type=int, default=3, help="how many rows to show")
     inspect.add_argument("--start", type=int, default=0, help="index of the first row to show")
     inspect.add_argument("--split", choices=("train", "eval"), default="train")
-    inspect.add_argument("--algorithm", choices=tuple(TRAINERS), default="sft", help="whose data options to use")
+    inspect.add_argument("--algorithm", choices=tuple(ALGORITHMS), default="sft", help="whose data options to use")
     demo = commands.add_parser("demo", help="train a tiny model on the built-in arithmetic task; show before/after accuracy")
     demo.add_argument(
-        "--algorithm", choices=("sft", "dpo", "kto", "grpo", "ppo", "pipeline"), default="sft",
+        "--algorithm", choices=(*(name for name, entry in ALGORITHMS.items() if entry.demo), "pipeline"), default="sft",
         help="sft: SFT from scratch; dpo, kto, grpo, ppo: SFT, then SFT on noisy demonstrations (greedy answers often one "
         "too high), then that algorithm; pipeline: SFT -> reward model -> DPO, GRPO and PPO, one table (~5 minutes)",
     )
@@ -128,10 +117,13 @@ def _run(args) -> int:
 
     config = load_config(config_cls, args.config, args.overrides)
     if args.command == "inspect":
-        from posttrain.data.inspect import inspect_config
+        from posttrain.inspection import inspect_config
 
-        inspect_config(config, split=args.split, start=args.start, count=args.rows)
+        inspect_config(config, command, split=args.split, start=args.start, count=args.rows)
         return 0
+    from posttrain.train.output_dir import check_output_dir
+
+    check_output_dir(config)  # an occupied output_dir is refused before any model loads
     try:
         trainer_cls(config=config).train()
     except KeyboardInterrupt:  # Ctrl-C: the loop has said what it saved and how to resume

@@ -3,13 +3,18 @@
 Every field carries its documentation in ``metadata["help"]`` (shown by
 ``posttrain <command> --help-config``). Values from YAML and the command line are converted to
 the field's declared type, and an unknown key is refused with the closest valid names, so a
-typo like ``learning_rte=1e-4`` can never be silently ignored.
+typo like ``learning_rte=1e-4`` can never be silently ignored -- in a YAML file, on the
+command line and in ``SFTConfig(learnig_rate=...)`` alike. TRL's and transformers' names for
+the same options (``num_train_epochs``, ``bf16``, ...) are translated or refused with the
+replacement (:mod:`posttrain.trl_names`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import enum
+import importlib.util
+import os
 import re
 import typing
 from dataclasses import dataclass
@@ -20,12 +25,31 @@ import yaml
 
 from posttrain.errors import ConfigError
 from posttrain.options import coerce, field_rules, option, validate_config
+from posttrain.trl_names import translate_options
 
 __all__ = ["TrainConfig", "coerce", "config_from_dict", "config_to_dict", "describe_config", "load_config", "option"]
 
 
+# accelerate's trackers -> the packages that provide them (any one of them will do)
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",), "comet_ml": ("comet_ml",),
+    "mlflow": ("mlflow",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",), "swanlab": ("swanlab",),
+}
+
+
+class _ConfigType(type):
+    """Every config is built through :func:`~posttrain.trl_names.translate_options`: a typo gets
+    the closest valid names and TRL's names are translated (or refused with the replacement),
+    where a plain dataclass would raise a bare ``TypeError``."""
+
+    def __call__(cls, *args, **kwargs):
+        if args:
+            raise ConfigError(f"{cls.__name__} takes options by name, e.g. {cls.__name__}(output_dir='outputs/my-run', learning_rate=1e-5)")
+        return super().__call__(**translate_options(cls, kwargs))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(metaclass=_ConfigType):
     """Options shared by every trainer: optimisation, schedule, precision, logging, checkpoints."""
 
     # --- model and data sources (the CLI reads these; Python callers may pass objects instead)
@@ -35,7 +59,7 @@ class TrainConfig:
     eval_data: Any = option(None, "Evaluation data, same forms as train_data.")
     rename_columns: dict = option({}, "Rename dataset columns before the format is detected, e.g. {question: prompt} for a dataset published with a 'question' column.")
     eval_fraction: float = option(0.0, "When no eval_data is given, hold out this fraction of the training rows for evaluation.", range="[0, 1)")
-    output_dir: str = option("outputs/run", "Directory for checkpoints, logs, metrics.jsonl and the final model.")
+    output_dir: str | None = option(None, "Directory for config.yaml, metrics.jsonl, checkpoints, logs and the final model; None: a new outputs/<algorithm>-<date>-<time> per run (printed at the start).")
     seed: int = option(42, "Seed for model init of new heads, data order and dropout.", range="[0, inf)")
 
     # --- optimisation
@@ -45,7 +69,8 @@ class TrainConfig:
     adam_beta2: float = option(0.999, "AdamW beta2.", range="[0, 1)")
     adam_epsilon: float = option(1e-8, "AdamW epsilon.", range="(0, inf)")
     adamw_implementation: str = option("auto", "AdamW kernels: auto (fused on CUDA, foreach elsewhere), fused (one kernel for all parameters; CUDA and CPU), foreach, for_loop (least memory). All give the same update up to float rounding.", choices=("auto", "fused", "foreach", "for_loop"))
-    lr_scheduler: str = option("cosine", "Schedule after warm-up: any transformers scheduler name (linear, cosine, constant_with_warmup, ...).")
+    lr_scheduler: str = option("cosine", "Schedule after warm-up, by its transformers name: linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt; cosine_with_min_lr, cosine_warmup_with_min_lr and warmup_stable_decay with lr_scheduler_kwargs.")
+    lr_scheduler_kwargs: dict = option({}, "Extra arguments of the schedule, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr, {num_decay_steps: 100} for warmup_stable_decay.")
     warmup_ratio: float = option(0.0, "Warm-up length as a fraction of all optimizer steps (ignored if warmup_steps > 0).", range="[0, 1]")
     warmup_steps: int = option(0, "Warm-up length in optimizer steps.", range="[0, inf)")
     max_grad_norm: float = option(1.0, "Clip the global gradient norm to this value; 0 disables clipping.", range="[0, inf)")
@@ -66,6 +91,10 @@ class TrainConfig:
     disable_dropout: bool = option(False, "Switch off dropout in the model (and reference). On by default in every trainer that compares two forward passes (DPO, KTO, reward models, GRPO, PPO), whose differences would otherwise carry dropout noise.")
     logits_chunk_size: int | None = option(None, "Tokens per chunk of the LM head when computing log-probs; None picks one so a chunk's logits stay under ~256 MB, 0 never chunks.", range="[0, inf)")
 
+    # --- sharding (FSDP2)
+    fsdp: bool = option(False, "Shard parameters, gradients and AdamW state over all processes with PyTorch FSDP2 (each transformer block a unit; checkpoints sharded with torch.distributed.checkpoint; final/ an ordinary Hugging Face checkpoint). Launch with torchrun or accelerate launch; plain Python runs it as one process. Needs model_dtype float32 (mixed_precision bf16 computes in bf16).")
+    fsdp_reshard_after_forward: bool = option(True, "With fsdp: free each block's gathered weights after its forward and gather them again for the backward (least memory); false keeps them from forward to backward (one all-gather less per block and micro-batch).")
+
     # --- LoRA (peft)
     use_lora: bool = option(False, "Train LoRA adapters (peft) instead of all weights.")
     lora_r: int = option(16, "LoRA rank.", range="[1, inf)")
@@ -76,7 +105,7 @@ class TrainConfig:
     # --- evaluation, logging, checkpoints
     eval_steps: int = option(0, "Evaluate every N optimizer steps (0: only at the end, when there is eval data).", range="[0, inf)")
     logging_steps: int = option(10, "Log metrics every N optimizer steps (0: never).", range="[0, inf)")
-    report_to: Any = option([], "Trackers besides the console and metrics.jsonl: tensorboard, wandb.")
+    report_to: Any = option([], "Trackers besides the console and metrics.jsonl (through accelerate): tensorboard, wandb, trackio, comet_ml, mlflow, aim, clearml, dvclive, swanlab; all: every one installed; none.")
     run_name: str | None = option(None, "Run name for trackers.")
     progress_bar: bool = option(True, "Show a Rich progress bar.")
     log_completions_steps: int = option(0, "Show sampled completions every N optimizer steps (console panel and completions.jsonl; online trainers log their rollouts with rewards, the others generate for a few fixed prompts); 0: never.")
@@ -87,12 +116,34 @@ class TrainConfig:
     resume_from_checkpoint: Any = option(None, "'latest' (the newest in output_dir), a checkpoint path, or None.")
     overwrite_output_dir: bool = option(False, "Delete an earlier run found in output_dir (its checkpoints, final model, config.yaml, metrics.jsonl, completions.jsonl, logs) and start afresh; without it such a run is refused unless resumed.")
     save_final_model: bool = option(True, "Save the final model and tokenizer with save_pretrained to output_dir/final.")
+    push_to_hub: bool = option(False, "At the end of training, upload output_dir/final to the Hugging Face Hub (hub_model_id; the token of `hf auth login` or HF_TOKEN).")
+    hub_model_id: str | None = option(None, "Hub repository for push_to_hub, e.g. my-org/my-model; default: the output_dir's name under your account.")
+    hub_private_repo: bool | None = option(None, "Create the hub repository private (None: the hub's default).")
     dataloader_num_workers: int = option(0, "DataLoader worker processes.", range="[0, inf)")
 
     def __post_init__(self):
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to] if self.report_to not in ("", "none") else []
+        self.report_to = checked_trackers(self.report_to)
         validate_config(self)
+
+
+def checked_trackers(report_to) -> list[str]:
+    """``report_to`` as a list of installed trackers accelerate serves; "all" is every installed
+    one, "none" or None none. Anything else is refused with the fix."""
+    if report_to in (None, "", "none"):
+        return []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if names in (["all"], ["none"]):
+        return [name for name in TRACKERS if _installed(name)] if names == ["all"] else []
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"option 'report_to': {name!r} is not a tracker accelerate serves; choose from {', '.join(TRACKERS)}, all or none")
+        if not _installed(name):
+            raise ConfigError(f"option 'report_to': {name} is not installed; pip install {TRACKERS[name][0]}, or remove {name} from report_to")
+    return names
+
+
+def _installed(tracker: str) -> bool:
+    return any(importlib.util.find_spec(package) is not None for package in TRACKERS[tracker])
 
 
 # ----------------------------------------------------------------------------- loading
@@ -134,24 +185,19 @@ def load_config(config_cls: type, path: str | Path | None = None, overrides: lis
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not key=value (e.g. learning_rate=1e-4)")
+            hint = f"; to read options from the file, pass --config {item}" if item.endswith((".yaml", ".yml", ".json")) or Path(item).is_file() else ""
+            raise ConfigError(f"override {item!r} is not key=value (e.g. learning_rate=1e-4){hint}")
         merged[key.strip()] = parse_yaml(raw, f"override {item!r}") if raw.strip() else None
     merged.update(values)
     return config_from_dict(config_cls, merged)
 
 
 def config_from_dict(config_cls: type, values: dict[str, Any]):
-    """Instantiate ``config_cls`` with each value converted to its field's type."""
+    """Instantiate ``config_cls`` with each value converted to its field's type (TRL's names
+    translated first)."""
     hints = typing.get_type_hints(config_cls)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; `posttrain <command> --help-config` lists them"
-            raise ConfigError(f"unknown option {key!r} for {config_cls.__name__}{hint}")
-        kwargs[key] = coerce(value, hints[key], key)
-    return config_cls(**kwargs)
+    translated = translate_options(config_cls, values)
+    return config_cls(**{key: coerce(value, hints[key], key) for key, value in translated.items()})
 
 
 def describe_config(config_cls: type) -> str:
@@ -168,3 +214,20 @@ def describe_config(config_cls: type) -> str:
 
 def config_to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def yaml_value(value: Any) -> Any:
+    """``value`` in a form YAML writes and :func:`load_config` reads back as the same option
+    value: tuples and sets as lists, paths as strings, enums as their values; None for an
+    object with no YAML form (the caller says what it was)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return yaml_value(value.value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {str(key): yaml_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [yaml_value(item) for item in (sorted(value) if isinstance(value, (set, frozenset)) else value)]
+    return None

@@ -20,6 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from posttrain import registry
+
 # The fixture model (its initialisation is fixed) and the training seed of the demo and of the
 # learning tests (tests override it with POSTTRAIN_TEST_SEED; see tests/README.md).
 DEMO_FIXTURE = "llama-demo"
@@ -88,9 +90,6 @@ def demo_config(output_dir: str, steps: int | None = None, **overrides):
 def preference_config(algorithm: str, output_dir: str, steps: int | None = None, **overrides):
     """The DPOConfig / KTOConfig of the preference demo: few steps at a low learning rate, since
     longer or hotter runs over-optimise on this task (see tests/algorithms/test_preference_learns.py)."""
-    from posttrain.algorithms.dpo import DPOConfig
-    from posttrain.algorithms.kto import KTOConfig
-
     values = dict(
         output_dir=output_dir,
         seed=DEMO_SEED,
@@ -106,16 +105,13 @@ def preference_config(algorithm: str, output_dir: str, steps: int | None = None,
         overwrite_output_dir=True,
     )
     values.update(overrides)
-    return {"dpo": DPOConfig, "kto": KTOConfig}[algorithm](**values)
+    return _classes(algorithm)[1](**values)
 
 
 def online_config(algorithm: str, output_dir: str, steps: int | None = None, **overrides):
     """The GRPOConfig / PPOConfig of the online-RL demos: 64 completions per rollout batch of at
     most 6 tokens (an answer such as " 113" and EOS), sampled at temperature 1 from the noisy start
     and rewarded 1 for the exact answer."""
-    from posttrain.algorithms.grpo import GRPOConfig
-    from posttrain.algorithms.ppo import PPOConfig
-
     values = dict(
         output_dir=output_dir,
         seed=DEMO_SEED,
@@ -131,12 +127,15 @@ def online_config(algorithm: str, output_dir: str, steps: int | None = None, **o
     )
     if algorithm == "grpo":  # 8 prompts x 8 completions per step
         values.update(learning_rate=1e-4, num_generations=8, per_device_train_batch_size=64)
-        config_cls = GRPOConfig
     else:  # 64 prompts per rollout batch, 2 epochs of 2 mini-batches: 4 optimizer steps per batch
         values.update(learning_rate=5e-4, batch_size=64, per_device_train_batch_size=32, ppo_epochs=2, kl_coef=0.02)
-        config_cls = PPOConfig
     values.update(overrides)
-    return config_cls(**values)
+    return _classes(algorithm)[1](**values)
+
+
+def _classes(name: str) -> tuple[type, type]:
+    """``(trainer class, config class)`` of a demo algorithm (:mod:`posttrain.registry`)."""
+    return registry.algorithm(name).classes()
 
 
 def stage_rows(algorithm: str, rows: int | None) -> list[dict]:
@@ -144,9 +143,10 @@ def stage_rows(algorithm: str, rows: int | None) -> list[dict]:
     completions (KTO), prompts with their answer (GRPO, PPO); ``None``: one pass over the train
     split."""
     task = demo_task()
-    if algorithm == "dpo":
+    kind = registry.algorithm(algorithm).data
+    if kind == "pairs":
         return task.preference_pairs("train", rows)
-    if algorithm == "kto":
+    if kind == "unpaired":
         return task.unpaired("train", rows)
     return task.prompt_only("train", rows)
 
@@ -282,20 +282,15 @@ def stage(algorithm: str, start_path: str, output_dir: str, steps: int | None = 
     if algorithm not in STAGE_STEPS:
         raise ValueError(f"algorithm must be one of {tuple(STAGE_STEPS)}, got {algorithm!r}")
     task = demo_task()
-    if algorithm in ("dpo", "kto"):
-        from posttrain.algorithms.dpo import DPOTrainer
-        from posttrain.algorithms.kto import KTOTrainer
-
+    trainer_cls = _classes(algorithm)[0]
+    if registry.algorithm(algorithm).data != "prompts":
         config = preference_config(algorithm, output_dir, steps, seed=seed, **overrides)
         rows = stage_rows(algorithm, config.max_steps * config.per_device_train_batch_size)
-        trainer = {"dpo": DPOTrainer, "kto": KTOTrainer}[algorithm](start_path, config, train_dataset=rows)
+        trainer = trainer_cls(start_path, config, train_dataset=rows)
     else:
-        from posttrain.algorithms.grpo import GRPOTrainer
-        from posttrain.algorithms.ppo import PPOTrainer
         from posttrain.rollout import exact_answer
 
         config = online_config(algorithm, output_dir, steps, seed=seed, **overrides)
-        trainer_cls = GRPOTrainer if algorithm == "grpo" else PPOTrainer
         trainer = trainer_cls(start_path, config, train_dataset=stage_rows(algorithm, None), reward_funcs=[exact_answer()])
     trainer.train()
     return trainer, exact_match_accuracy(task, trainer.model, trainer.tokenizer, task.prompt_only("test", DEMO_EVAL_ROWS))
@@ -323,9 +318,9 @@ def run_stage_demo(
         steps = min(steps or STAGE_STEPS[algorithm], sft_steps)
     noisy_steps = NOISY_STEPS if sft_steps is None else min(NOISY_STEPS, sft_steps)
     start_path, start = noisy_sft_start(str(Path(output_dir) / "sft"), seed, console, sft_steps, noisy_steps=noisy_steps, **overrides)
-    what = {"dpo": "preference pairs", "kto": "unpaired labelled completions", "grpo": "prompts", "ppo": "prompts"}[algorithm]
-    console.print(f"{name} data: {what} like {stage_rows(algorithm, 1)[0]}")
-    if algorithm in ("grpo", "ppo"):
+    kind = registry.algorithm(algorithm).data
+    console.print(f"{name} data: {registry.DATA_KINDS[kind]} like {stage_rows(algorithm, 1)[0]}")
+    if kind == "prompts":
         console.print("reward: 1 for the exact answer, else 0 (posttrain.rollout.exact_answer)")
     _, after = stage(algorithm, start_path, str(Path(output_dir) / algorithm), steps, seed, **overrides)
 

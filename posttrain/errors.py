@@ -34,3 +34,20 @@ class ModelError(UserError, ValueError):
 
 class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN): the message says why and what to try."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional package that the requested feature needs is not installed: the message names
+    the ``pip install`` that fixes it."""
+
+
+class OutputDirError(UserError, FileExistsError):
+    """The output directory holds a run that this one must not silently replace or mix with."""
+
+
+class HubError(UserError, RuntimeError):
+    """The Hugging Face Hub could not be reached or refused an upload; the model is safe on disk."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """``resume_from_checkpoint`` names a path that holds no checkpoint."""

@@ -156,7 +156,9 @@ _SCALARS: dict[Any, Callable] = {bool: _to_bool, int: _to_int, float: _to_float,
 
 
 def _wrong_type(name: str, annotation: Any, value: Any) -> ConfigError:
-    return ConfigError(f"option {name!r} must be {type_name(annotation)}, got {value!r} ({type(value).__name__})")
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 and "\n" not in shown else f"a {type(value).__name__} object"  # not a model's whole repr
+    return ConfigError(f"option {name!r} must be {type_name(annotation)}, got {shown} ({type(value).__name__})")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -191,6 +193,14 @@ def validate_config(config) -> None:
         _check_declared(name, value, rules.get(name, {}))
     for rule in (*RULES, *getattr(type(config), "config_rules", ())):
         rule(config)
+
+
+def require(*checks: tuple[bool, str]) -> None:
+    """Raise :class:`ConfigError` with the message of the first ``(condition, message)`` that
+    does not hold (a config's own checks between its options)."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 def _check_declared(name: str, value: Any, rule: dict) -> None:
@@ -231,6 +241,54 @@ def _has_other_gpu(torch) -> bool:
     return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
 
 
+_PLAIN_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+_SCHEDULES_WITH_ARGUMENTS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+_METRIC_SCHEDULES = ("reduce_lr_on_plateau", "greedy")
+
+
+def _schedule_builds(config) -> None:
+    """A schedule name (and its lr_scheduler_kwargs) that transformers can build over steps:
+    checked when the config is made, not after the model has loaded."""
+    name = getattr(config, "lr_scheduler", None)
+    arguments = getattr(config, "lr_scheduler_kwargs", None) or {}
+    if name is None or (name in _PLAIN_SCHEDULES and not arguments):
+        return
+    if name in _METRIC_SCHEDULES:
+        raise ConfigError(f"option 'lr_scheduler': {name} steps on an evaluation metric, which no trainer here feeds it; choose one over steps: {', '.join(_PLAIN_SCHEDULES)}")
+    if name not in _PLAIN_SCHEDULES + _SCHEDULES_WITH_ARGUMENTS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), _PLAIN_SCHEDULES + _SCHEDULES_WITH_ARGUMENTS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"option 'lr_scheduler': unknown schedule {name!r}; {hint}choose from {', '.join(_PLAIN_SCHEDULES + _SCHEDULES_WITH_ARGUMENTS)}")
+    import torch
+    from transformers import get_scheduler
+
+    parameter = torch.zeros(1, requires_grad=True)
+    try:  # built once on a dummy optimizer: a missing or wrong argument shows now
+        get_scheduler(name, optimizer=torch.optim.SGD([parameter], lr=1.0), num_warmup_steps=0, num_training_steps=10, scheduler_specific_kwargs=dict(arguments))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"option 'lr_scheduler': {name} cannot be built with lr_scheduler_kwargs={dict(arguments)} ({error})") from None
+
+
+def fsdp_conflict(config) -> str | None:
+    """What in ``config`` cannot be combined with sharding (FSDP2), or None."""
+    if getattr(config, "model_dtype", "float32") != "float32":
+        return (
+            f"fsdp keeps float32 shards as the master weights and computes in the mixed_precision dtype; model_dtype "
+            f"{config.model_dtype!r} cannot be sharded that way. Fix: model_dtype=float32 with mixed_precision=bf16"
+        )
+    if getattr(config, "torch_compile", False):
+        return "fsdp and torch_compile have not been run together here. Fix: torch_compile=false with fsdp"
+    return None
+
+
+def _fsdp_combinations(config) -> None:
+    problem = fsdp_conflict(config) if getattr(config, "fsdp", False) else None
+    if problem:
+        raise ConfigError(f"option 'fsdp': {problem}")
+
+
 # Rules that involve more than one option (or the machine), for every config. A config class
 # adds its own as ``config_rules: ClassVar[tuple] = (rule, ...)``.
-RULES: list[Callable] = [_one_layout, _fp16_needs_a_gpu]
+RULES: list[Callable] = [_one_layout, _fp16_needs_a_gpu, _schedule_builds, _fsdp_combinations]

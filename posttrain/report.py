@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from posttrain.errors import UserError
+from posttrain.registry import headline_metrics
 
 NOT_PLOTTED = ("epoch", "tokens_seen", "step", "time")
 TRAINING_GROUP, TRAINING_PANELS = "training", ("loss", "learning_rate", "grad_norm")
@@ -145,8 +146,9 @@ def render_page(runs: list[Run], charts: list[Path], out: Path, note: str | None
 
 
 def _numbers_table(runs: list[Run]) -> list[str]:
-    columns = [c for c in ("loss", "eval/loss", "token_accuracy", "eval/token_accuracy", "accuracy", "eval/accuracy", "rewards/accuracies", "eval/rewards/accuracies")
-               if any(c in run.series for run in runs)]
+    # the loss, then each algorithm's headline metrics (posttrain.registry), each with its eval/ twin
+    wanted = [name for metric in ("loss", *headline_metrics()) for name in (metric, f"eval/{metric}")]
+    columns = [c for c in wanted if any(c in run.series for run in runs)]
     lines = ["| run | steps | " + " | ".join(f"final {c}" for c in columns) + " | best eval/loss |", "|---" * (len(columns) + 3) + "|"]
     for run in runs:
         steps = max((points[-1][0] for points in run.series.values() if points), default=0)

@@ -100,3 +100,17 @@ def test_inspect_eval_split_shows_the_rows_eval_fraction_holds_out(model_path, t
     shown = capsys.readouterr().out
     assert all(row["prompt"] in shown for row in held_out)
     assert "2 row(s)" in shown
+
+
+def test_inspect_reads_a_directory_of_shards_and_marks_trained_tokens_without_colour(model_path, tmp_path, capsys):
+    rows = ArithmeticTask(seed=0).prompt_completion("train", 4)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _jsonl(shards / "part-0000.jsonl", rows[:2])
+    _jsonl(shards / "part-0001.jsonl", rows[2:])
+    assert main(["inspect", f"model={model_path('llama')}", f"train_data={shards}", "--rows", "4"]) == 0
+    shown = capsys.readouterr().out  # captured: no terminal, so no colour
+    assert "4 row(s) -> 4 example(s)" in shown  # both shards, in name order
+    for row in rows:
+        assert f"{row['prompt']}[[{row['completion']}<|endoftext|>]]" in shown  # the completion and EOS are trained
+    assert "[[trained]]" in shown  # the legend says so

@@ -88,3 +88,17 @@ def test_first_loss_is_that_of_a_random_model_and_independent_of_checkpointing(t
         for checkpointing in (False, True):
             # bf16 weights round the same model: the same loss to well under 1%
             assert results[(run, "fast", checkpointing)] == pytest.approx(results[(run, "baseline", checkpointing)], rel=1e-2)
+
+
+def test_sharded_variant_runs_alone_and_starts_from_the_baseline_loss(tiny_report, run_benchmark, tmp_path):
+    """``--variant sharded`` (what gpu_check.sh runs on one GPU): FSDP2 at world size 1 trains SFT
+    and DPO (its reference sharded too) from the same first loss as the unsharded baseline."""
+    done = run_benchmark("gpu_throughput.py", tmp_path / "sharded.json", "--tiny", "--variant", "sharded", "--runs", "sft_padded,dpo_padded", "--checkpointing", "off")
+    assert done.stderr.count("FSDP2: parameters sharded over 1 process(es)") == 2
+    report = json.loads((tmp_path / "sharded.json").read_text())
+    baseline = {r["run"]: r["first_loss"] for r in tiny_report["results"] if r["variant"] == "baseline" and not r["gradient_checkpointing"]}
+    assert sorted(r["run"] for r in report["results"]) == ["dpo_padded", "sft_padded"]
+    for result in report["results"]:
+        assert "error" not in result, result
+        assert result["options"]["fsdp"] is True
+        assert result["first_loss"] == pytest.approx(baseline[result["run"]], rel=1e-5)

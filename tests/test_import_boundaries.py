@@ -1,4 +1,4 @@
-"""DESIGN principle 3: ``posttrain.losses`` and ``posttrain.data`` import without accelerate, peft,
+"""docs/design.md, "Principles" 3: ``posttrain.losses`` and ``posttrain.data`` import without accelerate, peft,
 transformers' models or any generation backend, so they stay usable (and testable) on their own."""
 
 from __future__ import annotations

@@ -46,3 +46,12 @@ def test_readme_python_examples_run(model_path, tmp_path, monkeypatch):
         except Exception as error:  # name the failing example
             raise AssertionError(f"README python block {number} failed: {block.splitlines()[0]!r}") from error
     assert (tmp_path / "outputs" / "sft" / "final").is_dir()
+
+
+def test_coming_from_trl_lists_every_translated_and_refused_name():
+    from posttrain.trl_names import known_names
+
+    text = README.read_text()
+    section = text[text.index("## Coming from TRL") : text.index("## Command line")]
+    missing = [name for name in known_names() if f"`{name}" not in section]
+    assert not missing, f"README's 'Coming from TRL' does not list {missing}"

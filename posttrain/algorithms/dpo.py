@@ -15,7 +15,14 @@ from typing import ClassVar
 
 import torch
 
-from posttrain.algorithms.reference import ReferenceConfig, ReferenceTrainer, attach_reference, sequence_logps, stack_reference
+from posttrain.algorithms.reference import (
+    PrecomputableReferenceConfig,
+    ReferencePolicy,
+    attach_reference,
+    load_policy,
+    sequence_logps,
+    stack_reference,
+)
 from posttrain.config import option
 from posttrain.data.collate import collate_packed, collate_padded
 from posttrain.data.packing import best_fit_decreasing, make_packed_row
@@ -26,18 +33,28 @@ from posttrain.losses.preference import PREFERENCE_LOSSES, PreferenceLogps, pref
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
 from posttrain.models.packing_check import check_packing_isolation
-from posttrain.train.loop import BatchSource
+from posttrain.train.loop import BatchSource, Trainer
 from posttrain.train.metrics import Metric
 
 # Losses that read only the policy's log-probs.
 REFERENCE_FREE_LOSSES = ("simpo", "nll")
 
 
-@dataclass
-class PreferenceDataConfig(ReferenceConfig):
-    """Tokenization options of completion-scored data (DPO, KTO)."""
+def precompute_reference(trainer: Trainer, items: list[dict], split: str, sequences_of) -> torch.Tensor | None:
+    """The trainer's precomputed reference log-probs of ``sequences_of(item)`` for every item
+    (DPO: chosen and rejected; KTO: the example and its KL sequence), or None when it holds no
+    reference or a live one."""
+    if trainer.reference is None:
+        return None
+    return trainer.reference.precompute(
+        [sequences_of(item) for item in items], split, pad_token_id=trainer.tokenizer.pad_token_id,
+        batch_size=trainer.config.per_device_eval_batch_size, report=trainer.reporter.print,
+    )
 
-    data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares: preference pairs
+
+@dataclass
+class PreferenceDataConfig(PrecomputableReferenceConfig):
+    """Tokenization options of completion-scored data (DPO, KTO)."""
 
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.", range="[2, inf)")
     max_prompt_length: int | None = option(None, MAX_PROMPT_LENGTH_HELP, range="[2, inf)")
@@ -125,12 +142,17 @@ class PairCollator:
         return sequences
 
 
-class DPOTrainer(ReferenceTrainer):
+class DPOTrainer(Trainer):
     """``DPOTrainer(model, config=DPOConfig(...), train_dataset=..., eval_dataset=...).train()``
     or ``DPOTrainer(model, train_dataset=rows, beta=0.1)``. Rows are preference pairs: ``chosen``,
     ``rejected`` and an optional ``prompt`` (strings or message lists)."""
 
     config_class = DPOConfig
+    reference: ReferencePolicy | None = None
+
+    def load_model(self, model):
+        policy, self.reference = load_policy(model, self.config, self.accelerator, with_reference=self.needs_reference())
+        return policy
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
         cfg = self.config
@@ -139,7 +161,7 @@ class DPOTrainer(ReferenceTrainer):
         self.reporter.print(f"[bold]{split} data[/] ({prepared.data_format}):")
         for line in prepared.lines():
             self.reporter.print(f"  {line}")
-        items = attach_reference(prepared.items, self.precompute_reference(prepared.items, split))
+        items = attach_reference(prepared.items, precompute_reference(self, prepared.items, split, lambda item: [item["chosen"], item["rejected"]]))
         lengths = [len(i["chosen"]["input_ids"]) + len(i["rejected"]["input_ids"]) for i in items]
         return BatchSource(items, lengths, PairCollator(self.tokenizer.pad_token_id, cfg.pad_to_multiple_of, self._row_capacity()))
 
@@ -153,9 +175,6 @@ class DPOTrainer(ReferenceTrainer):
                 raise ValueError("packing needs max_length (the capacity of a packed row)")
             return cfg.max_length
         return sys.maxsize if cfg.padding_free else None
-
-    def reference_sequences(self, item: dict) -> list:
-        return [item["chosen"], item["rejected"]]
 
     def needs_reference(self) -> bool:
         return any(name not in REFERENCE_FREE_LOSSES for name in self.config.loss_types())
@@ -177,7 +196,7 @@ class DPOTrainer(ReferenceTrainer):
         packed = sequences.get("sequence_ids"), sequences.get("num_sequences")
         policy = sequence_logps(stats.logps, sequences["loss_weights"], *packed)
         lengths = sequence_logps(torch.ones_like(stats.logps), sequences["loss_weights"], *packed)
-        reference = self.reference_logps(module, batch, sequences) if self.needs_reference() else None
+        reference = self.reference.batch_logps(module, batch, sequences) if self.reference is not None else None
         return PreferenceLogps(
             policy_chosen=policy[:pairs],
             policy_rejected=policy[pairs:],

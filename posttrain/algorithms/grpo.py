@@ -24,20 +24,17 @@ Departures from the paper, on purpose:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from posttrain.algorithms.experience import Rollout, completion_view
-from posttrain.algorithms.online import OnlineConfig, OnlineTrainer, completion_metrics, reward_metrics
+from posttrain.algorithms.experience import Experience, Samples
+from posttrain.algorithms.online import OnlineConfig, OnlineTrainer, Prepared
 from posttrain.config import option
-from posttrain.errors import ConfigError
-from posttrain.losses.advantages import group_relative_advantages, leave_one_out_advantages
-from posttrain.losses.kl import kl_estimate
-from posttrain.losses.policy import clipped_policy_loss
-from posttrain.losses.reduce import aggregate
+from posttrain.losses.advantages import GROUP_ADVANTAGES, group_advantages
+from posttrain.losses.kl import KL_ESTIMATORS, kl_estimate
+from posttrain.options import require
 from posttrain.train.metrics import Metric
 from posttrain.train.state import TrainState
 
@@ -51,7 +48,6 @@ LOSS_AGGREGATIONS = {
     "sequence_mean": "sequence_mean",
     "sequence_sum_over_constant": "sequence_sum_over_constant",
 }
-ADVANTAGE_ESTIMATORS = ("grpo", "rloo")
 
 
 @dataclass
@@ -59,8 +55,8 @@ class GRPOConfig(OnlineConfig):
     """GRPO options (plus the online, reference and TrainConfig options)."""
 
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
-    beta: float = option(0.0, "KL penalty coefficient. 0 (default): no reference model is loaded or run.")
-    kl_estimator: str = option("k3", "KL estimator for the penalty: k1, k2 or k3 (Schulman's estimators).")
+    beta: float = option(0.0, "KL penalty coefficient. 0 (default): no reference model is loaded or run.", range="[0, inf)")
+    kl_estimator: str = option("k3", "KL estimator for the penalty: k1, k2 or k3 (Schulman's estimators).", choices=tuple(KL_ESTIMATORS))
     epsilon: float = option(0.2, "Lower clip range of the importance ratio (1 - epsilon).")
     epsilon_high: float | None = option(None, "Upper clip range (1 + epsilon_high); DAPO's clip-higher uses 0.28. Default: epsilon.")
     importance_sampling_level: str = option("token", "token: one ratio per token (PPO, GRPO); sequence: one per completion, the mean token log-ratio (GSPO).")
@@ -72,38 +68,19 @@ class GRPOConfig(OnlineConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.loss_type not in LOSS_AGGREGATIONS:
-            raise ConfigError(f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}, got {self.loss_type!r}")
         if isinstance(self.scale_rewards, bool):  # TRL accepts True/False
             self.scale_rewards = "group" if self.scale_rewards else "none"
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ConfigError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
-        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
-            raise ConfigError(f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}")
-        if self.importance_sampling_level not in ("token", "sequence"):
-            raise ConfigError(f"importance_sampling_level must be token or sequence, got {self.importance_sampling_level!r}")
-        if self.beta < 0:
-            raise ConfigError(f"beta must be >= 0, got {self.beta}")
-        if self.num_generations < 2:
-            raise ConfigError("GRPO compares completions of the same prompt: num_generations must be >= 2")
+        require(
+            (self.loss_type in LOSS_AGGREGATIONS, f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}, got {self.loss_type!r}"),
+            (self.scale_rewards in ("group", "batch", "none"), f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}"),
+            (self.advantage_estimator in GROUP_ADVANTAGES, f"advantage_estimator must be one of {tuple(GROUP_ADVANTAGES)}, got {self.advantage_estimator!r}"),
+            (self.importance_sampling_level in ("token", "sequence"), f"importance_sampling_level must be token or sequence, got {self.importance_sampling_level!r}"),
+            (self.num_generations >= 2, "GRPO compares completions of the same prompt: num_generations must be >= 2"),
+        )
 
     @property
     def aggregation(self) -> str:
         return LOSS_AGGREGATIONS[self.loss_type]
-
-
-@dataclass
-class Group:
-    """One prompt's ``num_generations`` samples with their rewards."""
-
-    item: dict
-    completions: list
-    rewards: torch.Tensor  # (G,)
-    per_function: torch.Tensor  # (G, F), NaN where a function does not apply
-
-    @property
-    def has_signal(self) -> bool:
-        return bool(self.rewards.max() > self.rewards.min())
 
 
 class GRPOTrainer(OnlineTrainer):
@@ -117,158 +94,81 @@ class GRPOTrainer(OnlineTrainer):
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
+    def policy_loss_options(self) -> dict:
+        cfg = self.config
+        return {"clip_low": cfg.epsilon, "clip_high": cfg.epsilon_high, "level": cfg.importance_sampling_level}
+
     # ------------------------------------------------------------------ experience
 
-    def make_window(self, module, stream: Iterator, state: TrainState) -> list[dict]:
+    def sample(self, stream: Iterator) -> Samples:
+        """With dynamic sampling, generate and score until ``prompts_per_step`` groups have
+        reward variance, groups without it set aside (all processes draw the same number of
+        batches, so the data position stays in step); the batch is then topped up with those."""
         cfg = self.config
-        groups, stats = self.sample_groups(module, stream)
-        rewards = torch.cat([g.rewards for g in groups])
-        advantages = self.advantages(rewards)
-        rollouts = []
-        for g, group in enumerate(groups):
-            for k, completion in enumerate(group.completions):
-                trained = 0.0 if cfg.mask_truncated_completions and completion.finish_reason == "length" else 1.0
-                rollouts.append(
-                    Rollout(
-                        group.item["prompt_ids"],
-                        list(completion.token_ids),
-                        [trained] * len(completion.token_ids),
-                        sequence_values={"advantages": float(advantages[g * cfg.num_generations + k])},
-                    )
-                )
-        start = time.perf_counter()
-        if cfg.num_iterations > 1:
-            for rollout, logps in zip(rollouts, self.token_logps(rollouts)):
-                rollout.token_values["old_logps"] = logps
-        if cfg.beta > 0:
-            for rollout, logps in zip(rollouts, self.token_logps(rollouts, reference=True)):
-                rollout.token_values["ref_logps"] = logps
-        stats["time/logps"] = time.perf_counter() - start
-        window = self.collate_window(rollouts)
-        window[0]["rollout_metrics"] = self.rollout_metrics(groups, advantages, stats)
-        self.log_rollouts(state, groups, advantages)
-        return window
-
-    def sample_groups(self, module, stream: Iterator) -> tuple[list[Group], dict]:
-        """Generate and score until ``prompts_per_step`` groups are ready. With dynamic
-        sampling, groups without reward variance are set aside and more prompts are drawn (all
-        processes draw the same number of batches, so the data position stays in step)."""
-        cfg = self.config
-        kept, spare = [], []
-        stats = {"time/generation": 0.0, "time/rewards": 0.0, "generated_tokens": 0, "groups_seen": 0, "rounds": 0}
+        if not cfg.dynamic_sampling:
+            return super().sample(stream)
+        kept, spare, rounds, reward_seconds = [], [], 0, 0.0
         while True:
-            generated = self.generate_and_score(module, stream)
-            stats["time/generation"] += generated.generation_seconds
-            stats["time/rewards"] += generated.reward_seconds
-            stats["generated_tokens"] += sum(len(c.token_ids) for c in generated.completions)
-            stats["rounds"] += 1
-            for group in self._groups(generated):
-                stats["groups_seen"] += 1
-                (kept if group.has_signal or not cfg.dynamic_sampling else spare).append(group)
+            samples = super().sample(stream)
+            rounds, reward_seconds = rounds + 1, reward_seconds + samples.stats["time/rewards"]
+            scores = samples.scores()
+            for group in samples.groups():
+                (kept if scores[group.start : group.stop].max() > scores[group.start : group.stop].min() else spare).append((samples, group))
             missing = torch.tensor(float(max(cfg.prompts_per_step - len(kept), 0)), device=self.accelerator.device)
-            if not cfg.dynamic_sampling or stats["rounds"] >= cfg.max_sampling_rounds:
+            if rounds >= cfg.max_sampling_rounds or float(self.accelerator.reduce(missing, reduction="sum")) == 0:
                 break
-            if float(self.accelerator.reduce(missing, reduction="sum")) == 0:
-                break
-        stats["filled_without_signal"] = max(cfg.prompts_per_step - len(kept), 0)
-        groups = (kept + spare)[: cfg.prompts_per_step]
-        return groups, stats
+        joined = Samples.join((kept + spare)[: cfg.prompts_per_step])
+        joined.stats = {
+            "time/rewards": reward_seconds,
+            "dynamic_sampling/rounds": rounds,
+            "dynamic_sampling/dropped_groups": len(kept) + len(spare) - cfg.prompts_per_step,
+            "dynamic_sampling/filled_without_signal": max(cfg.prompts_per_step - len(kept), 0),
+        }
+        return joined
 
-    def _groups(self, generated) -> list[Group]:
-        size = self.config.num_generations
-        result = generated.rewards
-        return [
-            Group(item, generated.completions[i * size : (i + 1) * size], result.total[i * size : (i + 1) * size].float(), result.per_function[i * size : (i + 1) * size])
-            for i, item in enumerate(generated.items)
-        ]
+    def make_experience(self, samples: Samples, state: TrainState) -> Prepared:
+        cfg = self.config
+        experience = Experience.from_samples(samples, cfg.mask_truncated_completions)
+        scores = samples.scores()
+        advantages = self.advantages(scores)
+        experience.advantages = advantages.unsqueeze(1).expand_as(experience.completion_mask)
+        if cfg.num_iterations > 1:
+            experience.old_logps = self.policy_logps(experience)
+        if self.reference is not None:
+            experience.ref_logps = self.policy_logps(experience, reference=True)
+        return Prepared(experience, self.group_metrics(scores, advantages), {"advantage": advantages.tolist()})
 
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """``(N,)`` advantages of this process's completions; with ``scale_rewards="batch"`` the
         std is taken over every process's rewards."""
         cfg, acc = self.config, self.accelerator
-        if cfg.advantage_estimator == "rloo":
-            return leave_one_out_advantages(rewards, cfg.num_generations)
-        if cfg.scale_rewards != "batch" or acc.num_processes == 1:
-            return group_relative_advantages(rewards, cfg.num_generations, scale=cfg.scale_rewards)
+        if cfg.scale_rewards != "batch" or cfg.advantage_estimator != "grpo" or acc.num_processes == 1:
+            return group_advantages(cfg.advantage_estimator, rewards, cfg.num_generations, scale=cfg.scale_rewards)
         everything = acc.gather(rewards.to(acc.device)).cpu()
         mine = slice(acc.process_index * len(rewards), (acc.process_index + 1) * len(rewards))
-        return group_relative_advantages(everything, cfg.num_generations, scale="batch")[mine]
+        return group_advantages(cfg.advantage_estimator, everything, cfg.num_generations, scale="batch")[mine]
 
-    # ------------------------------------------------------------------ the update
-
-    def count_units(self, batch) -> torch.Tensor:
-        mask = batch["completion_mask"]
-        return aggregate(self.config.aggregation, torch.zeros_like(mask), mask, max_len=self.config.max_completion_length).count
-
-    def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
-        cfg = self.config
-        stats = module(
-            batch["input_ids"], batch["position_ids"], temperature=cfg.temperature, with_stats=True, positions=batch.get("completion_positions")
-        )
-        index, mask = batch["completion_index"], batch["completion_mask"].to(stats.logps.device)
-        logps = completion_view(stats.logps, index)
-        old = batch["old_logps"].to(logps.device) if "old_logps" in batch else logps.detach()
-        per_token, policy = clipped_policy_loss(
-            logps, old, batch["advantages"].to(logps.device), mask,
-            clip_low=cfg.epsilon, clip_high=cfg.epsilon_high, level=cfg.importance_sampling_level,
-        )
-        metrics = {}
-        if cfg.beta > 0:
-            kl = kl_estimate(logps, batch["ref_logps"].to(logps.device), cfg.kl_estimator)
-            per_token = per_token + cfg.beta * kl
-            metrics["kl"] = Metric.mean((kl.detach() * mask).sum(), mask.sum())
-        loss = aggregate(cfg.aggregation, per_token, mask, max_len=cfg.max_completion_length)
-        tokens = mask.sum()
-        metrics.update(
-            {
-                "loss": Metric.mean(loss.total, loss.count),
-                "entropy": Metric.mean((completion_view(stats.entropy, index) * mask).sum(), tokens),
-                "clip_ratio/low": Metric.mean((policy.clipped_low.float() * mask).sum(), tokens),
-                "clip_ratio/high": Metric.mean((policy.clipped_high.float() * mask).sum(), tokens),
-            }
-        )
-        # the generation batch's metrics, once: later passes over the same batch find them gone
-        metrics.update(batch.pop("rollout_metrics", {}))
-        return loss.total, metrics
-
-    # ------------------------------------------------------------------ reporting
-
-    def rollout_metrics(self, groups: list[Group], advantages: torch.Tensor, stats: dict) -> dict[str, Metric]:
-        """Metrics of one generation batch (carried by its first micro-batch, counted once)."""
-        rewards = torch.cat([g.rewards for g in groups])
-        completions = [c for g in groups for c in g.completions]
-        group_std = torch.stack([g.rewards.std(unbiased=False) for g in groups])
-        no_signal = sum(not g.has_signal for g in groups)
-        metrics = reward_metrics(rewards, torch.cat([g.per_function for g in groups]), self.rewards.names)
-        metrics |= {
-            "reward/group_std": Metric.mean(group_std.sum(), len(groups)),
-            "reward/zero_std_groups": Metric.mean(no_signal, len(groups)),
+    def group_metrics(self, rewards: torch.Tensor, advantages: torch.Tensor) -> dict[str, Metric]:
+        """The spread of rewards within groups and the advantages of one generation batch."""
+        grouped = rewards.reshape(-1, self.config.num_generations)
+        no_signal = (grouped.amax(dim=1) == grouped.amin(dim=1)).float()
+        return {
+            "reward/group_std": Metric.mean(grouped.std(dim=1, unbiased=False).sum(), len(grouped)),
+            "frac_reward_zero_std": Metric.mean(no_signal.sum(), len(grouped)),
             "advantages/mean_abs": Metric.mean(advantages.abs().sum(), len(advantages)),
             "advantages/max": Metric.max(advantages.max()),
             "advantages/min": Metric.min(advantages.min()),
-            "time/generation": Metric.mean(stats["time/generation"]),
-            "time/rewards": Metric.mean(stats["time/rewards"]),
-            "time/logps": Metric.mean(stats["time/logps"]),
-            "generation/tokens_per_second": Metric.mean(stats["generated_tokens"], max(stats["time/generation"], 1e-9)),
         }
-        if self.config.dynamic_sampling:
-            metrics["dynamic_sampling/rounds"] = Metric.mean(stats["rounds"])
-            metrics["dynamic_sampling/dropped_groups"] = Metric.mean(stats["groups_seen"] - len(groups))
-            metrics["dynamic_sampling/filled_without_signal"] = Metric.mean(stats["filled_without_signal"])
-        metrics.update(completion_metrics(completions))
-        return metrics
 
-    def log_rollouts(self, state: TrainState, groups: list[Group], advantages: torch.Tensor) -> None:
-        """The completion log, when one of the steps this generation batch serves is due."""
-        due = self.completion_log_step(state, self.config.num_iterations)
-        if due is None:
-            return
-        rows = []
-        for g, group in enumerate(groups):
-            for k, completion in enumerate(group.completions):
-                n = g * self.config.num_generations + k
-                row = {"prompt": group.item["prompt"], "completion": completion.text, "reward": float(group.rewards[k])}
-                row.update({name: float(group.per_function[k, f]) for f, name in enumerate(self.rewards.names)})
-                row["advantage"] = float(advantages[n])
-                rows.append(row)
-        self.completion_log.log(due, rows)
+    # ------------------------------------------------------------------ the update
+
+    def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
+        cfg = self.config
+        logps, entropy, _ = self.policy_forward(module, batch)
+        per_token, _, metrics = self.policy_gradient(logps, entropy, batch)
+        if cfg.beta > 0:
+            mask = batch.completion_mask.to(logps.device)
+            kl = kl_estimate(logps, batch.ref_logps.to(logps.device), cfg.kl_estimator)
+            per_token = per_token + cfg.beta * kl
+            metrics["kl"] = Metric.mean((kl.detach() * mask).sum(), mask.sum())
+        return self.reduce(per_token, batch, metrics)

@@ -12,14 +12,12 @@ reference modes work.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
-from posttrain.algorithms.dpo import PreferenceDataConfig
-from posttrain.algorithms.reference import ReferenceTrainer, attach_reference, sequence_logps, stack_reference
+from posttrain.algorithms.dpo import PreferenceDataConfig, precompute_reference
+from posttrain.algorithms.reference import ReferencePolicy, attach_reference, load_policy, sequence_logps, stack_reference
 from posttrain.config import option
 from posttrain.data.collate import collate_padded
 from posttrain.data.example import TokenizedExample
@@ -28,7 +26,7 @@ from posttrain.errors import DataError
 from posttrain.losses.kto import check_weight_ratio, kto_loss
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
-from posttrain.train.loop import BatchSource
+from posttrain.train.loop import BatchSource, Trainer
 from posttrain.train.metrics import Metric
 
 # How far to look for a partner with a different prompt before giving up (all prompts equal).
@@ -38,8 +36,6 @@ PARTNER_SEARCH = 16
 @dataclass
 class KTOConfig(PreferenceDataConfig):
     """KTO options (plus everything in TrainConfig and the reference options)."""
-
-    data_kind: ClassVar[str] = "unpaired"
 
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
     beta: float = option(0.1, "Scale of the log-ratio, as in DPO.", range="(0, inf)")
@@ -100,12 +96,17 @@ class UnpairedCollator:
         return batch
 
 
-class KTOTrainer(ReferenceTrainer):
+class KTOTrainer(Trainer):
     """``KTOTrainer(model, config=KTOConfig(...), train_dataset=...).train()``. Rows are
     ``prompt``, ``completion``, ``label`` (bool); preference pairs are converted (chosen ->
     desirable, rejected -> undesirable)."""
 
     config_class = KTOConfig
+    reference: ReferencePolicy | None = None
+
+    def load_model(self, model):
+        policy, self.reference = load_policy(model, self.config, self.accelerator, with_reference=True)
+        return policy
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
         cfg = self.config
@@ -122,15 +123,11 @@ class KTOTrainer(ReferenceTrainer):
             self.reporter.print(f"  {line}")
         if split == "train":
             problem = check_weight_ratio(desirable, len(items) - desirable, cfg.desirable_weight, cfg.undesirable_weight)
-            if problem:
-                warnings.warn(problem, stacklevel=2)
+            if problem:  # on the run's console only: a Python warning too would print it twice
                 self.reporter.print(f"[yellow]warning:[/] {problem}")
-        items = attach_reference(items, self.precompute_reference(items, split))
+        items = attach_reference(items, precompute_reference(self, items, split, lambda item: [item["example"], item["kl"]]))
         lengths = [len(i["example"]["input_ids"]) for i in items]
         return BatchSource(items, lengths, UnpairedCollator(self.tokenizer.pad_token_id, cfg.pad_to_multiple_of))
-
-    def reference_sequences(self, item: dict) -> list:
-        return [item["example"], item["kl"]]
 
     def wrap_model(self, model) -> torch.nn.Module:
         self._window_kl = None
@@ -145,11 +142,7 @@ class KTOTrainer(ReferenceTrainer):
         kl = batch["kl"]
         scored = kl.get("trained_positions")  # the completions: the head skips prompts and pads
         policy = sequence_logps(module(kl["input_ids"], kl["position_ids"], positions=scored).logps, kl["loss_weights"])
-        if self.reference_mode == "precomputed":
-            reference = batch["ref_kl_logps"].to(policy.device)
-        else:
-            reference = self.compute_reference(kl["input_ids"], kl["position_ids"], kl["loss_weights"], module, positions=scored)
-        return (policy.float() - reference).sum()
+        return (policy.float() - self.reference.batch_logps(module, batch, kl, key="ref_kl_logps")).sum()
 
     def _reference_point(self, module, batches: list) -> torch.Tensor:
         """z0 = max(0, mean KL log-ratio) over ``batches`` on every process."""
@@ -165,7 +158,7 @@ class KTOTrainer(ReferenceTrainer):
         examples = batch["examples"]
         stats = module(examples["input_ids"], examples["position_ids"], positions=examples.get("trained_positions"))
         policy = sequence_logps(stats.logps, examples["loss_weights"])
-        reference = self.reference_logps(module, batch, examples)
+        reference = self.reference.batch_logps(module, batch, examples)
         # Training steps use the window's z0; evaluation batches estimate their own.
         z0 = self._window_kl if module.training and self._window_kl is not None else self._reference_point(module, [batch])
         labels = batch["labels"].to(policy.device)

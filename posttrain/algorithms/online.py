@@ -1,18 +1,12 @@
-"""What every online algorithm (GRPO, PPO) shares: prompt data, generation from the current
-policy, reward functions, the experience buffer, the completion log and the time split.
+"""The one rollout path of the online algorithms (GRPO, PPO) and everything they share
+(docs/design.md, "Online RL"): when the experience buffer is used up, :meth:`OnlineTrainer.next_window`
+samples and scores the next prompts (:meth:`OnlineTrainer.sample`), the algorithm makes experience
+of them (:meth:`OnlineTrainer.make_experience`), and :meth:`OnlineTrainer.prepare_experience`
+schedules the optimizer steps it serves and keeps its metrics, which join the loop's at the next
+step: beside the batches, never inside them.
 
-The one loop (:mod:`posttrain.train.loop`) asks :meth:`OnlineTrainer.next_window` for the
-micro-batches of each optimizer step. Here that means: take the next batch of prompts from the
-data stream, generate from the current policy, score, let the algorithm turn the samples into
-:class:`~posttrain.algorithms.experience.Rollout` objects (:meth:`make_rollouts`), and cut them
-into ``gradient_accumulation_steps`` micro-batches. One generation batch serves
-``num_iterations`` optimizer steps; it is kept in an :class:`ExperienceBuffer` that checkpoints
-save, so a run resumed between two of those steps continues on the same samples.
-
-Batch sizes follow TRL: ``per_device_train_batch_size`` counts *completions* per micro-batch, so
-one optimizer step trains on ``per_device_train_batch_size * gradient_accumulation_steps``
-completions per process, i.e. that many divided by ``num_generations`` prompts. A prompt's
-completions never straddle processes, so group statistics are exact under several processes.
+Batch sizes follow TRL: ``per_device_train_batch_size`` counts *completions* per micro-batch. A
+prompt's completions never straddle processes, so group statistics are exact on several.
 """
 
 from __future__ import annotations
@@ -21,32 +15,48 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 
-from posttrain.algorithms.experience import Rollout, collate_rollouts, completion_view, split_micro_batches
-from posttrain.algorithms.reference import ReferenceConfig, ReferenceTrainer
+from posttrain.algorithms.experience import (
+    Experience,
+    ExperienceBuffer,
+    MicroBatch,
+    Samples,
+    completion_view,
+    micro_batch,
+    split_micro_batches,
+)
+from posttrain.algorithms.reference import ReferenceConfig, ReferencePolicy, load_policy
 from posttrain.config import option
+from posttrain.data.prompt_only import prepare_prompts
+from posttrain.data.prompts import end_of_turn_ids
 from posttrain.errors import ConfigError
+from posttrain.losses.policy import policy_loss
+from posttrain.losses.reduce import aggregate
 from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
 from posttrain.models.packing_check import check_packing_isolation
-from posttrain.train.loop import BatchSource
-from posttrain.train.metrics import Metric
+from posttrain.rollout import HFGenerationEngine, RewardFunctions, SamplingOptions
+from posttrain.rollout.reward_spec import check_reward_packages
+from posttrain.train.loop import BatchSource, Trainer, TrainingRun
+from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.state import TrainState
-
-# Columns of a prompt row that are ours, not the user's: never passed to reward functions.
 
 
 @dataclass
 class OnlineConfig(ReferenceConfig):
     """Options of every online trainer: prompts, sampling, rewards, experience reuse."""
 
-    data_kind: ClassVar[str] = "prompts"  # what `posttrain inspect` prepares
-    num_generations: int = option(8, "Completions sampled per prompt (a GRPO group).")
+    # Whether each pass takes the mini-batches in a fresh order (PPO) or as sampled (GRPO).
+    shuffle_mini_batches: ClassVar[bool] = False
+    # How per-token losses are reduced (posttrain.losses.reduce.AGGREGATIONS).
+    aggregation: ClassVar[str] = "token_mean"
+
+    num_generations: int = option(8, "Completions sampled per prompt (a GRPO group).", range="[1, inf)")
     max_prompt_length: int | None = option(512, "Prompts longer than this many tokens lose tokens from their start (counted); None keeps them whole.")
-    max_completion_length: int = option(256, "Most tokens generated per completion.")
+    max_completion_length: int = option(256, "Most tokens generated per completion.", range="[1, inf)")
     temperature: float = option(1.0, "Sampling temperature; log-probs for the update are computed at the same temperature.")
     top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens with this much probability.")
     top_k: int = option(0, "Sample among the k most likely tokens (0: no limit).")
@@ -62,107 +72,99 @@ class OnlineConfig(ReferenceConfig):
     reward_funcs: list = option([], "Reward functions for the CLI: built-in names with options ({name: exact_answer, column: answer}) or 'module:function' paths. Python callers pass reward_funcs=[callable, ...].")
     reward_weights: list | None = option(None, "One weight per reward function (default 1 each); the reward is their weighted sum.")
     mask_truncated_completions: bool = option(False, "Give no loss to completions cut at max_completion_length (their reward judged an unfinished answer).")
-    num_iterations: int = option(1, "Optimizer steps per generation batch (mu). With 1, no extra log-prob pass is run: the ratio is 1 by construction.")
+    num_iterations: int = option(1, "Optimizer steps per generation batch (mu). With 1, no extra log-prob pass is run: the ratio is 1 by construction.", range="[1, inf)")
     packing: bool = option(True, "Pack prompt+completion sequences into rows for the update (no padding waste; a start-up probe checks attention never crosses sequences).")
 
     def __post_init__(self):
         super().__post_init__()
-        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if self.num_generations < 1 or per_step % self.num_generations:
+        if self.reward_funcs:  # a built-in reward whose package is missing: said now, before any model loads
+            check_reward_packages(self.reward_funcs)
+        if self.rollout_size % self.num_generations:
             raise ConfigError(
-                f"per_device_train_batch_size x gradient_accumulation_steps = {per_step} completions per step must be a "
-                f"multiple of num_generations = {self.num_generations}, so every prompt's group stays whole on one "
-                "process. Fix: change one of the three."
+                f"{self.rollout_size} completions per generation batch must be a multiple of num_generations = {self.num_generations}, "
+                "so every prompt's group stays whole on one process. Fix: change num_generations or the completions per batch "
+                "(per_device_train_batch_size x gradient_accumulation_steps; PPO: batch_size)"
             )
-        if self.max_completion_length < 1 or self.num_iterations < 1:
-            raise ConfigError("max_completion_length and num_iterations must be >= 1")
-        if self.reference_mode == "precomputed":
-            raise ConfigError("reference_mode 'precomputed' needs fixed completions; online algorithms sample new ones. Use 'model' or 'adapters_disabled'.")
+
+    @property
+    def mini_batch_size(self) -> int:
+        """Completions per optimizer step on each process."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def rollout_size(self) -> int:
+        """Completions per generation batch on each process (GRPO: one optimizer step's)."""
+        return self.mini_batch_size
 
     @property
     def prompts_per_step(self) -> int:
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps // self.num_generations
-
-
-class ExperienceBuffer:
-    """The windows (micro-batch lists) that the optimizer steps still to come take from one
-    generation batch, in order: the same window ``num_iterations`` times for GRPO, one window
-    per mini-batch and epoch for PPO.
-
-    Registered with accelerate's checkpointing (``state_dict`` / ``load_state_dict``), so a
-    checkpoint written between two steps of one generation batch resumes on the same samples
-    (a window repeated N times is one object, pickled once)."""
-
-    def __init__(self):
-        self.windows: list[list[dict]] = []
-
-    def fill(self, window: list[dict], steps: int) -> None:
-        """Serve ``window`` to the next ``steps`` optimizer steps."""
-        self.schedule([window] * steps)
-
-    def schedule(self, windows: list[list[dict]]) -> None:
-        """Serve ``windows[k]`` to the k-th optimizer step from now."""
-        self.windows = list(windows)
-
-    def take(self) -> list[dict] | None:
-        return self.windows.pop(0) if self.windows else None
-
-    def clear(self) -> int:
-        """Drop the windows not yet served (e.g. PPO's early stop); returns how many."""
-        dropped, self.windows = len(self.windows), []
-        return dropped
+        """Prompts per generation batch on each process."""
+        return self.rollout_size // self.num_generations
 
     @property
-    def steps_left(self) -> int:
-        return len(self.windows)
-
-    def state_dict(self) -> dict:
-        return {"windows": self.windows}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.windows = list(state["windows"])
+    def epochs_per_rollout(self) -> int:
+        """Passes over each generation batch (GRPO: ``num_iterations``)."""
+        return self.num_iterations
 
 
-@dataclass
-class Generated:
-    """The samples of one generation batch: ``prompts`` (P items), ``completions`` (P * G, a
-    prompt's G completions contiguous), their rewards, and time spent."""
+class Prepared(NamedTuple):
+    """An algorithm's ``experience`` of a generation batch, its own ``metrics`` and
+    ``log_columns`` (``{name: N floats}`` the completion log shows beside each completion)."""
 
-    items: list[dict]
-    completions: list
-    rewards: object  # posttrain.rollout.rewards.RewardResult
-    generation_seconds: float
-    reward_seconds: float
+    experience: Experience
+    metrics: dict[str, Metric]
+    log_columns: dict[str, list[float]]
 
 
-class OnlineTrainer(ReferenceTrainer):
-    """Shared machinery of GRPO and PPO; subclasses define :meth:`make_rollouts` and the loss."""
+def shuffle_seed(seed: int, step: int, epoch: int) -> int:
+    """The seed of the mini-batch order of ``epoch`` of the generation batch made at ``step``."""
+    return ((seed * 1_000_003 + step) * 1_009 + epoch) % (2**63 - 1)
+
+
+class OnlineTrainer(Trainer):
+    """An online algorithm defines :meth:`make_experience` and :meth:`compute_loss` (with
+    :meth:`policy_forward`, :meth:`policy_gradient`, :meth:`reduce`), names its policy loss and
+    says whether it needs a reference. ``rollout_engine``: any :class:`~posttrain.rollout.RolloutEngine`
+    (default: transformers' ``generate`` over the live policy)."""
 
     config_class = OnlineConfig
+    # the loss of posttrain.losses.policy.POLICY_LOSSES the update uses
+    policy_loss_name: ClassVar[str] = "clipped"
+    reference: ReferencePolicy | None = None
 
-    def __init__(self, model=None, config=None, *, reward_funcs=None, **kwargs):
-        from posttrain.rollout import RewardFunctions
-
+    def __init__(self, model=None, config=None, *, reward_funcs=None, rollout_engine=None, **kwargs):
+        self._engine = rollout_engine
+        self._engine_step: int | None = None  # the optimizer step whose weights the engine holds
+        self._generation = [0.0, 0]  # seconds and tokens of generation since the last experience
+        self._pending_metrics: dict | None = None
         super().__init__(model, config, **kwargs)
         funcs = reward_funcs if reward_funcs is not None else self.config.reward_funcs
         self.rewards = RewardFunctions(funcs, self.config.reward_weights) if funcs else None
-        self.check_reward_columns()
-        self.buffer = ExperienceBuffer()
-        self._engine = None
-
-    # ------------------------------------------------------------------ data
-
-    def check_reward_columns(self) -> None:
         if self.rewards is not None:
             self.rewards.check_columns(self._columns)
+        self.buffer = ExperienceBuffer()
+
+    # ------------------------------------------------------------------ what an algorithm defines
 
     def needs_reference(self) -> bool:
+        """Whether the objective compares the policy with a reference (a KL term)."""
         return False
 
-    def build_batch_source(self, rows, split: str) -> BatchSource:
-        from posttrain.data.prompt_only import prepare_prompts
+    def make_experience(self, samples: Samples, state: TrainState) -> Prepared:
+        """Advantages, and the log-probs and values the loss needs (:meth:`scoring_pass`)."""
+        raise TypeError(f"{type(self).__name__} must define make_experience")
 
+    def policy_loss_options(self) -> dict:
+        """Keywords of the policy loss (clip ranges, ratio level) from the config."""
+        return {}
+
+    # ------------------------------------------------------------------ data and model
+
+    def build_batch_source(self, rows, split: str) -> BatchSource | None:
         cfg = self.config
+        if rows is None:  # driven by the caller (PPO's step): no prompt data
+            self._columns, self._prompt_capacity, self._conversational = [], 0, False
+            return None
         set_chat_template(self.tokenizer, cfg.chat_template)
         prepared = prepare_prompts(
             rows, self.tokenizer, system_prompt=cfg.system_prompt, chat_template_kwargs=cfg.chat_template_kwargs,
@@ -171,51 +173,74 @@ class OnlineTrainer(ReferenceTrainer):
         self.reporter.print(f"[bold]{split} data[/] ({prepared.data_format}):")
         for line in prepared.lines():
             self.reporter.print(f"  {line}")
-        items = prepared.items
-        self._columns = prepared.columns
         if split == "train":
-            self._prompt_capacity = max(len(item["prompt_ids"]) for item in items)
+            self._columns = prepared.columns
+            self._prompt_capacity = max(len(item["prompt_ids"]) for item in prepared.items)
             self._conversational = prepared.data_format.conversational
-        return BatchSource(items, [len(item["prompt_ids"]) for item in items], _as_list)
+        return BatchSource(prepared.items, [len(item["prompt_ids"]) for item in prepared.items], list)
 
     def train_loader_batch_size(self) -> int:
         return self.config.prompts_per_step
 
     def total_steps(self, micro_batches_per_epoch: int) -> int:
         cfg = self.config
-        if cfg.max_steps > 0:
+        if cfg.max_steps > 0 or self.train_source is None:  # driven step by step: as long as the caller goes on
             return cfg.max_steps
-        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * self.steps_per_generation()
-
-    def steps_per_generation(self) -> int:
-        """Optimizer steps each generation batch serves (GRPO: ``num_iterations``)."""
-        return self.config.num_iterations
+        steps_per_generation = cfg.epochs_per_rollout * (cfg.rollout_size // cfg.mini_batch_size)
+        return max(1, math.ceil(cfg.num_epochs * micro_batches_per_epoch)) * steps_per_generation
 
     def checkpoint_objects(self) -> list:
         return [self.buffer]
 
     def log_sample_completions(self, step: int) -> None:
-        """Nothing extra: online trainers log the rollouts they train on (see make_window)."""
+        """Nothing extra: online trainers log the completions they train on (:meth:`prepare_experience`)."""
 
-    # ------------------------------------------------------------------ model
+    def load_model(self, model):
+        policy, self.reference = load_policy(model, self.config, self.accelerator, with_reference=self.needs_reference())
+        return policy
 
-    def wrap_model(self, model) -> torch.nn.Module:
+    def check_packing(self, model) -> None:
+        """The start-up probe that packed rows keep their sequences apart."""
         if self.config.packing:
             check_packing_isolation(model, batch_rows=2, device=self.accelerator.device)
+
+    def wrap_model(self, model) -> torch.nn.Module:
+        self.check_packing(model)
         return TokenLogProbs.for_config(model, self.config)
 
-    def engine(self, module):
-        """The generation engine over the live policy weights (built once)."""
-        from posttrain.rollout import HFGenerationEngine
+    # ------------------------------------------------------------------ the rollout path
 
+    @property
+    def engine(self):
+        """The generation engine (the default one is built at first use)."""
         if self._engine is None:
-            self._engine = HFGenerationEngine(self.model, self.tokenizer, batch_size=self.config.generation_batch_size, accelerator=self.accelerator)
+            self._engine = HFGenerationEngine(
+                self.model, self.tokenizer, batch_size=self.config.generation_batch_size, accelerator=self.accelerator,
+                weights=self.gathered_weights,
+            )
         return self._engine
 
-    def sampling_options(self, greedy: bool = False):
-        from posttrain.rollout import SamplingOptions
-        from posttrain.rollout.prompts import end_of_turn_ids
+    def sample_completions(self, prompt_ids: list[list[int]], options: SamplingOptions, num_generations: int) -> list:
+        """Completions from the current policy. An engine that keeps its own copy of the weights
+        (``holds_weights``, as a vLLM engine does) is given them first whenever an optimizer step
+        changed them (:meth:`generation_weights`)."""
+        engine, step = self.engine, self.state.step
+        if getattr(engine, "holds_weights", False) and self._engine_step != step:
+            with self.gathered_weights() as whole:  # every process together, when sharded
+                engine.update_weights(whole if whole is not None else self.generation_weights())
+            self._engine_step = step
+        start = time.perf_counter()
+        completions = engine.generate(prompt_ids, options, num_generations)
+        self._generation[0] += time.perf_counter() - start
+        self._generation[1] += sum(len(c.token_ids) for c in completions)
+        return completions
 
+    def generation_weights(self) -> torch.nn.Module:
+        """The policy an engine with its own copy loads, when the run is not sharded (a sharded
+        run gives it the whole weights gathered by :meth:`gathered_weights`)."""
+        return self.unwrapped_model()
+
+    def sampling_options(self, greedy: bool = False) -> SamplingOptions:
         cfg = self.config
         return SamplingOptions(
             max_completion_length=cfg.max_completion_length,
@@ -232,30 +257,16 @@ class OnlineTrainer(ReferenceTrainer):
             chat_template_kwargs=dict(cfg.chat_template_kwargs),
         )
 
-    # ------------------------------------------------------------------ making experience
-
-    def next_window(self, module, stream: Iterator, state: TrainState) -> list:
-        window = self.buffer.take()
-        if window is None:
-            self.buffer.schedule(self.make_windows(module, stream, state))
-            window = self.buffer.take()
-        return window
-
-    def make_windows(self, module, stream: Iterator, state: TrainState) -> list[list[dict]]:
-        """The windows of the optimizer steps one new generation batch serves (default: one
-        window, :meth:`make_window`, served ``num_iterations`` times)."""
-        return [self.make_window(module, stream, state)] * self.config.num_iterations
-
-    def generate_and_score(self, module, stream: Iterator) -> Generated:
-        """Next prompt batch -> ``num_generations`` samples each -> rewards."""
-        items = next(stream)
+    def sample(self, stream: Iterator) -> Samples:
+        """The next prompts, ``num_generations`` completions of each, scored (the reward
+        functions' total on each completion's last token)."""
+        items, size = next(stream), self.config.num_generations
+        completions = self.sample_completions([item["prompt_ids"] for item in items], self.sampling_options(), size)
         start = time.perf_counter()
-        completions = self.engine(module).generate(
-            [item["prompt_ids"] for item in items], self.sampling_options(), self.config.num_generations
-        )
-        generated = time.perf_counter()
-        rewards = self.score(items, completions, self.config.num_generations)
-        return Generated(items, completions, rewards, generated - start, time.perf_counter() - generated)
+        result = self.score(items, completions, size)
+        rewards = [[0.0] * (len(c.token_ids) - 1) + [score] for c, score in zip(completions, result.total.tolist())]
+        repeated = [item for item in items for _ in range(size)]
+        return Samples(repeated, completions, rewards, result, size, {"time/rewards": time.perf_counter() - start})
 
     def score(self, items: list[dict], completions: list, group_size: int):
         """Rewards of ``completions`` (``group_size`` per item, contiguous)."""
@@ -270,71 +281,170 @@ class OnlineTrainer(ReferenceTrainer):
             columns,
         )
 
-    def make_window(self, module, stream: Iterator, state: TrainState) -> list[dict]:
-        raise TypeError(f"{type(self).__name__} must define make_window")
+    def next_window(self, module, stream: Iterator, state: TrainState) -> list[MicroBatch]:
+        if not self.buffer.steps:
+            self.prepare_experience(self.sample(stream), state)
+        return self.take_window()
 
-    def collate_window(self, rollouts: list[Rollout]) -> list[dict]:
-        """Cut a generation batch into the micro-batches of one optimizer step."""
+    def prepare_experience(self, samples: Samples, state: TrainState) -> None:
+        """Make experience of ``samples``, schedule the steps it serves, keep its metrics for the
+        next step, log its completions when one of those steps is due."""
+        start = time.perf_counter()
+        prepared = self.make_experience(samples, state)
+        seconds = time.perf_counter() - start
+        steps = self.mini_batch_schedule(len(prepared.experience), state)
+        self.buffer.fill(prepared.experience, steps)
+        self._pending_metrics = {**self.rollout_metrics(samples), **prepared.metrics, "time/experience": Metric.mean(seconds)}
+        self.log_completions(state, samples, prepared.log_columns, len(steps))
+
+    def mini_batch_schedule(self, size: int, state: TrainState) -> list[list[int]]:
+        """The rows of each optimizer step a generation batch of ``size`` serves:
+        ``epochs_per_rollout`` passes of mini-batches, shuffled per pass (when the config says so)
+        from ``(seed, step, epoch)``, never the global RNG, so a resumed run replays it."""
+        cfg, steps = self.config, []
+        for epoch in range(cfg.epochs_per_rollout):
+            order = list(range(size))
+            if cfg.shuffle_mini_batches:
+                generator = torch.Generator().manual_seed(shuffle_seed(cfg.seed, state.step, epoch))
+                order = torch.randperm(size, generator=generator).tolist()
+            steps += split_micro_batches(order, cfg.mini_batch_size)
+        return steps
+
+    def take_window(self) -> list[MicroBatch] | None:
+        """The micro-batches of the next optimizer step the buffer serves, or None."""
+        rows = self.buffer.take()
+        return None if rows is None else self.micro_batches(self.buffer.experience, rows)
+
+    def micro_batches(self, experience: Experience, rows: list[int]) -> list[MicroBatch]:
+        chunks = split_micro_batches(rows, self.config.per_device_train_batch_size)
+        return [micro_batch(experience, chunk, self.tokenizer.pad_token_id, self._row_capacity()) for chunk in chunks]
+
+    def _row_capacity(self) -> int:
         cfg = self.config
-        capacity = self._prompt_capacity + cfg.max_completion_length if cfg.packing else 0
-        return [
-            collate_rollouts(chunk, self.tokenizer.pad_token_id, capacity)
-            for chunk in split_micro_batches(rollouts, cfg.per_device_train_batch_size)
-        ]
+        return self._prompt_capacity + cfg.max_completion_length if cfg.packing else 0
+
+    # ------------------------------------------------------------------ passes without grad
 
     @torch.no_grad()
-    def token_logps(self, rollouts: list[Rollout], *, reference: bool = False) -> list[list[float]]:
-        """Per-token log-probs ``[(completion length,)]`` of each rollout's completion under the
-        current policy (or the reference), at the sampling temperature, without grad."""
-
-        def forward(ids, position_ids, scored):
-            if reference:
-                return {"logps": self._reference_token_logps(ids, position_ids, scored)}
-            return {"logps": self._policy_module()(ids, position_ids, temperature=self.config.temperature, positions=scored).logps}
-
-        return [values["logps"] for values in self.completion_passes(rollouts, forward)]
-
-    @torch.no_grad()
-    def completion_passes(self, rollouts: list[Rollout], forward) -> list[dict[str, list[float]]]:
-        """Per-token values of each rollout's completion tokens, without grad: ``forward(input_ids,
-        position_ids, completion_positions)`` maps packed ``(R, T)`` inputs to ``{name: (R, T)
-        tensor}`` aligned with the input tokens (only the completion tokens need be right);
-        returns, per rollout, ``{name: [one float per completion token]}``. Runs in chunks of
-        ``per_device_eval_batch_size`` rollouts."""
-        out = []
-        capacity = self._prompt_capacity + self.config.max_completion_length if self.config.packing else 0
-        device = self.accelerator.device
-        for chunk in split_micro_batches(rollouts, self.config.per_device_eval_batch_size):
-            batch = collate_rollouts(chunk, self.tokenizer.pad_token_id, capacity)
-            scored = batch.get("completion_positions")
-            values = forward(batch["input_ids"].to(device), batch["position_ids"].to(device), None if scored is None else scored.to(device))
-            views = {name: completion_view(v, batch["completion_index"]).float().cpu() for name, v in values.items()}
-            out.extend({name: view[i, : len(r.completion_ids)].tolist() for name, view in views.items()} for i, r in enumerate(chunk))
+    def scoring_pass(self, experience: Experience, forward) -> dict[str, torch.Tensor]:
+        """Per-token values of every completion token, ``{name: (N, L)}`` (0 after each
+        completion's end): ``forward(input_ids, position_ids, completion_positions)`` maps packed
+        ``(R, T)`` inputs to ``{name: (R, T)}`` aligned with the input tokens. Runs in chunks of
+        ``per_device_eval_batch_size`` sequences."""
+        device, out = self.accelerator.device, {}
+        lengths = torch.tensor([len(c.token_ids) for c in experience.samples.completions])
+        for chunk in split_micro_batches(range(len(experience)), self.config.per_device_eval_batch_size):
+            batch = micro_batch(experience, chunk, self.tokenizer.pad_token_id, self._row_capacity())
+            scored = None if batch.completion_positions is None else batch.completion_positions.to(device)
+            values = forward(batch.input_ids.to(device), batch.position_ids.to(device), scored)
+            inside = torch.arange(batch.completion_index.shape[1]) < lengths[chunk].unsqueeze(1)
+            for name, value in values.items():
+                view = completion_view(value, batch.completion_index).float().cpu()
+                out.setdefault(name, torch.zeros_like(experience.completion_mask))[chunk, : view.shape[1]] = torch.where(inside, view, 0.0)
         return out
 
-    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
-        start = time.perf_counter()
-        super()._optimizer_step(module, optimizer, scheduler, window, state, metrics)
-        metrics.update({"time/training": Metric.mean(time.perf_counter() - start)})
+    def policy_logps(self, experience: Experience, reference: bool = False) -> torch.Tensor:
+        """``(N, L)`` log-probs of the completions under the current policy (or the reference),
+        at the sampling temperature."""
+        module, temperature = self._policy_module(), self.config.temperature
 
-    def completion_log_step(self, state: TrainState, steps: int) -> int | None:
-        """The first of the next ``steps`` optimizer steps (those a new generation batch serves)
-        at which the completion log is due, or None."""
-        return next((s for s in range(state.step + 1, state.step + 1 + steps) if self.completion_log.due(s)), None)
+        def forward(ids, positions, scored):
+            if reference:
+                return {"logps": self.reference.token_logps(module, ids, positions, temperature=temperature, positions=scored)}
+            return {"logps": module(ids, positions, temperature=temperature, positions=scored).logps}
+
+        return self.scoring_pass(experience, forward)["logps"]
 
     def _policy_module(self) -> TokenLogProbs:
         return self.accelerator.unwrap_model(self.module)
 
-    def _reference_token_logps(self, input_ids, position_ids, positions=None) -> torch.Tensor:
-        """``(R, T)`` per-token reference log-probs (a frozen copy, or the policy without its
-        LoRA adapters); with ``positions``, right at those flat indices only."""
-        temperature = self.config.temperature
-        if self._reference_source == "model":
-            return self._reference_module()(input_ids, position_ids, temperature=temperature, positions=positions).logps
-        with self.model.disable_adapter():
-            return self._policy_module()(input_ids, position_ids, temperature=temperature, positions=positions).logps
+    # ------------------------------------------------------------------ the update
 
-    # ------------------------------------------------------------------ evaluation
+    def count_units(self, batch: MicroBatch) -> torch.Tensor:
+        mask = batch.completion_mask
+        return aggregate(self.config.aggregation, torch.zeros_like(mask), mask, max_len=self.config.max_completion_length).count
+
+    def count_tokens(self, batch: MicroBatch) -> int:
+        return batch.num_tokens
+
+    def policy_forward(self, module, batch: MicroBatch, with_values: bool = False):
+        """``(logps, entropy, values)``, each ``(S, L)`` on the batch's completion tokens, with
+        grad (``values`` None unless asked for)."""
+        extra = {"with_values": True} if with_values else {}
+        out = module(batch.input_ids, batch.position_ids, temperature=self.config.temperature, with_stats=True, positions=batch.completion_positions, **extra)
+        index = batch.completion_index
+        values = completion_view(out.values, index) if with_values else None
+        return completion_view(out.logps, index), completion_view(out.entropy, index), values
+
+    def policy_gradient(self, logps: torch.Tensor, entropy: torch.Tensor, batch: MicroBatch):
+        """``(per-token loss (S, L), stats, metrics)``: the algorithm's policy loss against the
+        sampling policy (the current one, detached, when the experience has no old log-probs),
+        with the entropy and clip metrics of every online trainer."""
+        device = logps.device
+        mask = batch.completion_mask.to(device)
+        old = batch.old_logps.to(device) if batch.old_logps is not None else logps.detach()
+        per_token, stats = policy_loss(self.policy_loss_name, logps, old, batch.advantages.to(device), mask, **self.policy_loss_options())
+        tokens = mask.sum()
+        metrics = {
+            "entropy": Metric.mean((entropy * mask).sum(), tokens),
+            "clip_ratio/low_mean": Metric.mean((stats.clipped_low.float() * mask).sum(), tokens),
+            "clip_ratio/high_mean": Metric.mean((stats.clipped_high.float() * mask).sum(), tokens),
+            "clip_ratio/region_mean": Metric.mean(((stats.clipped_low | stats.clipped_high).float() * mask).sum(), tokens),
+        }
+        return per_token, stats, metrics
+
+    def reduce(self, per_token: torch.Tensor, batch: MicroBatch, metrics: dict[str, Metric]) -> tuple[torch.Tensor, dict[str, Metric]]:
+        """The batch's summed loss by the config's aggregation, ``loss`` added to ``metrics``."""
+        loss = aggregate(self.config.aggregation, per_token, batch.completion_mask.to(per_token.device), max_len=self.config.max_completion_length)
+        metrics["loss"] = Metric.mean(loss.total, loss.count)
+        return loss.total, metrics
+
+    def optimizer_step(self, run: TrainingRun, window: list, metrics=None) -> None:
+        metrics = run.metrics if metrics is None else metrics
+        start = time.perf_counter()
+        super().optimizer_step(run, window, metrics)
+        metrics.update({"time/training": Metric.mean(time.perf_counter() - start)})
+        if self._pending_metrics is not None:  # the generation batch's metrics, once
+            metrics.update(self._pending_metrics)
+            self._pending_metrics = None
+
+    # ------------------------------------------------------------------ metrics and logs
+
+    def rollout_metrics(self, samples: Samples) -> dict[str, Metric]:
+        """Rewards, completion lengths, the rollout's own counts and times, and generation speed."""
+        lengths = torch.tensor([float(len(c.token_ids)) for c in samples.completions])
+        truncated = torch.tensor([float(c.truncated) for c in samples.completions])
+        n = len(samples.completions)
+        metrics = {
+            "completions/mean_length": Metric.mean(lengths.sum(), n),
+            "completions/min_length": Metric.min(lengths.min()),
+            "completions/max_length": Metric.max(lengths.max()),
+            "completions/clipped_ratio": Metric.mean(truncated.sum(), n),
+        }
+        if samples.details is not None:
+            metrics |= reward_metrics(samples.details.total, samples.details.per_function, samples.details.names)
+        seconds, tokens = self._generation
+        self._generation = [0.0, 0]
+        metrics["time/generation"] = Metric.mean(seconds)
+        if seconds > 0:
+            metrics["generation/tokens_per_second"] = Metric.mean(tokens, seconds)
+        metrics |= {name: Metric.mean(value) for name, value in samples.stats.items()}
+        return metrics
+
+    def log_completions(self, state: TrainState, samples: Samples, columns: dict[str, list[float]], steps: int) -> None:
+        """Prompt, completion, reward, each reward function and ``columns`` of every sample, when
+        the completion log is due at one of the next ``steps`` steps."""
+        due = next((s for s in range(state.step + 1, state.step + 1 + steps) if self.completion_log.due(s)), None)
+        if due is None:
+            return
+        details, scores, rows = samples.details, samples.scores(), []
+        for i, (item, completion) in enumerate(zip(samples.items, samples.completions)):
+            row = {"prompt": item["prompt"], "completion": completion.text, "reward": float(scores[i])}
+            if details is not None:
+                row.update({name: float(details.per_function[i, f]) for f, name in enumerate(details.names)})
+            row.update({name: float(values[i]) for name, values in columns.items()})
+            rows.append(row)
+        self.completion_log.log(due, rows)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -342,13 +452,12 @@ class OnlineTrainer(ReferenceTrainer):
         ``eval/reward`` and ``eval/rewards/<name>/mean``."""
         if self.eval_source is None or self.rewards is None:
             return {}
-        items = list(self.eval_source.dataset)
+        items, counted = list(self.eval_source.dataset), list(self._generation)
         with self.accelerator.split_between_processes(items) as mine:
-            completions = self.engine(None).generate([i["prompt_ids"] for i in mine], self.sampling_options(greedy=True), 1)
+            completions = self.sample_completions([i["prompt_ids"] for i in mine], self.sampling_options(greedy=True), 1)
             result = self.score(mine, completions, 1)
             metrics = reward_metrics(result.total, result.per_function, result.names)
-        from posttrain.train.metrics import MetricAccumulator
-
+        self._generation = counted  # evaluation is not part of the next generation batch
         accumulator = MetricAccumulator()
         accumulator.update(metrics)
         return {f"eval/{name}": value for name, value in accumulator.compute(self.accelerator).items()}
@@ -368,20 +477,3 @@ def reward_metrics(total: torch.Tensor, per_function: torch.Tensor, names: list[
             metrics[f"rewards/{name}/mean"] = Metric.mean(present.sum(), present.numel())
             metrics[f"rewards/{name}/std"] = Metric.mean(present.std(correction=0))
     return metrics
-
-
-def completion_metrics(completions: list) -> dict[str, Metric]:
-    """Lengths and how completions ended."""
-    lengths = torch.tensor([float(len(c.token_ids)) for c in completions])
-    truncated = torch.tensor([float(c.finish_reason == "length") for c in completions])
-    return {
-        "completions/mean_length": Metric.mean(lengths.sum(), len(completions)),
-        "completions/min_length": Metric.min(lengths.min()),
-        "completions/max_length": Metric.max(lengths.max()),
-        "completions/truncated_ratio": Metric.mean(truncated.sum(), len(completions)),
-    }
-
-
-def _as_list(items: list) -> list:
-    """``collate_fn`` for prompt batches: the items as they are."""
-    return list(items)

@@ -12,7 +12,7 @@ completions; each mini-batch is one optimizer step of the loop (clipped policy l
 
 The same experience path serves :meth:`PPOTrainer.train` (prompt data, reward functions) and
 the generate/step API (:mod:`posttrain.algorithms.ppo_api`), which shares optimizer, schedule,
-metrics, checkpoints and accelerate state with ``train``.
+metrics, checkpoints and accelerate state with ``train`` through the loop's public steps.
 
 Departures and choices:
 
@@ -33,23 +33,21 @@ Departures and choices:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 
-from posttrain.algorithms.experience import Rollout, completion_view, right_padded, split_micro_batches
-from posttrain.algorithms.online import OnlineConfig, OnlineTrainer, completion_metrics, reward_metrics
+from posttrain.algorithms.experience import Experience, Samples
+from posttrain.algorithms.online import OnlineConfig, OnlineTrainer, Prepared
 from posttrain.algorithms.ppo_api import StepAPI, split_positional
 from posttrain.config import option
+from posttrain.errors import ConfigError
 from posttrain.losses.advantages import gae, whiten_advantages
 from posttrain.losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate
-from posttrain.losses.policy import clipped_policy_loss, clipped_value_loss, explained_variance
-from posttrain.losses.reduce import aggregate
+from posttrain.losses.policy import clipped_value_loss, explained_variance
 from posttrain.models.causal_lm import head_options
-from posttrain.models.loading import apply_lora, disable_dropout, enable_activation_checkpointing, is_peft_model
-from posttrain.models.packing_check import check_packing_isolation
+from posttrain.models.loading import disable_dropout, is_peft_model, prepare_for_training
 from posttrain.models.value import (
     CRITIC_LAYOUTS,
     Critic,
@@ -59,11 +57,11 @@ from posttrain.models.value import (
     check_same_vocabulary,
     copy_critic,
     hidden_size_of,
-    kept_trainable,
     new_value_head,
     value_model_critic,
 )
 from posttrain.ops import masked_mean
+from posttrain.options import require
 from posttrain.train.metrics import Metric
 from posttrain.train.state import TrainState
 
@@ -72,8 +70,10 @@ from posttrain.train.state import TrainState
 class PPOConfig(OnlineConfig):
     """PPO options (plus the online, reference and TrainConfig options)."""
 
+    shuffle_mini_batches: ClassVar[bool] = True
+
     learning_rate: float = option(3e-6, "Peak learning rate (AdamW), shared by policy and critic.")
-    num_generations: int = option(1, "Completions sampled per prompt (PPO compares nothing within a group: 1).")
+    num_generations: int = option(1, "Completions sampled per prompt (PPO compares nothing within a group: 1).", range="[1, inf)")
     batch_size: int | None = option(None, "Completions per rollout batch on each process (TRL's name): generated and scored together, then trained on for ppo_epochs epochs of mini-batches of per_device_train_batch_size x gradient_accumulation_steps completions, one optimizer step each. None: one mini-batch.")
     ppo_epochs: int = option(4, "Passes over each rollout batch.")
     gamma: float = option(1.0, "Discount factor of GAE.")
@@ -97,11 +97,10 @@ class PPOConfig(OnlineConfig):
         if self.batch_size is None:
             self.batch_size = self.mini_batch_size
         super().__post_init__()
-        checks = [
+        require(
             (self.batch_size >= 1 and self.batch_size % self.mini_batch_size == 0,
              (f"batch_size = {self.batch_size} completions per rollout batch must be a multiple of the mini-batch, "
               f"per_device_train_batch_size x gradient_accumulation_steps = {self.mini_batch_size}. Fix: change one of them")),
-            (self.batch_size % self.num_generations == 0, f"batch_size = {self.batch_size} must be a multiple of num_generations = {self.num_generations}"),
             (self.num_iterations == 1, "num_iterations is GRPO's reuse of a generation batch; PPO's is ppo_epochs (x mini-batches). Fix: leave num_iterations at 1"),
             (self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}"),
             (self.cliprange > 0 and (self.cliprange_value is None or self.cliprange_value > 0), "cliprange and cliprange_value must be > 0 (cliprange_value may be None: no clipping)"),
@@ -110,44 +109,30 @@ class PPOConfig(OnlineConfig):
             (self.critic in CRITIC_LAYOUTS, f"critic must be one of {CRITIC_LAYOUTS}, got {self.critic!r}"),
             (self.target_kl is None or self.target_kl > 0, f"target_kl must be > 0 or None, got {self.target_kl}"),
             (not self.adap_kl_ctrl or (self.kl_target > 0 and self.kl_horizon > 0), "kl_target and kl_horizon must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        )
 
     @property
-    def mini_batch_size(self) -> int:
-        """Completions per optimizer step on each process."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+    def rollout_size(self) -> int:
+        return self.batch_size
 
     @property
-    def num_mini_batches(self) -> int:
-        return self.batch_size // self.mini_batch_size
-
-    @property
-    def prompts_per_step(self) -> int:
-        """Prompts per rollout batch on each process."""
-        return self.batch_size // self.num_generations
+    def epochs_per_rollout(self) -> int:
+        return self.ppo_epochs
 
 
-@dataclass
-class Samples:
-    """One rollout batch before it becomes experience: ``items`` (one per completion: ``prompt``
-    for logs, ``prompt_ids``), ``completions`` (:class:`~posttrain.rollout.Completion`),
-    ``token_rewards`` (one float per completion token: the score on the last token, or the
-    caller's per-token rewards), the reward functions' result (None from ``step``) and times."""
+class PPOTargets(NamedTuple):
+    """What PPO computes from a rollout batch, all ``(N, L)`` but ``scores`` and ``sequence_kl``
+    ``(N,)``: ``kl`` per token (0 without a reference), ``rewards`` (the scores on the last
+    tokens minus ``kl_coef`` x KL, whitened when asked), raw ``gae_advantages``, ``advantages``
+    (whitened when asked), ``returns``; ``scores`` after the missing-EOS penalty."""
 
-    items: list[dict]
-    completions: list
-    token_rewards: list[list[float]]
-    reward_result: object = None
-    generation_seconds: float = 0.0
-    reward_seconds: float = 0.0
-
-
-def shuffle_seed(seed: int, step: int, epoch: int) -> int:
-    """The seed of the mini-batch permutation of ``epoch`` of the rollout batch made at ``step``."""
-    return ((seed * 1_000_003 + step) * 1_009 + epoch) % (2**63 - 1)
+    kl: torch.Tensor
+    rewards: torch.Tensor
+    gae_advantages: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    scores: torch.Tensor
+    sequence_kl: torch.Tensor
 
 
 class PPOTrainer(StepAPI, OnlineTrainer):
@@ -167,49 +152,12 @@ class PPOTrainer(StepAPI, OnlineTrainer):
         else:
             self.kl_controller = FixedKLController(cfg.kl_coef)
         self._approxkl = torch.zeros(2)
-        self._generated = {}  # (prompt ids, text) -> Completion of generate(), for step()
-        self._generation_seconds = 0.0  # spent in generate() since the last step()
 
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0
 
-    # ------------------------------------------------------------------ data and schedule
-
-    def build_batch_source(self, rows, split: str):
-        if rows is None:  # driven by step(): no prompt data
-            self._columns, self._prompt_capacity, self._conversational = [], 0, False
-            return None
-        return super().build_batch_source(rows, split)
-
-    def _dataset_rows(self, train_dataset, eval_dataset):
-        if train_dataset is None and self.config.train_data is None:
-            return None, None
-        return super()._dataset_rows(train_dataset, eval_dataset)
-
-    def train(self):
-        if self.train_source is None:
-            raise ValueError(
-                "train() needs prompt rows: pass train_dataset=[{'prompt': ...}, ...] (or set train_data). "
-                "To drive PPO yourself, call generate() and step() instead"
-            )
-        return super().train()
-
-    def steps_per_generation(self) -> int:
-        return self.config.ppo_epochs * self.config.num_mini_batches
-
-    def total_steps(self, micro_batches_per_epoch: int) -> int:
-        if self.train_source is None:  # step(): as long as the caller goes on, unless max_steps
-            return self.config.max_steps
-        return super().total_steps(micro_batches_per_epoch)
-
-    def build_lr_scheduler(self, optimizer, total_steps: int):
-        if total_steps > 0:
-            return super().build_lr_scheduler(optimizer, total_steps)
-        from transformers import get_scheduler
-
-        if self.config.warmup_ratio > 0 and self.config.warmup_steps == 0:
-            self.reporter.print("[yellow]step() without max_steps has no known length: warmup_ratio is ignored (use warmup_steps)[/]")
-        return get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=self.config.warmup_steps)
+    def policy_loss_options(self) -> dict:
+        return {"clip_low": self.config.cliprange}
 
     def checkpoint_objects(self) -> list:
         return [self.buffer, self.kl_controller]
@@ -228,174 +176,132 @@ class PPOTrainer(StepAPI, OnlineTrainer):
         layout = cfg.critic if cfg.critic != "auto" else ("adapter" if lora else "copy")
         if source is not None:
             if cfg.critic not in ("auto", "copy"):
-                raise ValueError(f"value_model gives the critic its own backbone; critic={cfg.critic!r} cannot apply. Fix: critic=auto (or copy)")
+                raise ConfigError(f"value_model gives the critic its own backbone; critic={cfg.critic!r} cannot apply. Fix: critic=auto (or copy)")
             layout, critic = "copy", value_model_critic(source, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
-            if cfg.gradient_checkpointing:
-                enable_activation_checkpointing(critic.backbone, cfg.gradient_checkpointing_fraction)
-            if cfg.use_lora:
-                critic.backbone = apply_lora(critic.backbone, cfg, task_type="FEATURE_EXTRACTION")
+            critic.backbone = prepare_for_training(critic.backbone, cfg, task_type="FEATURE_EXTRACTION")
         elif layout == "copy":
             critic = copy_critic(policy)
         elif layout == "shared":
             critic = Critic(new_value_head(hidden_size_of(policy.get_base_model() if lora else policy)))
         else:
             if not lora:
-                raise ValueError("critic='adapter' puts a second LoRA adapter set on the policy: it needs use_lora=true. Fix: use_lora=true, or critic=copy / shared")
+                raise ConfigError("critic='adapter' puts a second LoRA adapter set on the policy: it needs use_lora=true. Fix: use_lora=true, or critic=copy / shared")
             if cfg.gradient_checkpointing:
-                raise ValueError("critic='adapter' cannot be combined with gradient_checkpointing (the backward recomputation would run with the wrong adapter active). Fix: critic=copy or shared, or gradient_checkpointing=false")
+                raise ConfigError("critic='adapter' cannot be combined with gradient_checkpointing (the backward recomputation would run with the wrong adapter active). Fix: critic=copy or shared, or gradient_checkpointing=false")
             critic = add_critic_adapter(policy, cfg)
         check_same_vocabulary(policy, critic)
         if cfg.disable_dropout:
             disable_dropout(critic)
         return layout, critic
 
-    def _reference_token_logps(self, input_ids, position_ids, positions=None) -> torch.Tensor:
-        # peft's disable_adapter() leaves only the active adapter trainable afterwards: keep the critic's
-        with kept_trainable(self.model):
-            return super()._reference_token_logps(input_ids, position_ids, positions)
-
     def wrap_model(self, model) -> torch.nn.Module:
+        self.check_packing(model)
         if self.config.packing:
-            check_packing_isolation(model, batch_rows=2, device=self.accelerator.device)
             check_critic_packing(self.critic)
         return PolicyWithValue(model, self.critic, self.critic_layout, **head_options(model, self.config))
 
-    # ------------------------------------------------------------------ making experience
+    # ------------------------------------------------------------------ experience
 
-    def make_windows(self, module, stream: Iterator, state: TrainState) -> list[list[dict]]:
-        generated = self.generate_and_score(module, stream)
-        items = [item for item in generated.items for _ in range(self.config.num_generations)]
-        total = generated.rewards.total.tolist()
-        token_rewards = [[0.0] * (len(c.token_ids) - 1) + [score] for c, score in zip(generated.completions, total)]
-        samples = Samples(items, generated.completions, token_rewards, generated.rewards, generated.generation_seconds, generated.reward_seconds)
-        return self.experience_windows(samples, state)
-
-    def experience_windows(self, samples: Samples, state: TrainState) -> list[list[dict]]:
-        """Turn a rollout batch into the windows of its ``ppo_epochs x num_mini_batches``
-        optimizer steps (see the module docstring); updates the KL controller."""
-        cfg = self.config
-        rollouts = [
-            Rollout(item["prompt_ids"], list(c.token_ids), [0.0 if cfg.mask_truncated_completions and c.truncated else 1.0] * len(c.token_ids))
-            for item, c in zip(samples.items, samples.completions)
-        ]
-        start = time.perf_counter()
-        passes = self.policy_and_value_passes(rollouts)
-        ref_logps = self.token_logps(rollouts, reference=True) if self.needs_reference() else None
-        passes_seconds = time.perf_counter() - start
-        experience = self.compute_experience(rollouts, passes, ref_logps, samples)
-        for i, rollout in enumerate(rollouts):
-            n = len(rollout.completion_ids)
-            for name in ("old_logps", "old_values", "advantages", "returns"):
-                rollout.token_values[name] = experience[name][i, :n].tolist()
-        metrics = self.experience_metrics(samples, experience, passes_seconds)
-        self.update_kl_controller(experience)
-        windows = self.mini_batch_windows(rollouts, state)
-        windows[0][0]["rollout_metrics"] = metrics
-        self.log_rollouts(state, samples, experience, len(windows))
-        return windows
-
-    def policy_and_value_passes(self, rollouts: list[Rollout]) -> list[dict[str, list[float]]]:
-        """Per rollout, the current policy's log-probs and the critic's values of its completion
-        tokens (one forward of the module, no grad)."""
+    def make_experience(self, samples: Samples, state: TrainState) -> Prepared:
+        """Old log-probs and values (one pass of policy and critic), reference log-probs,
+        KL-penalised rewards, GAE; then the KL controller moves."""
+        experience = Experience.from_samples(samples, self.config.mask_truncated_completions)
         module, temperature = self._policy_module(), self.config.temperature
 
-        def forward(input_ids, position_ids, scored):
+        def policy_and_values(input_ids, position_ids, scored):
             output = module(input_ids, position_ids, temperature=temperature, with_values=True, positions=scored)
             return {"logps": output.logps, "values": output.values}
 
-        return self.completion_passes(rollouts, forward)
+        passes = self.scoring_pass(experience, policy_and_values)
+        ref_logps = self.policy_logps(experience, reference=True) if self.reference is not None else None
+        targets = self.ppo_targets(experience, passes["logps"], passes["values"], ref_logps)
+        experience.old_logps, experience.old_values = passes["logps"], passes["values"]
+        experience.advantages, experience.returns = targets.advantages, targets.returns
+        metrics = self.ppo_metrics(experience, targets)
+        self.update_kl_controller(targets)
+        columns = {"reward": targets.scores.tolist(), "kl": targets.sequence_kl.tolist(),
+                   "value": experience.old_values[:, 0].tolist(), "return": experience.returns[:, 0].tolist()}
+        return Prepared(experience, metrics, columns)
 
-    def compute_experience(self, rollouts, passes, ref_logps, samples: Samples) -> dict[str, torch.Tensor]:
-        """``(N, L)`` tensors of the rollout batch: ``mask``, ``old_logps``, ``old_values``,
-        ``kl`` (per token, 0 without a reference), ``rewards`` (KL-penalised), raw
-        ``gae_advantages``, ``advantages`` (whitened when asked), ``returns``; ``(N,)``
-        ``scores`` (after the missing-EOS penalty) and ``sequence_kl``."""
-        cfg = self.config
-        width = max(len(r.completion_ids) for r in rollouts)
-        mask = right_padded([r.completion_mask for r in rollouts], width)
-        logps = right_padded([p["logps"] for p in passes], width)
-        values = right_padded([p["values"] for p in passes], width)
-        token_rewards = right_padded(samples.token_rewards, width)
-        lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
+    def ppo_targets(self, experience: Experience, logps: torch.Tensor, values: torch.Tensor, ref_logps: torch.Tensor | None) -> PPOTargets:
+        """:class:`PPOTargets` of ``experience`` from the ``(N, L)`` old log-probs, values and
+        reference log-probs (None: no KL term)."""
+        cfg, mask = self.config, experience.completion_mask
+        token_rewards = experience.rewards.clone()
+        completions = experience.samples.completions
         if cfg.missing_eos_penalty:
-            never_stopped = torch.tensor([float(c.truncated) for c in samples.completions])
-            token_rewards[torch.arange(len(rollouts)), lengths - 1] -= cfg.missing_eos_penalty * never_stopped
-        if ref_logps is None:
-            kl = torch.zeros_like(logps)
-        else:
-            kl = kl_estimate(logps, right_padded(ref_logps, width), cfg.kl_estimator, mask=mask)
+            lengths = torch.tensor([len(c.token_ids) for c in completions])
+            never_stopped = torch.tensor([float(c.truncated) for c in completions])
+            token_rewards[torch.arange(len(completions)), lengths - 1] -= cfg.missing_eos_penalty * never_stopped
+        kl = torch.zeros_like(logps) if ref_logps is None else kl_estimate(logps, ref_logps, cfg.kl_estimator, mask=mask)
         rewards = token_rewards - self.kl_controller.value * kl
         if cfg.whiten_rewards:
             rewards = whiten_advantages(rewards, mask, shift_mean=False, all_reduce=self._sum_over_processes)
         gae_advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        advantages = gae_advantages
-        if cfg.whiten_advantages:
-            advantages = whiten_advantages(gae_advantages, mask, all_reduce=self._sum_over_processes)
-        return {
-            "mask": mask, "old_logps": logps, "old_values": values, "kl": kl, "rewards": rewards,
-            "gae_advantages": gae_advantages, "advantages": advantages, "returns": returns,
-            "scores": token_rewards.sum(dim=1), "sequence_kl": (kl * mask).sum(dim=1),
-        }
+        advantages = whiten_advantages(gae_advantages, mask, all_reduce=self._sum_over_processes) if cfg.whiten_advantages else gae_advantages
+        return PPOTargets(kl, rewards, gae_advantages, advantages, returns, token_rewards.sum(dim=1), (kl * mask).sum(dim=1))
 
     def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
         acc = self.accelerator
         return acc.reduce(tensor.to(acc.device), reduction="sum").to(tensor.device)
 
-    def update_kl_controller(self, experience: dict) -> None:
-        kl = experience["sequence_kl"]
+    def update_kl_controller(self, targets: PPOTargets) -> None:
+        """Move the KL coefficient with the mean per-sequence KL and the number of completions
+        of all processes."""
+        kl = targets.sequence_kl
         totals = self._sum_over_processes(torch.stack([kl.sum(), torch.tensor(float(kl.numel()))]))
         self.kl_controller.update(float(totals[0] / totals[1]), int(totals[1]))
 
-    def mini_batch_windows(self, rollouts: list[Rollout], state: TrainState) -> list[list[dict]]:
-        """``ppo_epochs`` passes over ``rollouts``, each a fresh permutation cut into mini-batches;
-        one window (list of micro-batches) per mini-batch."""
-        cfg = self.config
-        windows = []
-        for epoch in range(cfg.ppo_epochs):
-            generator = torch.Generator().manual_seed(shuffle_seed(cfg.seed, state.step, epoch))
-            order = torch.randperm(len(rollouts), generator=generator).tolist()
-            for chunk in split_micro_batches(order, cfg.mini_batch_size):
-                windows.append(self.collate_window([rollouts[i] for i in chunk]))
-        return windows
+    def ppo_metrics(self, experience: Experience, targets: PPOTargets) -> dict[str, Metric]:
+        """TRL's PPO metrics of one rollout batch, and the critic's."""
+        mask, n = experience.completion_mask, len(experience)
+        tokens = mask.sum()
+        non_score = -self.kl_controller.value * targets.sequence_kl
+        metrics = {
+            "objective/scores": Metric.mean(targets.scores.sum(), n),
+            "objective/kl": Metric.mean(targets.sequence_kl.sum(), n),
+            "objective/non_score_reward": Metric.mean(non_score.sum(), n),
+            "objective/rlhf_reward": Metric.mean((targets.scores + non_score).sum(), n),
+            "objective/entropy": Metric.mean((-experience.old_logps * mask).sum(), n),
+            "objective/kl_coef": Metric.mean(self.kl_controller.value),
+            "returns/mean": Metric.mean((targets.returns * mask).sum(), tokens),
+            "returns/var": Metric.mean(_masked_var(targets.returns, mask)),
+            "advantages/mean": Metric.mean((targets.gae_advantages * mask).sum(), tokens),
+            "advantages/var": Metric.mean(_masked_var(targets.gae_advantages, mask)),
+            "val/mean": Metric.mean((experience.old_values * mask).sum(), tokens),
+        }
+        explained = explained_variance(experience.old_values, targets.returns, mask)
+        if torch.isfinite(explained):
+            metrics["val/explained_variance"] = Metric.mean(explained)
+        return metrics
 
     # ------------------------------------------------------------------ the update
 
-    def count_units(self, batch) -> torch.Tensor:
-        return batch["completion_mask"].sum()
-
     def compute_loss(self, module, batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         cfg = self.config
-        out = module(
-            batch["input_ids"], batch["position_ids"], temperature=cfg.temperature, with_stats=True, with_values=True,
-            positions=batch.get("completion_positions"),
-        )
-        index, device = batch["completion_index"], out.logps.device
-        mask = batch["completion_mask"].to(device)
-        logps, values = completion_view(out.logps, index), completion_view(out.values, index)
-        old_logps = batch["old_logps"].to(device)
-        policy_loss, policy = clipped_policy_loss(logps, old_logps, batch["advantages"].to(device), mask, clip_low=cfg.cliprange)
-        value_loss, value_clipped = clipped_value_loss(values, batch["old_values"].to(device), batch["returns"].to(device), mask, cfg.cliprange_value)
-        loss = aggregate("token_mean", policy_loss + cfg.vf_coef * value_loss, mask)
+        logps, entropy, values = self.policy_forward(module, batch, with_values=True)
+        per_token, policy, metrics = self.policy_gradient(logps, entropy, batch)
+        device = logps.device
+        mask, old_logps = batch.completion_mask.to(device), batch.old_logps.to(device)
+        value_loss, value_clipped = clipped_value_loss(values, batch.old_values.to(device), batch.returns.to(device), mask, cfg.cliprange_value)
         tokens = mask.sum()
         approxkl = (kl_estimate(logps.detach(), old_logps, "k2", mask=mask) * mask).sum()
         self._approxkl += torch.stack([approxkl.detach().float().cpu(), tokens.detach().float().cpu()])
-        metrics = {
-            "loss": Metric.mean(loss.total, loss.count),
-            "loss/policy": Metric.mean((policy_loss * mask).sum(), tokens),
-            "loss/value": Metric.mean((value_loss * mask).sum(), tokens),
-            "policy/approxkl": Metric.mean(approxkl, tokens),
-            "policy/clipfrac": Metric.mean(((policy.clipped_low | policy.clipped_high).float() * mask).sum(), tokens),
-            "policy/ratio": Metric.mean((policy.ratio * mask).sum(), tokens),
-            "policy/entropy": Metric.mean((completion_view(out.entropy, index) * mask).sum(), tokens),
-            "value/clipfrac": Metric.mean((value_clipped.float() * mask).sum(), tokens),
+        metrics |= {
+            "loss/policy_avg": Metric.mean((per_token * mask).sum(), tokens),
+            "loss/value_avg": Metric.mean((value_loss * mask).sum(), tokens),
+            "policy/approxkl_avg": Metric.mean(approxkl, tokens),
+            "val/ratio": Metric.mean((policy.ratio * mask).sum(), tokens),
+            "val/clipfrac_avg": Metric.mean((value_clipped.float() * mask).sum(), tokens),
         }
-        # the rollout batch's metrics, once: later steps over the same batch find them gone
-        metrics.update(batch.pop("rollout_metrics", {}))
-        return loss.total, metrics
+        return self.reduce(per_token + cfg.vf_coef * value_loss, batch, metrics)
 
-    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
+    def optimizer_step(self, run, window, metrics=None) -> None:
+        """The loop's step, then early stopping (``target_kl``): when this step's mini-batch
+        measured an approximate KL above the target, the rest of the rollout batch is dropped."""
+        metrics = run.metrics if metrics is None else metrics
         self._approxkl = torch.zeros(2)
-        super()._optimizer_step(module, optimizer, scheduler, window, state, metrics)
+        super().optimizer_step(run, window, metrics)
         target = self.config.target_kl
         if target is None:
             return
@@ -405,63 +311,10 @@ class PPOTrainer(StepAPI, OnlineTrainer):
         if stopped:
             metrics.update({"policy/skipped_steps": Metric.mean(self.buffer.clear())})
 
-    # ------------------------------------------------------------------ reporting
-
-    def experience_metrics(self, samples: Samples, experience: dict, passes_seconds: float) -> dict[str, Metric]:
-        """Metrics of one rollout batch (carried by its first micro-batch, counted once)."""
-        mask, n = experience["mask"], len(samples.completions)
-        tokens = mask.sum()
-        non_score = -self.kl_controller.value * experience["sequence_kl"]
-        scores = experience["scores"]
-        metrics = {
-            "objective/scores": Metric.mean(scores.sum(), n),
-            "objective/kl": Metric.mean(experience["sequence_kl"].sum(), n),
-            "objective/non_score_reward": Metric.mean(non_score.sum(), n),
-            "objective/rlhf_reward": Metric.mean((scores + non_score).sum(), n),
-            "objective/entropy": Metric.mean((-experience["old_logps"] * mask).sum(), n),
-            "objective/kl_coef": Metric.mean(self.kl_controller.value),
-            "returns/mean": Metric.mean((experience["returns"] * mask).sum(), tokens),
-            "returns/var": Metric.mean(_masked_var(experience["returns"], mask)),
-            "advantages/mean": Metric.mean((experience["gae_advantages"] * mask).sum(), tokens),
-            "advantages/var": Metric.mean(_masked_var(experience["gae_advantages"], mask)),
-            "value/mean": Metric.mean((experience["old_values"] * mask).sum(), tokens),
-            "time/generation": Metric.mean(samples.generation_seconds),
-            "time/rewards": Metric.mean(samples.reward_seconds),
-            "time/passes": Metric.mean(passes_seconds),
-        }
-        explained = explained_variance(experience["old_values"], experience["returns"], mask)
-        if torch.isfinite(explained):
-            metrics["value/explained_variance"] = Metric.mean(explained)
-        if samples.generation_seconds > 0:
-            generated = sum(len(c.token_ids) for c in samples.completions)
-            metrics["generation/tokens_per_second"] = Metric.mean(generated, samples.generation_seconds)
-        result = samples.reward_result
-        if result is not None:
-            metrics.update(reward_metrics(result.total, result.per_function, result.names))
-        metrics.update(completion_metrics(samples.completions))
-        return metrics
-
-    def log_rollouts(self, state: TrainState, samples: Samples, experience: dict, steps: int) -> None:
-        """The completion log, when one of the steps this rollout batch serves is due."""
-        due = self.completion_log_step(state, steps)
-        if due is None:
-            return
-        result = samples.reward_result
-        rows = []
-        for i, (item, completion) in enumerate(zip(samples.items, samples.completions)):
-            row = {"prompt": item["prompt"], "completion": completion.text, "score": float(experience["scores"][i])}
-            if result is not None:
-                row.update({name: float(result.per_function[i, f]) for f, name in enumerate(result.names)})
-            row["kl"] = float(experience["sequence_kl"][i])
-            row["value"] = float(experience["old_values"][i, 0])
-            row["return"] = float(experience["returns"][i, 0])
-            rows.append(row)
-        self.completion_log.log(due, rows)
-
 
 def _masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Population variance of ``values`` over the mask (a metric of this process's batch)."""
     return masked_mean((values - masked_mean(values, mask)).square(), mask)
 
 
-__all__ = ["PPOConfig", "PPOTrainer", "Samples", "shuffle_seed"]
+__all__ = ["PPOConfig", "PPOTargets", "PPOTrainer"]

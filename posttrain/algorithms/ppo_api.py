@@ -10,7 +10,8 @@ low-level API many RLHF scripts are written against::
 
 ``step`` runs one PPO update on that batch through the same experience path, optimizer, schedule,
 metrics, checkpoints (``save_steps``, ``resume_from_checkpoint``) and accelerate state as
-``train()``; under several processes every process calls it with its own batch.
+``train()`` (the loop's public steps: ``start_training``, ``optimizer_step``, ``end_step``); under
+several processes every process calls it with its own batch.
 
 Inputs:
 
@@ -32,10 +33,17 @@ import math
 import numbers
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
+from transformers import get_scheduler
 
+from posttrain.algorithms.experience import Samples
+from posttrain.config import TrainConfig
+from posttrain.data.prompts import encode_prompt, end_of_turn_ids
+from posttrain.errors import ConfigError
+from posttrain.rollout import Completion
+from posttrain.rollout.generation import stop_token_ids
+from posttrain.train.loop import TrainingRun
 from posttrain.train.metrics import MetricAccumulator
 
 # Keyword names generate() maps to SamplingOptions fields (TRL users pass transformers' names).
@@ -45,8 +53,6 @@ _OPTION_ALIASES = {"max_new_tokens": "max_completion_length"}
 def split_positional(args: tuple, kwargs: dict) -> tuple:
     """``(model, config, kwargs)`` from TRL's ``(config, model, tokenizer)`` or the trainers'
     ``(model, config)`` positional forms (keywords as given)."""
-    from posttrain.config import TrainConfig
-
     if args and isinstance(args[0], TrainConfig):
         if len(args) > 3:
             raise TypeError(f"PPOTrainer(config, model, tokenizer) takes 3 positional arguments, got {len(args)}")
@@ -88,9 +94,29 @@ class _Both:
 
 
 class StepAPI:
-    """``generate`` / ``step`` / ``save_model`` for :class:`~posttrain.algorithms.ppo.PPOTrainer`."""
+    """``generate`` / ``step`` for :class:`~posttrain.algorithms.ppo.PPOTrainer` (``save_model`` is
+    every trainer's), and what a run of unknown length without prompt data needs
+    (``needs_train_data`` False)."""
 
-    _step_ready = False
+    needs_train_data = False
+    _run: TrainingRun | None = None
+
+    # ------------------------------------------------------------------ a run without prompt data
+
+    def train(self):
+        if self.train_source is None:
+            raise ConfigError(
+                "train() needs prompt rows: pass train_dataset=[{'prompt': ...}, ...] (or set train_data). "
+                "To drive PPO yourself, call generate() and step() instead"
+            )
+        return super().train()
+
+    def build_lr_scheduler(self, optimizer, total_steps: int):
+        if total_steps > 0:
+            return super().build_lr_scheduler(optimizer, total_steps)
+        if self.config.warmup_ratio > 0 and self.config.warmup_steps == 0:
+            self.reporter.print("[yellow]step() without max_steps has no known length: warmup_ratio is ignored (use warmup_steps)[/]")
+        return get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=self.config.warmup_steps)
 
     # ------------------------------------------------------------------ generate
 
@@ -104,15 +130,13 @@ class StepAPI:
         Returns strings (special tokens skipped), or token-id lists with ``return_ids=True``
         (the stop token included)."""
         if getattr(self, "module", None) is None:  # after train() the trained module generates
-            self._ensure_step_mode()
+            self._step_run()
         single = _is_single_query(queries)
         batch = [queries] if single else _as_list(queries, "queries")
         prompt_ids = [self._query_ids(query, index) for index, query in enumerate(batch)]
         # replies to message lists also stop at the chat template's end-of-turn token
         self._conversational = any(isinstance(query, list) and not _is_ids(query) for query in batch)
-        start = time.perf_counter()
-        completions = self.engine(self.module).generate(prompt_ids, self._call_options(options), 1)
-        self._generation_seconds += time.perf_counter() - start
+        completions = self.sample_completions(prompt_ids, self._call_options(options), 1)
         for ids, completion in zip(prompt_ids, completions):
             self._generated[(tuple(ids), completion.text)] = completion
         out = [list(c.token_ids) if return_ids else c.text for c in completions]
@@ -135,45 +159,37 @@ class StepAPI:
         """One PPO update on this batch (``batch_size`` samples): reference and value passes,
         KL-penalised rewards, GAE, ``ppo_epochs`` over mini-batches. Returns the stats of its
         optimizer steps (the same names ``train()`` logs) and logs them at ``logging_steps``."""
-        from posttrain.algorithms.ppo import Samples
-
-        self._ensure_step_mode()
-        state = self.state
+        run = self._step_run()
+        state = run.state
         if 0 < state.total_steps <= state.step:
             raise RuntimeError(f"this run was set up for max_steps={state.total_steps} optimizer steps and they are done")
-        items, completions, token_rewards = self._step_inputs(queries, responses, rewards)
-        samples = Samples(items, completions, token_rewards, generation_seconds=self._generation_seconds)
-        windows = self.experience_windows(samples, state)
-        self.buffer.schedule(windows)
+        self.prepare_experience(self._step_samples(queries, responses, rewards), state)
         returned = MetricAccumulator()
-        sink = _Both(self._step_metrics, returned)
-        module, optimizer, scheduler = self._step_parts
-        module.train()
-        while (window := self.buffer.take()) is not None:
-            self._optimizer_step(module, optimizer, scheduler, window, state, sink)
-            self._last_log = self._after_step(module, state, self._step_metrics, scheduler, self._last_log)
+        sink = _Both(run.metrics, returned)
+        run.module.train()
+        while (window := self.take_window()) is not None:
+            self.optimizer_step(run, window, sink)
+            self.end_step(run)
         self._generated.clear()
-        self._generation_seconds = 0.0
         stats = returned.compute(self.accelerator)
-        stats["learning_rate"] = scheduler.get_last_lr()[0]
+        stats["learning_rate"] = run.scheduler.get_last_lr()[0]
         stats["step"] = float(state.step)
         return stats
 
-    def _ensure_step_mode(self) -> None:
-        """Set up the optimizer, schedule and accelerate state once, as ``train()`` does."""
-        if self._step_ready:
-            return
-        if getattr(self, "module", None) is not None:
-            raise RuntimeError("step() and generate() drive their own run; this trainer already ran train(). Build a new PPOTrainer for step()")
-        module, optimizer, scheduler, _ = self._set_up_training(None)
-        self._step_parts = (module, optimizer, scheduler)
-        self._step_metrics = MetricAccumulator()
-        self._last_log = (time.perf_counter(), self.state.tokens_seen)
-        self._step_ready = True
+    def _step_run(self) -> TrainingRun:
+        """The run ``step`` drives: optimizer, schedule and accelerate state set up once, as
+        ``train()`` does."""
+        if self._run is None:
+            if getattr(self, "module", None) is not None:
+                raise RuntimeError("step() and generate() drive their own run; this trainer already ran train(). Build a new PPOTrainer for step()")
+            self._generated = {}  # (prompt ids, text) -> Completion of generate(), for step()
+            self._run = self.start_training(None)
+            self._run.last_log = (time.perf_counter(), self.state.tokens_seen)
+        return self._run
 
-    def _step_inputs(self, queries, responses, rewards) -> tuple[list[dict], list, list[list[float]]]:
-        """Checked, normalised inputs: items ``{prompt, prompt_ids}``, completions and one
-        reward per completion token."""
+    def _step_samples(self, queries, responses, rewards) -> Samples:
+        """Checked, normalised inputs as :class:`~posttrain.algorithms.experience.Samples`:
+        items ``{prompt, prompt_ids}``, completions and one reward per completion token."""
         queries = _as_list(queries, "queries")
         responses = _as_list(responses, "responses")
         rewards = _as_list(rewards, "rewards")
@@ -194,11 +210,9 @@ class StepAPI:
             items.append({"prompt": query if not _is_ids(query) else self.tokenizer.decode(prompt_ids), "prompt_ids": prompt_ids})
             completions.append(completion)
             token_rewards.append(per_token_rewards(reward, len(completion.token_ids), index))
-        return items, completions, token_rewards
+        return Samples(items, completions, token_rewards)
 
     def _query_ids(self, query, index: int) -> list[int]:
-        from posttrain.rollout import encode_prompt
-
         if _is_ids(query):
             ids = self._checked_ids(query, f"query {index}")
         elif isinstance(query, str) or (isinstance(query, list) and all(isinstance(m, Mapping) for m in query)):
@@ -214,10 +228,6 @@ class StepAPI:
         return ids
 
     def _response(self, prompt_ids: list[int], response, index: int):
-        from posttrain.rollout import Completion
-        from posttrain.rollout.generation import stop_token_ids
-        from posttrain.rollout.prompts import end_of_turn_ids
-
         if isinstance(response, str):
             generated = self._generated.get((tuple(prompt_ids), response))
             if generated is not None:
@@ -243,20 +253,6 @@ class StepAPI:
         if bad:
             raise ValueError(f"{what}: token ids must be integers in [0, {vocabulary}), got {bad[:5]}")
         return ids
-
-    # ------------------------------------------------------------------ saving
-
-    def save_model(self, output_dir: str | Path | None = None) -> Path:
-        """Save the policy and tokenizer with ``save_pretrained`` (default ``output_dir/final``);
-        every process must call it (the weights are gathered first)."""
-        from posttrain.train.checkpoint import save_pretrained_atomic
-
-        directory = Path(output_dir) if output_dir is not None else Path(self.config.output_dir) / "final"
-        state_dict = self._full_state_dict()
-        if self.accelerator.is_main_process:
-            save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, directory, state_dict=state_dict)
-        self.accelerator.wait_for_everyone()
-        return directory
 
 
 def _as_list(value, name: str) -> list:

@@ -1,15 +1,19 @@
-"""The reference policy of DPO and KTO, in three interchangeable forms.
+"""The reference policy: a component that a trainer holds when its objective compares the policy
+with a reference (DPO, KTO; GRPO and PPO with a KL term) and does not hold otherwise
+(docs/design.md, "The reference policy").
+
+Its forms:
 
 - ``model``: a frozen copy of the starting weights (or ``ref_model``), run next to the policy.
 - ``adapters_disabled``: with LoRA, the policy itself with its adapters switched off. The
   reference *is* the frozen base, so no second copy of the weights is held in memory.
-- ``precomputed``: reference log-probs of every training sequence computed once before training
-  (with whichever of the two above would otherwise be used), cached on disk under a key made of
-  the reference weights and the exact token ids, then read from the batch. A rerun, a second
-  epoch or a new output directory reuses the file; any change to the weights, data, template or
-  max_length changes the key.
+- ``precomputed`` (fixed completions only: DPO, KTO): reference log-probs of every training
+  sequence computed once before training (with whichever of the two above would otherwise be
+  used), cached on disk under a key made of the reference weights and the exact token ids, then
+  read from the batch. A rerun, a second epoch or a new output directory reuses the file; any
+  change to the weights, data, template or max_length changes the key.
 
-All three give the same numbers (tested); they differ in memory and compute only.
+All give the same numbers (tested); they differ in memory and compute only.
 """
 
 from __future__ import annotations
@@ -29,21 +33,30 @@ from posttrain.data.collate import collate_padded
 from posttrain.data.example import TokenizedExample
 from posttrain.errors import ConfigError
 from posttrain.models.causal_lm import TokenLogProbs
-from posttrain.models.loading import apply_lora, enable_activation_checkpointing, is_peft_model, load_causal_lm
+from posttrain.models.loading import adapters_disabled, disable_dropout, is_peft_model, load_causal_lm, prepare_for_training
 from posttrain.ops import masked_sum
-from posttrain.train.loop import Trainer
+from posttrain.train.sharding import shard_frozen
 
-REFERENCE_MODES = ("auto", "model", "adapters_disabled", "precomputed")
+LIVE_MODES = ("auto", "model", "adapters_disabled")
+REFERENCE_MODES = (*LIVE_MODES, "precomputed")
 
 
 @dataclass
 class ReferenceConfig(TrainConfig):
-    """Options shared by every trainer with a reference policy (DPO, KTO)."""
+    """Options of every trainer that may hold a reference policy."""
+
+    reference_mode: str = option("auto", "Reference policy: auto (adapters_disabled with LoRA, else model), model (a frozen copy), adapters_disabled (LoRA only: the policy without adapters, no second copy).", choices=LIVE_MODES)
+    ref_model: str | None = option(None, "Path of the reference model; default: the starting weights of the policy.")
+    disable_dropout: bool = option(True, "Switch off dropout in policy and reference (as the DPO authors' code does): otherwise every log-ratio carries dropout noise and a policy equal to its reference does not score ln 2.")
+
+
+@dataclass
+class PrecomputableReferenceConfig(ReferenceConfig):
+    """Reference options of trainers on fixed completions (DPO, KTO), whose reference log-probs
+    can be computed once before training."""
 
     reference_mode: str = option("auto", "Reference policy: auto (adapters_disabled with LoRA, else model), model (a frozen copy), adapters_disabled (LoRA only: the policy without adapters, no second copy), precomputed (log-probs computed once and cached on disk).", choices=REFERENCE_MODES)
-    ref_model: str | None = option(None, "Path of the reference model; default: the starting weights of the policy.")
-    precompute_source: str = option("auto", "What computes the log-probs in precomputed mode: auto, model or adapters_disabled.", choices=("auto", "model", "adapters_disabled"))
-    disable_dropout: bool = option(True, "Switch off dropout in policy and reference (as the DPO authors' code does): otherwise every log-ratio carries dropout noise and a policy equal to its reference does not score ln 2.")
+    precompute_source: str = option("auto", "What computes the log-probs in precomputed mode: auto, model or adapters_disabled.", choices=LIVE_MODES)
     ref_logps_cache_dir: str | None = option(None, "Directory for cached reference log-probs (default: $POSTTRAIN_CACHE/ref_logps or ~/.cache/posttrain/ref_logps).")
 
 
@@ -64,6 +77,154 @@ def sequence_logps(
     values = torch.where(trained, token_logps.reshape(-1), 0.0)
     sums = torch.zeros(num_sequences, dtype=token_logps.dtype, device=token_logps.device)
     return sums.index_add(0, sequence_ids.reshape(-1).clamp(min=0), values)
+
+
+def load_policy(source, config: TrainConfig, accelerator, with_reference: bool):
+    """``(policy, reference)``: the causal LM to train from ``source`` (activation checkpointing
+    and LoRA applied as configured) and, when ``with_reference``, its :class:`ReferencePolicy`
+    (taken from the weights as loaded, before any adapter exists), else None."""
+    base = load_causal_lm(source, model_dtype=config.model_dtype, attn_implementation=config.attn_implementation)
+    reference = ReferencePolicy.create(config, base, accelerator) if with_reference else None
+    policy = prepare_for_training(base, config)
+    if reference is not None:
+        reference.policy = policy
+    return policy, reference
+
+
+class ReferencePolicy:
+    """``mode`` (``model``, ``adapters_disabled``, ``precomputed``), ``source`` (what computes its
+    log-probs: ``model`` or ``adapters_disabled``), ``model`` (the frozen copy, or None), ``policy``
+    (the trained model, whose adapters ``adapters_disabled`` switches off)."""
+
+    def __init__(self, mode: str, source: str, model, config: TrainConfig, accelerator):
+        self.mode, self.source, self.model = mode, source, model
+        self.policy = None
+        self._config, self._accelerator = config, accelerator
+        self._frozen = None  # TokenLogProbs over the copy, placed on the device at first use
+        self._base_module = None  # TokenLogProbs over the policy, when the caller gives none
+
+    @classmethod
+    def create(cls, config: TrainConfig, base, accelerator) -> ReferencePolicy:
+        """The reference ``config`` asks for, for a policy loaded as ``base``."""
+        lora = config.use_lora or is_peft_model(base)
+        mode = config.reference_mode
+        if mode == "auto":
+            mode = "adapters_disabled" if lora else "model"
+        source = getattr(config, "precompute_source", "auto") if mode == "precomputed" else mode
+        if source == "auto":
+            source = "adapters_disabled" if lora else "model"
+        if source == "adapters_disabled" and not lora:
+            raise ConfigError("reference 'adapters_disabled' needs LoRA (use_lora=true or a peft model); use 'model' otherwise")
+        model = None
+        if source == "model":
+            if config.ref_model is not None:
+                model = load_causal_lm(config.ref_model, model_dtype=config.model_dtype, attn_implementation=config.attn_implementation)
+            else:
+                model = copy.deepcopy(base)
+            model.eval().requires_grad_(False)
+            if config.disable_dropout:
+                disable_dropout(model)
+        return cls(mode, source, model, config, accelerator)
+
+    # ------------------------------------------------------------------ computing
+
+    def token_logps(
+        self, policy_module, input_ids, position_ids, *, temperature: float = 1.0, positions=None, frozen_module=None
+    ) -> torch.Tensor:
+        """``(R, T)`` per-token log-probs, in the policy's mixed precision, without grad;
+        ``policy_module`` (a :class:`TokenLogProbs` over the policy; None: one is made) runs with
+        adapters off in ``adapters_disabled`` form; ``positions``: flat indices of the scored tokens.
+        ``frozen_module``: the copy's module to run instead of the training one (precomputing runs
+        the whole copy on each process's own share, where a sharded one needs every process in
+        each forward)."""
+        with torch.no_grad(), self._accelerator.autocast():
+            if self.source == "model":
+                module = frozen_module if frozen_module is not None else self._frozen_module()
+                return module(input_ids, position_ids, temperature=temperature, positions=positions).logps
+            module = policy_module if policy_module is not None else self._policy_module()
+            with adapters_disabled(self.policy):
+                return module(input_ids, position_ids, temperature=temperature, positions=positions).logps
+
+    def sequence_logps(self, policy_module, sequences: dict, frozen_module=None) -> torch.Tensor:
+        """``(N,)`` summed log-probs of a collated batch (``input_ids``, ``position_ids``,
+        ``loss_weights``; ``sequence_ids``, ``num_sequences``, ``trained_positions`` when given)."""
+        token_logps = self.token_logps(
+            policy_module, sequences["input_ids"], sequences["position_ids"], positions=sequences.get("trained_positions"), frozen_module=frozen_module
+        )
+        return sequence_logps(token_logps, sequences["loss_weights"], sequences.get("sequence_ids"), sequences.get("num_sequences")).float()
+
+    def batch_logps(self, policy_module, batch: dict, sequences: dict, key: str = "ref_logps") -> torch.Tensor:
+        """``(N,)`` log-probs of ``sequences``: ``batch[key]`` when precomputed, else computed."""
+        if self.mode == "precomputed":
+            self.release_copy()  # training has begun: the copy's work is done
+            return batch[key].to(sequences["input_ids"].device)
+        return self.sequence_logps(policy_module, sequences)
+
+    def _frozen_module(self) -> TokenLogProbs:
+        if self._frozen is None:
+            # Placed by hand, never through accelerator.prepare_model: that registers the frozen
+            # copy for checkpointing, and accelerate pairs a checkpoint's model files with the
+            # registered models by position. A run that prepared the copy first (to precompute)
+            # saved it as model 0; a resumed process that read the log-probs from the cache had
+            # only the policy registered and loaded the reference's weights into it.
+            self.model.to(self._accelerator.device)
+            self._frozen = TokenLogProbs.for_config(self.model, self._config)
+            if self._accelerator.is_fsdp2:  # sharded like the policy, block by block
+                self._frozen = shard_frozen(self._accelerator, self._frozen)
+        return self._frozen
+
+    def _policy_module(self) -> TokenLogProbs:
+        if self._base_module is None:
+            self._base_module = TokenLogProbs.for_config(self.policy, self._config)
+        return self._base_module
+
+    # ------------------------------------------------------------------ precomputing
+
+    def precompute(self, groups: list[list[TokenizedExample]], split: str, *, pad_token_id: int, batch_size: int, report) -> torch.Tensor | None:
+        """Precomputed form: ``(len(groups), k)`` log-probs of each item's ``k`` sequences, from
+        the cache or computed and cached (``report(line)`` says which); else None."""
+        if self.mode != "precomputed":
+            return None
+        key_source = self.model if self.model is not None else self.policy
+        key = hashlib.sha256(f"{weights_fingerprint(key_source)}|{self.source}|{sequences_fingerprint(groups)}".encode()).hexdigest()[:32]
+        path = _cache_dir(self._config.ref_logps_cache_dir) / f"{key}.pt"
+        acc = self._accelerator
+        # The main process decides and shares what it read, so every process takes the same
+        # branch (the collective calls below would hang otherwise), even without a shared disk.
+        cached = broadcast_object_list([torch.load(path) if acc.is_main_process and path.exists() else None])
+        if cached[0] is not None:
+            report(f"{split}: reference log-probs read from cache {path}")
+            return cached[0]
+        values = self._compute_all(groups, pad_token_id, batch_size)
+        if acc.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+            torch.save(values, staging)
+            staging.replace(path)
+        report(f"{split}: computed reference log-probs for {len(groups)} items, cached in {path}")
+        return values
+
+    def _compute_all(self, groups: list[list[TokenizedExample]], pad_token_id: int, batch_size: int) -> torch.Tensor:
+        """``(len(groups), k)`` reference log-probs; each process computes a contiguous share of
+        the sequences and all processes receive every value."""
+        acc = self._accelerator
+        (self.model if self.source == "model" else self.policy).to(acc.device)
+        whole = TokenLogProbs.for_config(self.model, self._config) if self.source == "model" and acc.is_fsdp2 else None
+        flat = [example for group in groups for example in group]
+        with acc.split_between_processes(list(range(len(flat)))) as mine:
+            shard = [flat[i] for i in mine]
+        out = []
+        for start in range(0, len(shard), batch_size):
+            batch = collate_padded(shard[start : start + batch_size], pad_token_id)
+            sequences = {name: batch[name].to(acc.device) for name in ("input_ids", "position_ids", "loss_weights")}
+            out.extend(self.sequence_logps(None, sequences, frozen_module=whole).cpu().tolist())
+        # gather_object concatenates the processes' lists in rank order: the original order
+        return torch.tensor(gather_object(out), dtype=torch.float32).reshape(len(groups), -1)
+
+    def release_copy(self) -> None:
+        """In precomputed form, free the frozen copy once its log-probs are cached."""
+        if self.mode == "precomputed":
+            self.model = self._frozen = None
 
 
 def _cache_dir(configured: str | None) -> Path:
@@ -97,153 +258,6 @@ def sequences_fingerprint(sequences: Sequence[Sequence[TokenizedExample]]) -> st
     return digest.hexdigest()
 
 
-class ReferenceTrainer(Trainer):
-    """A :class:`~posttrain.train.loop.Trainer` whose objective compares the policy with a
-    reference. Subclasses list, per dataset item, the sequences that need reference log-probs
-    (:meth:`reference_sequences`) and read them with :meth:`reference_logps`."""
-
-    def load_model(self, model):
-        cfg = self.config
-        if cfg.reference_mode not in REFERENCE_MODES:
-            raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, got {cfg.reference_mode!r}")
-        base = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
-        lora = cfg.use_lora or is_peft_model(base)
-        mode = cfg.reference_mode
-        if not self.needs_reference():
-            # reference-free objective (e.g. SimPO): no frozen copy, no precomputed log-probs
-            self.reference_mode, self._reference_source, self.ref_model, self._ref_logps_module = "none", None, None, None
-            return self._finish_policy(base)
-        if mode == "auto":
-            mode = "adapters_disabled" if lora else "model"
-        source = cfg.precompute_source if mode == "precomputed" else mode
-        if source == "auto":
-            source = "adapters_disabled" if lora else "model"
-        if source == "adapters_disabled" and not lora:
-            raise ConfigError("reference 'adapters_disabled' needs LoRA (use_lora=true or a peft model); use 'model' otherwise")
-        self.reference_mode, self._reference_source = mode, source
-        self.ref_model = None
-        if source == "model":
-            if cfg.ref_model is not None:
-                self.ref_model = load_causal_lm(cfg.ref_model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
-            else:
-                self.ref_model = copy.deepcopy(base)
-            self.ref_model.eval().requires_grad_(False)
-        self._ref_logps_module = None
-        return self._finish_policy(base)
-
-    def _finish_policy(self, base):
-        cfg = self.config
-        if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(base, cfg.gradient_checkpointing_fraction)
-        if cfg.use_lora and not is_peft_model(base):
-            base = apply_lora(base, cfg)
-        return base
-
-    def needs_reference(self) -> bool:
-        """Whether the objective reads reference log-probs at all (DPO with only reference-free
-        losses does not)."""
-        return True
-
-    def train(self):
-        self.release_reference_copy()
-        return super().train()
-
-    # ------------------------------------------------------------------ computing
-
-    def _reference_module(self) -> TokenLogProbs:
-        if self._ref_logps_module is None:
-            # Placed by hand, never through accelerator.prepare_model: that registers the frozen
-            # copy for checkpointing, and accelerate pairs a checkpoint's model files with the
-            # registered models by position. A run that prepared the copy first (to precompute)
-            # saved it as model 0; a resumed process that read the log-probs from the cache had
-            # only the policy registered and loaded the reference's weights into it.
-            self.ref_model.to(self.accelerator.device)
-            self._ref_logps_module = TokenLogProbs.for_config(self.ref_model, self.config)
-        return self._ref_logps_module
-
-    @torch.no_grad()
-    def compute_reference(
-        self, input_ids, position_ids, weights, policy_module=None, sequence_ids=None, num_sequences=None, positions=None
-    ) -> torch.Tensor:
-        """Reference log-probs ``(N,)`` of a collated batch of sequences (``sequence_ids`` and
-        ``num_sequences`` for packed rows, see :func:`sequence_logps`), with the live reference
-        (copy, or the policy with adapters disabled). ``positions``: the trained tokens' flat
-        indices (the collator's ``trained_positions``), so the head skips the others."""
-        with self.accelerator.autocast():  # the mixed precision of the policy's forward
-            if self._reference_source == "model":
-                stats = self._reference_module()(input_ids, position_ids, positions=positions)
-            else:
-                module = policy_module if policy_module is not None else TokenLogProbs.for_config(self.model, self.config)
-                with self.model.disable_adapter():
-                    stats = module(input_ids, position_ids, positions=positions)
-        return sequence_logps(stats.logps, weights, sequence_ids, num_sequences).float()
-
-    def reference_logps(self, module, batch, sequence_batch: dict) -> torch.Tensor:
-        """Reference log-probs of ``sequence_batch`` (``(N,)``): read from ``batch["ref_logps"]``
-        in precomputed mode, computed otherwise."""
-        if self.reference_mode == "precomputed":
-            return batch["ref_logps"].to(sequence_batch["input_ids"].device)
-        return self.compute_reference(
-            sequence_batch["input_ids"], sequence_batch["position_ids"], sequence_batch["loss_weights"], module,
-            sequence_batch.get("sequence_ids"), sequence_batch.get("num_sequences"), sequence_batch.get("trained_positions"),
-        )
-
-    # ------------------------------------------------------------------ precomputing
-
-    def reference_sequences(self, item: dict) -> list[TokenizedExample]:
-        raise TypeError(f"{type(self).__name__} must define reference_sequences")
-
-    def precompute_reference(self, items: list[dict], split: str) -> torch.Tensor | None:
-        """In precomputed mode, ``(len(items), k)`` reference log-probs of every item's
-        sequences, loaded from the cache or computed and cached; None in other modes."""
-        if self.reference_mode != "precomputed":
-            return None
-        groups = [self.reference_sequences(item) for item in items]
-        key_source = self.ref_model if self.ref_model is not None else self.model
-        key = hashlib.sha256(
-            f"{weights_fingerprint(key_source)}|{self._reference_source}|{sequences_fingerprint(groups)}".encode()
-        ).hexdigest()[:32]
-        path = _cache_dir(self.config.ref_logps_cache_dir) / f"{key}.pt"
-        # The main process decides and shares what it read, so every process takes the same
-        # branch (the collective calls below would hang otherwise), even without a shared disk.
-        cached = [torch.load(path) if self.accelerator.is_main_process and path.exists() else None]
-        cached = broadcast_object_list(cached)
-        if cached[0] is not None:
-            self.reporter.print(f"{split}: reference log-probs read from cache {path}")
-            return cached[0]
-        values = self._compute_all(groups)
-        if self.accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staging = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-            torch.save(values, staging)
-            staging.replace(path)
-        self.reporter.print(f"{split}: computed reference log-probs for {len(items)} items, cached in {path}")
-        return values
-
-    def _compute_all(self, groups: list[list[TokenizedExample]]) -> torch.Tensor:
-        """``(len(groups), k)`` reference log-probs; each process computes a contiguous share of
-        the sequences and all processes receive every value."""
-        device = self.accelerator.device
-        (self.ref_model if self._reference_source == "model" else self.model).to(device)
-        flat = [example for group in groups for example in group]
-        with self.accelerator.split_between_processes(list(range(len(flat)))) as mine:
-            shard = [flat[i] for i in mine]
-        out = []
-        size = self.config.per_device_eval_batch_size
-        for start in range(0, len(shard), size):
-            batch = collate_padded(shard[start : start + size], self.tokenizer.pad_token_id)
-            inputs = (batch["input_ids"].to(device), batch["position_ids"].to(device), batch["loss_weights"].to(device))
-            out.extend(self.compute_reference(*inputs).cpu().tolist())
-        # gather_object concatenates the processes' lists in rank order: the original order
-        return torch.tensor(gather_object(out), dtype=torch.float32).reshape(len(groups), -1)
-
-    def release_reference_copy(self) -> None:
-        """Free the frozen copy once precomputing made it unnecessary."""
-        if self.reference_mode == "precomputed":
-            self.ref_model = None
-            self._ref_logps_module = None
-
-
 def attach_reference(items: list[dict], values: torch.Tensor | None) -> list[dict]:
     """Copy precomputed ``values[i]`` into ``items[i]["ref_logps"]`` (no-op when None)."""
     if values is not None:
@@ -257,4 +271,3 @@ def stack_reference(items: Sequence[dict]) -> torch.Tensor | None:
     if "ref_logps" not in items[0]:
         return None
     return torch.stack([item["ref_logps"] for item in items])
-

@@ -20,18 +20,18 @@ Departures from the common recipe, on purpose:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from posttrain.config import TrainConfig, option
 from posttrain.data import formats
+from posttrain.data.chat import require_chat_template
 from posttrain.data.preference import prepare_preference_pairs
 from posttrain.data.prepare import column_names, first_row
 from posttrain.data.tokenize import MAX_PROMPT_LENGTH_HELP, OVERLONG_POLICIES, LMDataOptions
 from posttrain.losses.reward import bradley_terry_loss
-from posttrain.models.loading import apply_lora, enable_activation_checkpointing, load_sequence_classifier, set_chat_template
-from posttrain.models.reward import RewardModule, check_reward_head, default_add_eos, padded_batch, require_chat_template
+from posttrain.models.loading import load_sequence_classifier, prepare_for_training, set_chat_template
+from posttrain.models.reward import RewardModule, check_reward_head, default_add_eos, padded_batch
 from posttrain.train.loop import BatchSource, Trainer
 from posttrain.train.metrics import Metric
 
@@ -39,8 +39,6 @@ from posttrain.train.metrics import Metric
 @dataclass
 class RewardConfig(TrainConfig):
     """Reward-model options (plus everything in TrainConfig). Batch sizes count pairs."""
-
-    data_kind: ClassVar[str] = "pairs"  # what `posttrain inspect` prepares
 
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW); 1e-5 suits full fine-tuning of pretrained backbones, tiny models from scratch want ~1e-3.")
     max_length: int | None = option(1024, "Longest prompt+completion in tokens; longer ones are truncated (counted) and pairs left without completion tokens dropped.", range="[2, inf)")
@@ -108,18 +106,14 @@ class RewardTrainer(Trainer):
 
     def load_model(self, model):
         cfg = self.config
-        model = load_sequence_classifier(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
+        model = load_sequence_classifier(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation, report=self.reporter.print_verbatim)
         check_reward_head(model)
         if getattr(model.config, "pad_token_id", None) is None:
             # Only so the saved model also batches under Hugging Face's own pooling; ours
             # reads lengths from the attention mask.
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(model, cfg.gradient_checkpointing_fraction)
-        if cfg.use_lora:
-            # SEQ_CLS makes peft train the new reward head in full beside the adapters.
-            model = apply_lora(model, cfg, task_type="SEQ_CLS")
-        return model
+        # SEQ_CLS makes peft train the new reward head in full beside the adapters.
+        return prepare_for_training(model, cfg, task_type="SEQ_CLS")
 
     def data_options(self) -> LMDataOptions:
         return self.config.data_options(self.model)

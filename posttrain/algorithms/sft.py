@@ -91,6 +91,7 @@ class SFTTrainer(Trainer):
 
     def __init__(self, model=None, config=None, **kwargs):
         self.data_reports = {}
+        self._per_turn_losses = False  # logged for conversations only (set by the training data)
         super().__init__(model, config, **kwargs)
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
@@ -98,6 +99,8 @@ class SFTTrainer(Trainer):
         set_chat_template(self.tokenizer, cfg.chat_template)
         prepared = prepare_lm_data(rows, self.tokenizer, cfg.data_options(), num_proc=cfg.dataset_num_proc, desc=f"tokenizing {split}")
         self.data_reports[split] = prepared.report
+        if split == "train":
+            self._per_turn_losses = prepared.data_format.conversational
         self.reporter.print(f"[bold]{split} data[/] ({prepared.data_format}, loss_mode={prepared.loss_mode}):")
         for line in prepared.report.lines():
             self.reporter.print(f"  {line}")
@@ -141,7 +144,8 @@ class SFTTrainer(Trainer):
             "token_accuracy": Metric.mean((stats.argmax_correct & trained).sum(), num_trained),
             "entropy": Metric.mean((stats.entropy * trained).sum(), num_trained),
         }
-        metrics.update(per_turn_losses(-stats.logps.detach(), batch["turn_index"], trained))
+        if self._per_turn_losses:
+            metrics.update(per_turn_losses(-stats.logps.detach(), batch["turn_index"], trained))
         return loss_sum, metrics
 
 

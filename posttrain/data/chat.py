@@ -28,11 +28,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from posttrain.data.errors import ChatTemplateError
+from posttrain.data.errors import ChatTemplateError, DataFormatError
+from posttrain.errors import DataError
 
 
 class NotPrefixPreservingError(ChatTemplateError):
     """Rendering the conversation up to a message is not a prefix of rendering all of it."""
+
+
+class TemplateRejectedError(DataError):
+    """The chat template raised on this conversation (e.g. a strict template given two user
+    turns in a row); :func:`tokenize_conversation` names the row."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,14 @@ def render(tokenizer, messages: Sequence[Mapping], *, add_generation_prompt: boo
             "conversational data needs a chat template, and this tokenizer has none. Fix: set "
             "chat_template in the config (a Jinja string or a file path), or use a tokenizer that has one"
         )
-    return tokenizer.apply_chat_template(
-        list(messages), tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
-    )
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            list(messages), tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
+        )
+    except TemplateError as error:
+        raise TemplateRejectedError(f"the chat template refused this conversation ({type(error).__name__}: {error})") from error
 
 
 def _require_prefix(partial: str, full: str, message: int, row: int | None) -> None:
@@ -104,16 +115,23 @@ def tokenize_conversation(
     row: int | None = None,
     chat_template_kwargs: Mapping | None = None,
     tools=None,
+    field: str = "messages",
 ) -> ConversationTokens:
     """Render ``messages`` with the chat template, tokenize, and locate ``span_messages``.
 
     Tokens are made with ``add_special_tokens=False``: the template writes its own BOS, as
     ``apply_chat_template(tokenize=True)`` assumes. Raises :class:`NotPrefixPreservingError` when
-    a span cannot be located in the single full rendering.
+    a span cannot be located in the single full rendering, and a :class:`DataFormatError` naming
+    ``row`` and ``field`` when the template refuses the conversation.
     """
     kwargs = dict(chat_template_kwargs or {})
-    full_text = render(tokenizer, messages, tools=tools, **kwargs)
-    spans = [(m, *message_span(tokenizer, messages, m, full_text, row=row, tools=tools, **kwargs)) for m in span_messages]
+    try:
+        full_text = render(tokenizer, messages, tools=tools, **kwargs)
+        spans = [(m, *message_span(tokenizer, messages, m, full_text, row=row, tools=tools, **kwargs)) for m in span_messages]
+    except TemplateRejectedError as error:
+        raise DataFormatError(
+            row, field, str(error), "change the conversation to one this template accepts (e.g. user and assistant turns alternating), or set chat_template"
+        ) from None
     encoding = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])
     offsets = encoding["offset_mapping"]
@@ -126,3 +144,13 @@ def tokenize_conversation(
                 if token_start < start:
                     mismatches += 1
     return ConversationTokens(input_ids, message_index, mismatches, full_text)
+
+
+def require_chat_template(tokenizer, conversational: bool) -> None:
+    """Conversational rows need a chat template; encoder tokenizers (BERT) usually have none."""
+    if conversational and not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            "these rows are conversational (message lists), which are rendered with the tokenizer's chat template, "
+            "and this tokenizer has none (typical of encoder backbones such as BERT). Fix: give the rows as plain "
+            "strings (prompt/chosen/rejected text), or set chat_template (a Jinja string or a file path) in the config"
+        )

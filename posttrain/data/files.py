@@ -50,6 +50,37 @@ def read_data_file(path: Path, option_name: str = "train_data"):
     return rows
 
 
+def read_data_directory(path: Path, split: str, option_name: str = "train_data"):
+    """Rows of a directory of data files (shards such as ``part-0000.jsonl``): the files of
+    ``split`` as datasets names them (``train-*``, ``test.jsonl``; every file when none is named
+    by split), each read and checked as :func:`read_data_file` does, joined in name order."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        files_by_split = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    except Exception:  # noqa: BLE001 - datasets raises when the directory holds no data file at all
+        files_by_split = {}
+    splits = {str(name): [Path(f) for f in files if Path(f).suffix.lower() in FILE_FORMATS] for name, files in files_by_split.items()}
+    splits = {name: files for name, files in splits.items() if files}
+    if not splits:
+        raise DataFileError(
+            f"{option_name}: the directory {path} holds no .jsonl, .json, .parquet or .csv file (nor a dataset written "
+            "with Dataset.save_to_disk)"
+        )
+    if split not in splits:
+        raise DataFileError(f"{option_name}: the directory {path} has no {split!r} files; its files are named for {', '.join(sorted(splits))}. Give split: <one of those>")
+    files = sorted(splits[split])
+    kinds = sorted({FILE_FORMATS[f.suffix.lower()] for f in files})
+    if len(kinds) > 1:
+        raise DataFileError(f"{option_name}: the directory {path} mixes {' and '.join(kinds)} files; keep one format per dataset directory")
+    parts = [read_data_file(f, option_name) for f in files]
+    if all(not isinstance(part, list) for part in parts):
+        import datasets
+
+        return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return [row for part in parts for row in (part if isinstance(part, list) else part.to_list())]
+
+
 def _expected(suffix: str) -> str:
     return {
         ".jsonl": f"JSON Lines: one JSON object per line, e.g. {_EXAMPLE_ROW}",

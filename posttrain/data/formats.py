@@ -1,6 +1,6 @@
 """Detect which of the supported row formats a dataset uses, and validate every row.
 
-Formats (DESIGN.md "Data"); "conversational" means the fields hold message lists rather than
+Formats (docs/design.md, "Data"); "conversational" means the fields hold message lists rather than
 strings:
 
 =====================  ===================================================  =================

@@ -3,7 +3,8 @@
 Each token is printed as the text it decodes to, styled by its loss weight: dim when it gets no
 loss, green when it does (yellow, with the weight, when the weight is not 1). Special tokens
 (EOS, end-of-turn, BOS, pad) are shown by name in magenta and line breaks as ``\\n``, so an
-EOS that is missing or masked is obvious.
+EOS that is missing or masked is obvious. Without colour (output piped or saved to a file,
+``NO_COLOR``) trained tokens are marked ``[[ ]]`` instead, weighted ones ``[[0.5: ]]``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from rich.text import Text
 
 from posttrain.data.prepare import prepare_lm_data
 from posttrain.data.tokenize import LMDataOptions
-from posttrain.errors import ConfigError
 
 TRAINED = "bold green"
 WEIGHTED = "bold yellow"
@@ -69,7 +69,7 @@ def inspect_rows(rows, tokenizer, options: LMDataOptions, *, start: int = 0, cou
     console = console or Console(highlight=False)
     prepared = prepare_lm_data(rows, tokenizer, options, desc="tokenizing for inspect")
     console.print(f"[bold]format[/] {prepared.data_format}   [bold]loss_mode[/] {prepared.loss_mode}")
-    console.print(_legend())
+    console.print(_legend(console))
     for line in prepared.report.lines():
         console.print(f"  {line}")
     shown = []
@@ -80,7 +80,9 @@ def inspect_rows(rows, tokenizer, options: LMDataOptions, *, start: int = 0, cou
     return shown
 
 
-def _legend() -> Text:
+def _legend(console: Console) -> Text:
+    if console.color_system is None:
+        return Text("[[trained]]  [[0.5:weighted by 0.5]]  not trained  <special tokens by name>")
     legend = Text()
     legend.append("trained", style=TRAINED).append("  ").append("weighted", style=WEIGHTED).append("  ")
     legend.append("not trained", style=UNTRAINED).append("  ").append("special token", style=SPECIAL)
@@ -90,7 +92,10 @@ def _legend() -> Text:
 def _show(console: Console, tokenizer, title: str, example: dict) -> None:
     trained = sum(1 for w in example["loss_weights"] if w)
     console.rule(f"{title}: {len(example['input_ids'])} tokens, {trained} trained")
-    console.print(render_example(tokenizer, example))
+    if console.color_system is None:  # no colour to tell trained from untrained: mark them
+        console.print(render_plain(tokenizer, example), markup=False, highlight=False)
+    else:
+        console.print(render_example(tokenizer, example))
 
 
 def inspect_preference_rows(rows, tokenizer, options: LMDataOptions, *, paired: bool = True, start: int = 0, count: int = 3, console: Console | None = None):
@@ -103,7 +108,7 @@ def inspect_preference_rows(rows, tokenizer, options: LMDataOptions, *, paired: 
     console = console or Console(highlight=False)
     prepared = (prepare_preference_pairs if paired else prepare_unpaired)(rows, tokenizer, options)
     console.print(f"[bold]format[/] {prepared.data_format}")
-    console.print(_legend())
+    console.print(_legend(console))
     for line in prepared.lines():
         console.print(f"  {line}")
     shown = prepared.items[start : start + count]
@@ -133,7 +138,7 @@ def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int =
         max_prompt_length=config.max_prompt_length,
     )
     console.print(f"[bold]format[/] {prepared.data_format}")
-    console.print(_legend())
+    console.print(_legend(console))
     for line in prepared.lines():
         console.print(f"  {line}")
     shown = prepared.items[start : start + count]
@@ -143,34 +148,3 @@ def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int =
         for name, value in item["columns"].items():
             console.print(f"  [bold]{name}[/] = {value!r:.300}")
     return shown
-
-
-def inspect_config(config, *, split: str = "train", start: int = 0, count: int = 3, console: Console | None = None):
-    """``posttrain inspect``: load the tokenizer and data a training config names and show them
-    as that config's trainer would prepare them (SFT rows, preference pairs, unpaired rows or
-    prompts)."""
-    from posttrain.data.loading import load_rows
-    from posttrain.models.loading import load_tokenizer, set_chat_template
-
-    if config.model is None and config.tokenizer is None:
-        raise ConfigError("inspect needs the tokenizer: set the option 'model' (or 'tokenizer') in the config")
-    tokenizer = load_tokenizer(config.tokenizer, config.model)
-    set_chat_template(tokenizer, getattr(config, "chat_template", None))
-    if split == "eval" and config.eval_data is None and config.eval_fraction > 0:
-        from posttrain.data.loading import split_rows
-
-        # the rows the trainer would hold out (same fraction, same seed)
-        rows = split_rows(load_rows(config.train_data, "train_data"), config.eval_fraction, config.seed)[1]
-    else:
-        source = config.train_data if split == "train" else config.eval_data
-        if source is None:
-            raise ConfigError(f"the config names no {split}_data to inspect (nor an eval_fraction); set {split}_data")
-        rows = load_rows(source, f"{split}_data")
-    kind = getattr(config, "data_kind", "lm")
-    if kind == "prompts":
-        return inspect_prompt_rows(rows, tokenizer, config, start=start, count=count, console=console)
-    if kind == "lm":
-        return inspect_rows(rows, tokenizer, config.data_options(), start=start, count=count, console=console)
-    return inspect_preference_rows(
-        rows, tokenizer, config.data_options(), paired=kind == "pairs", start=start, count=count, console=console
-    )

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from posttrain.data.files import FILE_FORMATS, looks_local, read_data_file
+from posttrain.data.files import FILE_FORMATS, looks_local, read_data_directory, read_data_file
 from posttrain.errors import ConfigError, DataFileError
 
 
@@ -15,7 +15,8 @@ def load_rows(source, option_name: str = "train_data"):
     """A list of dicts or a ``datasets.Dataset`` from ``source``.
 
     ``source``: a list of dicts or a Dataset (returned as is), a file path (``str`` or any
-    ``os.PathLike``), a directory saved with ``Dataset.save_to_disk``, a hub dataset name, or a
+    ``os.PathLike``), a directory saved with ``Dataset.save_to_disk``, a directory of data files
+    (shards; the ``split``'s files when they are named by split), a hub dataset name, or a
     mapping with ``path`` and optional ``name``, ``split`` (default ``train``) and ``data_files``.
     """
     if source is None:
@@ -46,6 +47,8 @@ def _load(spec: dict, option_name: str):
     local = Path(path).expanduser()
     if local.is_dir() and (local / "dataset_info.json").exists():
         return datasets.load_from_disk(str(local))
+    if local.is_dir():
+        return read_data_directory(local, split, option_name)
     if local.is_file() or local.suffix.lower() in FILE_FORMATS:
         return read_data_file(local, option_name)
     if looks_local(path):

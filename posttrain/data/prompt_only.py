@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from posttrain.data import formats
 from posttrain.data.prepare import column_names, first_row
+from posttrain.data.prompts import encode_prompts
 
 # Columns the trainer consumes itself; every other column goes to the reward functions by name.
 OWN_FIELDS = ("prompt",)
@@ -48,8 +49,6 @@ def prepare_prompts(
     """Validate prompt rows (string or message-list ``prompt`` plus any columns), turn string
     prompts into conversations when ``system_prompt`` is set, and tokenize them as generation
     will see them (chat template with the generation prompt for messages)."""
-    from posttrain.rollout import encode_prompts
-
     names = column_names(rows)
     data_format = formats.detect_format(names, first_row(rows))
     notes = []

@@ -5,7 +5,7 @@ what was changed come out (usually one example; a conversation whose chat templa
 earlier turns becomes one example per trained turn). Nothing here knows about batches, models
 or the training loop.
 
-Rules (DESIGN.md "Data"):
+Rules (docs/design.md, "Data"):
 
 - Plain text and string completions end with the tokenizer's EOS, appended when missing and
   never doubled. Because weights are explicit, a pad token equal to EOS does not unmask it.
@@ -236,7 +236,8 @@ def _tokenize_conversation_row(row, index, tokenizer, data_format, loss_mode, op
             index, "messages", "no assistant turn to train on", "add an assistant reply or use loss_mode='all'"
         )
     weights = turn_weight_values(options.turn_weights, len(trained), index) if loss_mode != "all" else None
-    kwargs = {"row": index, "chat_template_kwargs": options.chat_template_kwargs, "tools": row.get("tools")}
+    field = "messages" if data_format.name == formats.MESSAGES else "prompt/completion"
+    kwargs = {"row": index, "chat_template_kwargs": options.chat_template_kwargs, "tools": row.get("tools"), "field": field}
     try:
         tokens = tokenize_conversation(tokenizer, messages, span_messages=trained, **kwargs)
         pieces = [(tokens, trained, weights)]

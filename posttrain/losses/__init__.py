@@ -7,7 +7,9 @@ Imports only ``torch``, so data code, tests and tools can use it without ``accel
 
 from posttrain.losses.advantages import (
     ADVANTAGE_SCALES,
+    GROUP_ADVANTAGES,
     gae,
+    group_advantages,
     group_relative_advantages,
     leave_one_out_advantages,
     whiten_advantages,
@@ -16,11 +18,14 @@ from posttrain.losses.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLCont
 from posttrain.losses.kto import check_weight_ratio, kl_reference_point, kto_loss
 from posttrain.losses.policy import (
     LOG_RATIO_LEVELS,
+    POLICY_LOSSES,
     PolicyLossStats,
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
     log_importance_ratio,
+    policy_loss,
+    reinforce_policy_loss,
 )
 from posttrain.losses.preference import (
     PREFERENCE_LOSSES,
@@ -34,9 +39,11 @@ from posttrain.losses.sft import token_nll
 
 __all__ = [
     "ADVANTAGE_SCALES",
+    "GROUP_ADVANTAGES",
     "AGGREGATIONS",
     "KL_ESTIMATORS",
     "LOG_RATIO_LEVELS",
+    "POLICY_LOSSES",
     "PREFERENCE_LOSSES",
     "AdaptiveKLController",
     "FixedKLController",
@@ -50,14 +57,17 @@ __all__ = [
     "clipped_value_loss",
     "explained_variance",
     "gae",
+    "group_advantages",
     "group_relative_advantages",
     "kl_estimate",
     "kl_reference_point",
     "kto_loss",
     "leave_one_out_advantages",
     "log_importance_ratio",
+    "policy_loss",
     "preference_loss",
     "preference_metrics",
+    "reinforce_policy_loss",
     "sum_and_count",
     "token_nll",
     "whiten_advantages",

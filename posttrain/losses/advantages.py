@@ -25,6 +25,7 @@ and returns are targets.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -124,6 +125,24 @@ def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Te
     grouped = _grouped(rewards, group_size, 2, "leave_one_out_advantages")
     others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
     return _zero_equal_groups(grouped - others_mean, grouped)
+
+
+# Advantages within groups by name: ``fn(rewards (N,), group_size, **options) -> (N,)``.
+GROUP_ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
+    "grpo": group_relative_advantages,
+    "rloo": leave_one_out_advantages,
+}
+
+
+def group_advantages(name: str, rewards: torch.Tensor, group_size: int, **options) -> torch.Tensor:
+    """The estimator ``name`` of :data:`GROUP_ADVANTAGES`, given the ``options`` it takes (``scale``
+    for ``grpo``); options another estimator takes are ignored, so one config serves all."""
+    try:
+        estimator = GROUP_ADVANTAGES[name]
+    except KeyError:
+        raise ValueError(f"unknown advantage estimator {name!r}; valid: {', '.join(GROUP_ADVANTAGES)}") from None
+    taken = inspect.signature(estimator).parameters
+    return estimator(rewards, group_size, **{key: value for key, value in options.items() if key in taken})
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:

@@ -193,6 +193,48 @@ def clipped_policy_loss(
     return torch.where(inside, loss, 0.0), stats
 
 
+def reinforce_policy_loss(
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, PolicyLossStats]:
+    """REINFORCE (Williams 1992) per token: ``loss = -A * log pi(y_t)``, for completions sampled
+    from the current policy (on-policy: nothing clips, the gradient is ``-A * grad log pi``).
+
+    Args:
+        per_token_logps: ``(B, T)`` current policy log-probs (with gradient).
+        old_per_token_logps: ``(B, T)`` log-probs at sampling time; only the ``ratio`` statistic
+            reads them (1 on-policy).
+        advantages: ``(B,)`` one per sequence, or ``(B, T)`` per token; detached here.
+        mask: ``(B, T)`` bool or float weights of the completion tokens.
+
+    Returns:
+        ``(per_token_loss (B, T), stats)``: the loss is 0 outside the mask; no clip flag is set.
+    """
+    _check_pair(per_token_logps, old_per_token_logps, mask)
+    adv = _per_token_advantages(advantages, per_token_logps.shape).to(per_token_logps.dtype)
+    inside = mask > 0
+    with torch.no_grad():
+        ratio = torch.exp(torch.where(inside, per_token_logps - old_per_token_logps, 0.0))
+        never = torch.zeros_like(inside)
+    return torch.where(inside, -adv * per_token_logps, 0.0), PolicyLossStats(ratio, never, never, never)
+
+
+# Policy losses by name: ``fn(per_token_logps, old_per_token_logps, advantages, mask, **options)
+# -> (per_token_loss (B, T), PolicyLossStats)``; an online trainer picks one (docs/design.md).
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, PolicyLossStats]]] = {
+    "clipped": clipped_policy_loss,
+    "reinforce": reinforce_policy_loss,
+}
+
+
+def policy_loss(name: str, per_token_logps, old_per_token_logps, advantages, mask, **options) -> tuple[torch.Tensor, PolicyLossStats]:
+    """The policy loss ``name`` of :data:`POLICY_LOSSES` with its ``options``."""
+    try:
+        loss = POLICY_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy loss {name!r}; valid: {', '.join(POLICY_LOSSES)}") from None
+    return loss(per_token_logps, old_per_token_logps, advantages, mask, **options)
+
+
 def clipped_value_loss(
     values: torch.Tensor,
     old_values: torch.Tensor,
@@ -213,7 +255,7 @@ def clipped_value_loss(
     Returns:
         ``(per_token_loss (B, T), clipped (B, T) bool)``: the loss is 0 outside the mask;
         ``clipped`` marks masked tokens where the clipped term was the larger (its gradient
-        is 0 there when the clip is active), for the ``value/clipfrac`` metric.
+        is 0 there when the clip is active), for the ``val/clipfrac_avg`` metric.
     """
     shapes = {tuple(values.shape), tuple(old_values.shape), tuple(returns.shape), tuple(mask.shape)}
     if len(shapes) != 1 or values.ndim != 2:

@@ -2,7 +2,7 @@
 
 The loop (``posttrain.train.loop``) does not average inside a micro-batch: it takes each
 micro-batch's *summed* loss and divides by the number of loss units in the whole accumulated
-batch, over all micro-batches and processes (DESIGN.md "Loss normalisation"). Every helper here
+batch, over all micro-batches and processes (docs/design.md, "Loss normalisation"). Every helper here
 therefore returns a :class:`LossSum` — a numerator and the units it should be divided by — and
 the global loss is ``sum(totals) / sum(counts)``. For one micro-batch on one process
 ``LossSum.mean()`` is the ordinary mean.

@@ -157,11 +157,15 @@ def _scatter(stats: TokenStats, positions: torch.Tensor, shape: torch.Size) -> T
     """``(1, n)`` stats of the tokens at flat ``positions`` -> ``(B, T)`` with 0 / False
     elsewhere (differentiable in the log-probs)."""
 
+    rows, columns = positions // shape[1], positions % shape[1]
+
     def place(values, fill):
         if values is None:
             return None
-        out = torch.full((shape[0] * shape[1],), fill, dtype=values.dtype, device=values.device)
-        return out.index_copy(0, positions, values.reshape(-1)).reshape(shape)
+        # made (B, T) directly, not reshaped from a flat tensor: a module's output that is a view
+        # loses FSDP's pre-backward hook if anything later changes it in place
+        out = torch.full(tuple(shape), fill, dtype=values.dtype, device=values.device)
+        return out.index_put((rows, columns), values.reshape(-1))
 
     return TokenStats(logps=place(stats.logps, 0.0), entropy=place(stats.entropy, 0.0), argmax_correct=place(stats.argmax_correct, False))
 

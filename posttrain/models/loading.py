@@ -3,8 +3,10 @@ and wrapping them with LoRA adapters through peft."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -125,15 +127,52 @@ def load_causal_lm(source, *, model_dtype: str = "float32", attn_implementation:
     return _from_pretrained(AutoModelForCausalLM, source, model_dtype, attn_implementation)
 
 
-def load_sequence_classifier(source, *, model_dtype: str = "float32", attn_implementation: str | None = "sdpa"):
+def load_sequence_classifier(source, *, model_dtype: str = "float32", attn_implementation: str | None = "sdpa", report=print):
     """A one-output sequence classifier (a reward model) from a path/hub name, or ``source``
     itself when it is already a model. A causal-LM checkpoint gets a new, randomly initialised
-    score head."""
+    score head; ``report`` receives one line saying which weights are new and which of the
+    checkpoint's went unused (in place of transformers' LOAD REPORT table)."""
     from transformers import AutoModelForSequenceClassification
 
     if not is_path(source):
         return source
-    return _from_pretrained(AutoModelForSequenceClassification, source, model_dtype, attn_implementation, num_labels=1)
+    with _load_report_replaced():
+        model, info = _from_pretrained(AutoModelForSequenceClassification, source, model_dtype, attn_implementation, num_labels=1, output_loading_info=True)
+    line = loading_summary(info)
+    if line:
+        report(f"{os.fspath(source)}: {line}")
+    return model
+
+
+class _load_report_replaced(contextlib.ContextDecorator):  # noqa: N801 - used like a function
+    """Drop transformers' LOAD REPORT log record (a table with raw terminal escape codes, even in
+    a log file) while a model loads; the caller reports :func:`loading_summary` instead."""
+
+    def __enter__(self):
+        import logging
+
+        self._logger = logging.getLogger("transformers.modeling_utils")
+        self._logger.addFilter(self._drop)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeFilter(self._drop)
+        return False
+
+    @staticmethod
+    def _drop(record) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+def loading_summary(info: dict) -> str | None:
+    """One line from transformers' loading info: new weights (not in the checkpoint) and the
+    checkpoint's unused ones; None when every weight matched."""
+    parts = []
+    if info.get("missing_keys"):
+        parts.append(f"new, randomly initialised (not in the checkpoint): {', '.join(sorted(info['missing_keys']))}")
+    if info.get("unexpected_keys"):
+        parts.append(f"in the checkpoint but unused: {', '.join(sorted(info['unexpected_keys']))}")
+    return "; ".join(parts) or None
 
 
 def enable_activation_checkpointing(model, fraction: float = 1.0) -> int:
@@ -175,6 +214,38 @@ def apply_lora(model, config, task_type: str = "CAUSAL_LM"):
         task_type=task_type,
     )
     return get_peft_model(model, lora_config)
+
+
+def prepare_for_training(model, config, task_type: str = "CAUSAL_LM"):
+    """What every trainer does to a freshly loaded model before training, per its config:
+    activation checkpointing (``gradient_checkpointing``, ``gradient_checkpointing_fraction``),
+    then LoRA adapters (``use_lora``; a model that has adapters already keeps its own)."""
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model, config.gradient_checkpointing_fraction)
+    if config.use_lora and not is_peft_model(model):
+        model = apply_lora(model, config, task_type=task_type)
+    return model
+
+
+@contextmanager
+def kept_trainable(model):
+    """Put every adapter parameter's ``requires_grad`` back after the block. peft's
+    ``set_adapter`` and ``disable_adapter`` leave only the active adapter trainable; PPO trains
+    two adapter sets (policy and critic) under one optimizer."""
+    flags = [(p, p.requires_grad) for n, p in model.named_parameters() if "lora_" in n]
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+@contextmanager
+def adapters_disabled(model):
+    """Run the block with a peft model's adapters switched off (the frozen base model), every
+    adapter's ``requires_grad`` unchanged afterwards."""
+    with kept_trainable(model), model.disable_adapter():
+        yield
 
 
 def is_peft_model(model) -> bool:

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from posttrain.data import formats
+from posttrain.data.chat import require_chat_template
 from posttrain.data.collate import collate_padded
-from posttrain.data.errors import ChatTemplateError
 from posttrain.data.report import PreparationReport
 from posttrain.data.tokenize import LMDataOptions, tokenize_row
 from posttrain.errors import ModelError
@@ -98,16 +98,6 @@ def padded_batch(examples: Sequence[dict], pad_token_id: int, pad_to_multiple_of
     lengths = torch.tensor([len(example["input_ids"]) for example in examples])
     attention_mask = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
     return {"input_ids": batch["input_ids"], "attention_mask": attention_mask, "num_tokens": batch["num_tokens"]}
-
-
-def require_chat_template(tokenizer, conversational: bool) -> None:
-    """Conversational rows need a chat template; encoder tokenizers (BERT) usually have none."""
-    if conversational and not getattr(tokenizer, "chat_template", None):
-        raise ChatTemplateError(
-            "these rows are conversational (message lists), which are rendered with the tokenizer's chat template, "
-            "and this tokenizer has none (typical of encoder backbones such as BERT). Fix: give the rows as plain "
-            "strings (prompt/chosen/rejected text), or set chat_template (a Jinja string or a file path) in the config"
-        )
 
 
 class RewardModule(nn.Module):

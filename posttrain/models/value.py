@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from posttrain.models.causal_lm import TokenLogProbs
+from posttrain.models.loading import kept_trainable
 
 CRITIC_LAYOUTS = ("auto", "copy", "shared", "adapter")
 CRITIC_ADAPTER = "critic"
@@ -76,19 +77,6 @@ class Critic(nn.Module):
     def forward(self, input_ids, position_ids=None, attention_mask=None) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return aligned_values(hidden, self.head)
-
-
-@contextmanager
-def kept_trainable(model: nn.Module):
-    """Put every adapter parameter's ``requires_grad`` back after the block. peft's
-    ``set_adapter`` and ``disable_adapter`` leave only the active adapter trainable; PPO trains
-    two adapter sets (policy and critic) under one optimizer."""
-    flags = [(p, p.requires_grad) for n, p in model.named_parameters() if "lora_" in n]
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
 
 
 @contextmanager

@@ -1,8 +1,7 @@
 """Rollouts for online RL (and greedy evaluation): a generation engine behind a small interface,
-and reward functions.
+and reward functions. Prompts are encoded by :mod:`posttrain.data.prompts` (re-exported here).
 
 - :mod:`~posttrain.rollout.sampling`: :class:`SamplingOptions`, :class:`Completion`.
-- :mod:`~posttrain.rollout.prompts`: :func:`encode_prompts` (strings and message lists).
 - :mod:`~posttrain.rollout.engine`: the :class:`RolloutEngine` interface, :class:`GenerationStats`.
 - :mod:`~posttrain.rollout.generation`: :class:`HFGenerationEngine` (``transformers`` ``generate``).
 - :mod:`~posttrain.rollout.rewards`: :class:`RewardFunctions` and the reward-function contract;
@@ -10,9 +9,9 @@ and reward functions.
   :mod:`~posttrain.rollout.reward_spec`.
 """
 
+from posttrain.data.prompts import encode_prompt, encode_prompts
 from posttrain.rollout.engine import GenerationStats, RolloutEngine
 from posttrain.rollout.generation import HFGenerationEngine
-from posttrain.rollout.prompts import encode_prompt, encode_prompts
 from posttrain.rollout.rewards import (
     BUILTIN_REWARDS,
     RewardFunctionError,

@@ -10,7 +10,10 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, MissingDependencyError
+
+# Built-ins that need an optional package: name -> (module to import, how to install it)
+OPTIONAL_PACKAGES = {"math_verify_accuracy": ("math_verify", "pip install 'posttrain[math]' (or pip install math-verify)")}
 
 
 def completion_text(completion) -> str:
@@ -29,17 +32,23 @@ def _named(fn, name: str, required_columns: Sequence[str] = ()):
     return fn
 
 
+def exact_match(completion, answer) -> float:
+    """1.0 if ``completion`` is exactly ``answer`` once surrounding whitespace is stripped.
+
+    ``completion`` is decoded text with special tokens skipped, so it carries no EOS or
+    end-of-turn marker; any other trailing text (``"85 apples"``, ``"85<|endoftext|>"``)
+    scores 0.0. A message list is scored by the content of its last message.
+    """
+    return 1.0 if completion_text(completion).strip() == str(answer).strip() else 0.0
+
+
 def exact_answer(column: str = "answer", name: str = "exact_answer"):
     """1.0 when the completion, stripped of surrounding whitespace, equals the row's ``column``
-    value (stripped, as a string), else 0.0; None for rows whose value is None. The rule of
-    :meth:`posttrain.tasks.ArithmeticTask.score`."""
-    from posttrain.tasks.arithmetic import ArithmeticTask
+    value (stripped, as a string), else 0.0; None for rows whose value is None
+    (:func:`exact_match`, also the rule of :meth:`posttrain.tasks.ArithmeticTask.score`)."""
 
     def reward(completions, **columns) -> list[float | None]:
-        return [
-            None if answer is None else ArithmeticTask.score(completion_text(c), str(answer))
-            for c, answer in zip(completions, columns[column])
-        ]
+        return [None if answer is None else exact_match(c, answer) for c, answer in zip(completions, columns[column])]
 
     return _named(reward, name, [column])
 
@@ -78,13 +87,25 @@ def format_regex(pattern: str, mode: str = "fullmatch", flags: int | str = re.DO
     return _named(reward, name)
 
 
+def missing_package_message(builtin: str) -> str | None:
+    """Why the built-in reward ``builtin`` cannot run here (its optional package is not
+    installed), or None. Checked without importing the package."""
+    import importlib.util
+
+    if builtin not in OPTIONAL_PACKAGES:
+        return None
+    module, fix = OPTIONAL_PACKAGES[builtin]
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return f"the {builtin} reward needs the {module.replace('_', '-')} package, which is not installed. Fix: {fix}"
+
+
 def _import_math_verify():
-    try:
-        import math_verify
-    except ImportError as exc:
-        raise ImportError(
-            "the math_verify_accuracy reward needs the math-verify package. Fix: pip install 'posttrain[math]'"
-        ) from exc
+    problem = missing_package_message("math_verify_accuracy")
+    if problem is not None:
+        raise MissingDependencyError(problem)
+    import math_verify
+
     return math_verify
 
 

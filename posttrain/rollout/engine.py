@@ -1,16 +1,18 @@
 """The interface every generation backend implements, and the throughput it reports.
 
-A trainer talks to a backend through three things only:
+A trainer talks to a backend through four things only:
 
 - ``generate(prompt_ids, options, num_generations=1) -> list[Completion]``: one completion per
   prompt and generation, ``len(prompt_ids) * num_generations`` of them, the ``num_generations``
   completions of prompt ``i`` contiguous at ``[i * G, (i + 1) * G)``. Sampling draws from
   torch's global RNG (or, for a backend with its own sampler, from a seed drawn from it), so a
   checkpoint of the RNG states makes a resumed run sample the same completions.
-- ``update_weights(model)``: called after every optimizer step with the trained policy. The
-  Hugging Face engine generates with the live module, so there is nothing to copy; an engine
-  that holds its own copy of the weights (vLLM) loads them here (gathered from the unwrapped
-  model, LoRA adapters merged), before the next ``generate``.
+- ``holds_weights``: whether the engine keeps its own copy of the weights. The Hugging Face
+  engine generates with the live module (False); a vLLM engine holds a copy (True).
+- ``update_weights(model)``: for an engine that holds weights, called by the trainer before a
+  ``generate`` whenever an optimizer step changed the policy since the last call (and before
+  the first), with the trained policy (the unwrapped model; the engine gathers shards and merges
+  LoRA adapters as it needs).
 - ``last_stats``: a :class:`GenerationStats` for the latest ``generate`` call, for the
   trainer's throughput metrics.
 """
@@ -56,6 +58,7 @@ class RolloutEngine(Protocol):
     """A generation backend (see the module docstring for the contract)."""
 
     last_stats: GenerationStats
+    holds_weights: bool
 
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], options: SamplingOptions, num_generations: int = 1

@@ -13,8 +13,9 @@ here, so the project has one generation path.
 - **Wrappers.** DDP / DataParallel / DeepSpeed / ``torch.compile`` wrappers (what
   ``accelerator.prepare`` returns) are removed with accelerate's ``extract_model_from_parallel``
   (or the ``unwrap`` / ``accelerator.unwrap_model`` given); a peft model generates through its
-  own ``generate``, adapters active. Sharded models (FSDP, ZeRO-3) are not supported: their
-  parameters would have to be gathered first.
+  own ``generate``, adapters active. A sharded model (FSDP) generates from its whole weights,
+  gathered for each ``generate`` call by the ``weights`` context the trainer gives the engine
+  (:mod:`posttrain.train.whole_weights`).
 - **Options** are passed to ``generate`` per call, including neutral values (``top_k=0``),
   so a model's ``generation_config`` neither leaks into a rollout nor is ever modified.
 - **Stopping.** EOS ids (the tokenizer's, the model's ``generation_config`` ones and
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -146,11 +147,18 @@ class HFGenerationEngine:
         batch_size: sequences (prompts x generations) per ``generate`` call.
         unwrap: ``model -> module with .generate``; default removes DDP-style wrappers.
         accelerator: an ``accelerate.Accelerator``; its ``unwrap_model`` is used as ``unwrap``.
+        weights: ``() -> context manager`` entered around each ``generate`` call (by every
+            process together); it gives the module to generate with (whole weights gathered
+            from a sharded model), or None for ``model`` itself.
 
     ``last_stats`` holds the :class:`GenerationStats` of the latest :meth:`generate` call.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, batch_size: int = 64, unwrap: Callable | None = None, accelerator=None):
+    holds_weights = False  # it generates with the live module (or, sharded, whole weights gathered from it)
+
+    def __init__(
+        self, model: nn.Module, tokenizer, batch_size: int = 64, unwrap: Callable | None = None, accelerator=None, weights: Callable | None = None
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if unwrap is not None and accelerator is not None:
@@ -161,6 +169,7 @@ class HFGenerationEngine:
         self.unwrap = accelerator.unwrap_model if accelerator is not None else (unwrap or default_unwrap)
         self.last_stats = GenerationStats()
         self._recorders: dict[tuple[str, ...], StopStringRecorder] = {}
+        self.weights = weights
 
     def update_weights(self, model: nn.Module | None = None) -> None:
         """Nothing to copy: generation uses the live module. Passing another model object (e.g.
@@ -177,15 +186,16 @@ class HFGenerationEngine:
             raise TypeError(f"options must be a SamplingOptions, got {type(options).__name__}")
         rows = [ids for ids in check_prompt_ids(prompt_ids, num_generations) for _ in range(num_generations)]
         started = time.perf_counter()
-        model = self.unwrap(self.model)
-        stop_ids = stop_token_ids(self.tokenizer, model, options.stop_token_ids)
-        pad_id = self._pad_id(stop_ids)
-        recorder = self._recorder(options.stop_strings)
-        completions: list[Completion] = []
-        with generation_mode(self.model):
-            for start in range(0, len(rows), self.batch_size):
-                batch = rows[start : start + self.batch_size]
-                completions += self._generate_batch(model, batch, options, stop_ids, pad_id, recorder)
+        with (self.weights() if self.weights is not None else nullcontext()) as gathered:
+            model = gathered if gathered is not None else self.unwrap(self.model)
+            stop_ids = stop_token_ids(self.tokenizer, model, options.stop_token_ids)
+            pad_id = self._pad_id(stop_ids)
+            recorder = self._recorder(options.stop_strings)
+            completions: list[Completion] = []
+            with generation_mode(self.model if gathered is None else gathered):
+                for start in range(0, len(rows), self.batch_size):
+                    batch = rows[start : start + self.batch_size]
+                    completions += self._generate_batch(model, batch, options, stop_ids, pad_id, recorder)
         self.last_stats = GenerationStats(
             sequences=len(completions),
             tokens=sum(len(c.token_ids) for c in completions),

@@ -23,7 +23,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from posttrain.errors import ConfigError
-from posttrain.rollout.builtin_rewards import exact_answer, format_regex, math_verify_accuracy, reward_model_function
+from posttrain.rollout.builtin_rewards import (
+    exact_answer,
+    format_regex,
+    math_verify_accuracy,
+    missing_package_message,
+    reward_model_function,
+)
 
 BUILTIN_REWARDS: dict[str, Callable] = {
     "exact_answer": exact_answer,
@@ -141,3 +147,14 @@ def resolve_reward_funcs(spec) -> list[Callable]:
     if not items:
         raise ConfigError(f"no reward functions given; give at least one: {_FORMS}")
     return [resolve_reward_func(item, index) for index, item in enumerate(items)]
+
+
+def check_reward_packages(spec) -> None:
+    """Refuse reward specs whose built-ins need a package that is not installed, before any
+    model loads (``reward_funcs: [math_verify_accuracy]`` without math-verify)."""
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    for index, item in enumerate(items):
+        name = item.get("name") if isinstance(item, Mapping) else item if isinstance(item, str) else None
+        problem = missing_package_message(name) if isinstance(name, str) else None
+        if problem is not None:
+            raise ConfigError(f"reward_funcs[{index}]: {problem}")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from posttrain.data.prompts import is_conversational
 from posttrain.errors import ConfigError, DataError, UserError
 
 # The built-ins and the config resolver live beside this module; re-exported here.
@@ -47,7 +48,6 @@ from posttrain.rollout.builtin_rewards import (
     math_verify_accuracy,
     reward_model_function,
 )
-from posttrain.rollout.prompts import is_conversational
 from posttrain.rollout.reward_spec import BUILTIN_REWARDS, resolve_reward_funcs
 
 # Arguments every reward function may receive besides the dataset's columns.

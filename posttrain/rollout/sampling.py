@@ -142,11 +142,15 @@ class Completion:
         finish_reason: ``"eos"`` (an EOS or stop token id ended it; it wins when the same
             token also completes a stop string), ``"stop"`` (a stop string ended it) or
             ``"length"`` (``max_completion_length`` reached without either).
+        generated: one flag per token, True where the model sampled it; None when it sampled
+            every token (one reply). An engine that inserts tokens between the model's turns (a
+            tool's result in a multi-turn episode) marks those False: they get no loss.
     """
 
     token_ids: list[int]
     text: str
     finish_reason: str
+    generated: tuple[bool, ...] | None = None
 
     @property
     def truncated(self) -> bool:

@@ -30,6 +30,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from posttrain.rollout.builtin_rewards import exact_match
+
 OPERATORS = ("+", "-", "*")
 SPLITS = ("train", "test")
 # Enumerating and shuffling a split is O(problems); past this it is too slow to be a default.
@@ -346,15 +348,10 @@ class ArithmeticTask:
 
     @staticmethod
     def score(completion: str | list[Mapping], answer: str) -> float:
-        """1.0 if ``completion`` is exactly ``answer`` once surrounding whitespace is stripped.
-
-        ``completion`` is decoded text with special tokens skipped, so it carries no EOS or
-        end-of-turn marker; any other trailing text (``"85 apples"``, ``"85<|endoftext|>"``)
-        scores 0.0. A message list is scored by the content of its last message.
-        """
-        if not isinstance(completion, str):
-            completion = completion[-1]["content"] if completion else ""
-        return 1.0 if completion.strip() == str(answer).strip() else 0.0
+        """:func:`posttrain.rollout.builtin_rewards.exact_match`: 1.0 if ``completion`` (text, or a
+        message list by its last message) is exactly ``answer`` once surrounding whitespace is
+        stripped."""
+        return exact_match(completion, answer)
 
     def score_batch(self, completions: list, answers: list[str]) -> list[float]:
         """:meth:`score` for parallel lists (a reward function over a batch)."""

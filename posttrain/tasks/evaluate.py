@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from posttrain.data.prompts import Prompt, encode_prompts
 from posttrain.rollout.generation import HFGenerationEngine
-from posttrain.rollout.prompts import Prompt, encode_prompts
 from posttrain.rollout.sampling import SamplingOptions
 
 

@@ -17,6 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
+from posttrain.errors import CheckpointNotFoundError
 from posttrain.train.state import STATE_FILE, TrainState
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -59,7 +60,10 @@ def resolve_resume_path(resume_from, output_dir) -> Path | None:
         return latest_checkpoint(output_dir)
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"resume_from_checkpoint={resume_from!r} is not a checkpoint (no {STATE_FILE})")
+        raise CheckpointNotFoundError(
+            f"resume_from_checkpoint={resume_from!r} is not a checkpoint (no {STATE_FILE}); give a checkpoints/checkpoint-<step> "
+            "directory of an earlier run, or latest"
+        )
     return path
 
 

@@ -11,36 +11,40 @@ A subclass provides:
 
 The loop divides each micro-batch's *summed* loss by the number of units in the whole
 accumulated batch across all processes, so batch 8 x accumulation 1 and batch 2 x accumulation
-4 take the same optimizer step (DESIGN.md "Loss normalisation").
+4 take the same optimizer step (docs/design.md, "Loss normalisation").
+
+Its public steps, which :meth:`Trainer.train` runs and a caller that makes its own batches
+(PPO's ``step``) runs too: :meth:`Trainer.start_training` (a :class:`TrainingRun`),
+:meth:`Trainer.optimizer_step` per window of micro-batches, :meth:`Trainer.end_step` after each
+(docs/design.md, "The life of a batch").
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
-from posttrain.config import TrainConfig, config_from_dict, config_to_dict
-from posttrain.errors import ConfigError, TrainingError
+from posttrain.config import TrainConfig, config_to_dict
+from posttrain.errors import ConfigError, OutputDirError, TrainingError
 from posttrain.models.loading import (
-    apply_lora,
     count_parameters,
     disable_dropout,
-    enable_activation_checkpointing,
     load_causal_lm,
     load_tokenizer,
+    prepare_for_training,
     tokenizer_source,
 )
+from posttrain.train import sharding
+from posttrain.train.callbacks import CallbackHandler
 from posttrain.train.checkpoint import (
     latest_checkpoint,
     remove_stale_staging,
@@ -55,11 +59,14 @@ from posttrain.train.host_sync import DeferredValue, count_window, first_non_fin
 from posttrain.train.interrupt import InterruptGuard, TrainingInterrupted
 from posttrain.train.metrics import Metric, MetricAccumulator
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.output_dir import clear_previous_run, output_dir_problem
+from posttrain.train.output_dir import Decision, clear_previous_run, decide
 from posttrain.train.reporting import RunReporter, resume_command
+from posttrain.train.run_record import describe_sources, run_config_yaml
 from posttrain.train.sampler import EpochBatchSampler
 from posttrain.train.samples import generate_samples, sample_prompts
 from posttrain.train.state import TrainState
+from posttrain.train.trainer_api import TrainerAPI, accepts_trl_train_arguments, check_hub_ready, run_config
+from posttrain.train.whole_weights import WholeWeights
 
 
 class NonFiniteLossError(TrainingError):
@@ -77,10 +84,35 @@ class BatchSource:
     group_by_length: bool = False
 
 
-class Trainer:
-    """Base trainer: model/tokenizer loading, the optimisation loop, evaluation, checkpoints."""
+@dataclass
+class TrainingRun:
+    """A run between optimizer steps (:meth:`Trainer.start_training`): the prepared module,
+    optimizer, schedule and data loader (None when the caller makes the batches), the position
+    ``state``, the metrics since the last log line, and ``last_log``, the ``(time, tokens seen)``
+    the next throughput is measured from (None until the first step, so start-up is excluded)."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: TrainState
+    loader: object = None
+    metrics: MetricAccumulator = field(default_factory=MetricAccumulator)
+    last_log: tuple[float, int] | None = None
+
+
+class Trainer(TrainerAPI):
+    """Base trainer: model/tokenizer loading, the optimisation loop, evaluation, checkpoints.
+    TRL's methods and names (``args``, ``save_model``, ``push_to_hub``, callbacks, ...) come from
+    :class:`~posttrain.train.trainer_api.TrainerAPI`."""
 
     config_class: type = TrainConfig
+    # False: the trainer may be built without training rows (PPO driven by generate/step)
+    needs_train_data: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "train" in cls.__dict__:  # a subclass's own train() takes TRL's arguments too
+            cls.train = accepts_trl_train_arguments(cls.__dict__["train"])
 
     @quiet_third_party()
     def __init__(
@@ -89,27 +121,33 @@ class Trainer:
         # ``args`` and ``processing_class`` are TRL's names for ``config`` and ``tokenizer``.
         config = _one_of("config", config, "args", args)
         tokenizer = _one_of("tokenizer", tokenizer, "processing_class", processing_class)
+        self.callback_handler = CallbackHandler(callbacks)  # a callback of the wrong kind is refused before anything loads
         self.config = self._resolve_config(config, overrides)
         cfg = self.config
+        self._whole_weights = None  # sharded runs: the model's structure, filled for generation
         self.accelerator = self._build_accelerator(cfg)
         from accelerate.utils import set_seed
 
         set_seed(cfg.seed)
+        self._agree_on_output_dir()
         self.reporter = RunReporter(self.accelerator, cfg.output_dir, progress_bar=cfg.progress_bar)
+        self.reporter.listeners.append(self._record_log)
+        if self._output_dir_defaulted:
+            self.reporter.print_verbatim(f"output_dir: {cfg.output_dir} (a new directory per run; set output_dir to choose one)")
         model = model if model is not None else cfg.model
         if model is None:
             raise ConfigError("no model given: pass model=... (a path, hub name or model object) or set the option 'model'")
+        self._output_dir_decision(early=True)  # refuse an occupied output_dir before any model loads
+        check_hub_ready(cfg)
+        self._sources = describe_sources(model, tokenizer, train_dataset, eval_dataset)
         self.tokenizer = load_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer, tokenizer_source(model))
         self.model = self.load_model(model)
-        if cfg.disable_dropout:
-            for module in (self.model, getattr(self, "ref_model", None)):
-                if module is not None:
-                    disable_dropout(module)
+        if cfg.disable_dropout:  # a reference copy or a critic the trainer holds does the same itself
+            disable_dropout(self.model)
         self.completion_log = CompletionLog(
             self.accelerator, self.reporter.console, cfg.output_dir, every=cfg.log_completions_steps,
             rows_to_print=cfg.num_completions_to_print, unique_prompts=cfg.log_unique_prompts,
         )
-        self.callbacks = list(callbacks)
         train_rows, eval_rows = self._dataset_rows(train_dataset, eval_dataset)
         self._sample_prompts = (
             sample_prompts(eval_rows if eval_rows is not None else train_rows, cfg.num_completions_to_print) if cfg.log_completions_steps else []
@@ -117,18 +155,14 @@ class Trainer:
         self.train_source = self.build_batch_source(train_rows, "train")
         self.eval_source = self.build_batch_source(eval_rows, "eval") if eval_rows is not None else None
         self.state = TrainState()
+        self.callback_handler.fire("on_init_end", self)
 
     # ------------------------------------------------------------------ hooks for subclasses
 
     def load_model(self, model):
         """The model to train: loaded when given as a path, LoRA applied when asked."""
         cfg = self.config
-        model = load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation)
-        if cfg.gradient_checkpointing:
-            enable_activation_checkpointing(model, cfg.gradient_checkpointing_fraction)
-        if cfg.use_lora:
-            model = apply_lora(model, cfg)
-        return model
+        return prepare_for_training(load_causal_lm(model, model_dtype=cfg.model_dtype, attn_implementation=cfg.attn_implementation), cfg)
 
     def build_batch_source(self, rows, split: str) -> BatchSource:
         raise TypeError(f"{type(self).__name__} must define build_batch_source")
@@ -175,20 +209,28 @@ class Trainer:
         if not self._sample_prompts:
             return
         cfg = self.config
-        rows = generate_samples(self.model, self.tokenizer, self.accelerator, self._sample_prompts, getattr(cfg, "chat_template_kwargs", None))
+        rows = generate_samples(
+            self.model, self.tokenizer, self.accelerator, self._sample_prompts, getattr(cfg, "chat_template_kwargs", None), weights=self.gathered_weights
+        )
         self.completion_log.log(step, rows if self.accelerator.is_main_process else [])
 
     def count_tokens(self, batch) -> int:
         return int(batch.get("num_tokens", 0)) if isinstance(batch, dict) else 0
 
+    def gathered_weights(self):
+        """A context manager giving the model to generate with: None (generate with the live model)
+        or, once a sharded run has started, a whole-weights copy gathered from the shards
+        (:mod:`posttrain.train.whole_weights`). Every process must enter it together."""
+        if self._whole_weights is None:
+            return contextlib.nullcontext(None)
+        return self._whole_weights.gathered()
+
     # ------------------------------------------------------------------ set-up
 
     def _resolve_config(self, config, overrides):
-        if config is None:
-            return config_from_dict(self.config_class, overrides)
-        if overrides:
-            merged = {**dataclasses.asdict(config), **overrides}
-            return config_from_dict(type(config), merged)
+        """The run's own config (see :func:`~posttrain.train.trainer_api.run_config`); notes
+        whether the output_dir was chosen by default."""
+        config, self._output_dir_defaulted = run_config(self, config, overrides)
         return config
 
     @staticmethod
@@ -200,21 +242,27 @@ class Trainer:
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         _release_accelerator_state(precision)
+        plugin = sharding.plugin_for_run(cfg, precision)  # None: unsharded
+        sharded = plugin is not None
         launched = int(os.environ.get("WORLD_SIZE", "1"))
-        accelerator = Accelerator(
-            # accelerate runs several CPU processes as one job (gloo) only when told cpu=True; without
-            # it each process of `torchrun` / `accelerate launch` on a CPU machine trains alone.
-            cpu=launched > 1 and not _has_accelerator_device(),
-            mixed_precision=precision,
-            log_with=list(cfg.report_to) or None,
-            project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
-        )
+        with sharding.launcher_environment_kept():
+            accelerator = Accelerator(
+                # accelerate runs several CPU processes as one job (gloo) only when told cpu=True; without
+                # it each process of `torchrun` / `accelerate launch` on a CPU machine trains alone.
+                cpu=(launched > 1 or sharded) and not _has_accelerator_device(),
+                fsdp_plugin=plugin,
+                mixed_precision=precision,
+                log_with=list(cfg.report_to) or None,
+                project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+            )
         if launched != accelerator.num_processes:
             raise RuntimeError(
                 f"launched as {launched} processes (WORLD_SIZE) but accelerate sees {accelerator.num_processes}: each "
                 "process would train alone on the whole data and overwrite the others' outputs. Launch with "
                 "`accelerate launch` after `accelerate config`, or check the distributed environment variables."
             )
+        if sharded:
+            sharding.activate(accelerator, plugin)
         return accelerator
 
     def _dataset_rows(self, train_dataset, eval_dataset):
@@ -222,6 +270,8 @@ class Trainer:
         from posttrain.data.loading import load_rows, split_rows
 
         cfg = self.config
+        if train_dataset is None and cfg.train_data is None and not self.needs_train_data:
+            return None, None
         train = rename_columns(load_rows(train_dataset if train_dataset is not None else cfg.train_data, "train_data"), cfg.rename_columns)
         evaluation = eval_dataset if eval_dataset is not None else cfg.eval_data
         evaluation = rename_columns(load_rows(evaluation, "eval_data"), cfg.rename_columns) if evaluation is not None else None
@@ -258,48 +308,68 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    @accepts_trl_train_arguments
     def train(self) -> TrainState:
-        """Train until ``max_steps`` / ``num_epochs``; returns the final :class:`TrainState`."""
+        """Train until ``max_steps`` / ``num_epochs`` (or a callback's
+        ``control.should_training_stop``); returns the final :class:`TrainState`. TRL's
+        ``train(resume_from_checkpoint=True | path)`` works too."""
         loader, sampler = self._dataloader(self.train_source, self.train_loader_batch_size(), shuffle=True)
-        module, optimizer, scheduler, loader = self._set_up_training(loader)
-        state = self.state
+        run = self.start_training(loader)
+        self.train_dataloader = run.loader
+        state, events = run.state, self.callback_handler
         self.warn_about_data_size()
         self.reporter.start(state.total_steps, state.step)
-        metrics = MetricAccumulator()
-        stream = self._micro_batches(loader, sampler, state)
-        last_log = None  # (time, tokens) the next rate is measured from: set after the first step, so start-up is excluded
+        stream = self._micro_batches(run.loader, sampler, state)
         interrupt = InterruptGuard.install()
+        events.fire("on_train_begin", self)
+        events.fire("on_epoch_begin", self)
+        epochs_done = state.epoch
         try:
-            module.train()
-            while state.step < state.total_steps:
-                window = self.next_window(module, stream, state)
-                self._optimizer_step(module, optimizer, scheduler, window, state, metrics)
+            run.module.train()
+            while state.step < state.total_steps and not events.control.should_training_stop:
+                events.step_begin(self)
+                window = self.next_window(run.module, stream, state)
+                self.optimizer_step(run, window)
                 self.reporter.advance(state.step)
-                last_log = self._after_step(module, state, metrics, scheduler, last_log)
+                self.end_step(run)
+                epochs_done = self._epoch_events(state, epochs_done)
                 self._stop_if_interrupted(interrupt, state)
         finally:
             interrupt.restore()
             self.reporter.close()
         self._finish()
+        events.fire("on_train_end", self)
+        self._push_if_asked()
         return state
 
-    def _set_up_training(self, loader=None):
+    def start_training(self, loader=None) -> TrainingRun:
         """Wrap and prepare the model (and ``loader``, when training from data), build the
         optimizer and schedule, register what checkpoints hold and resume. Sets ``self.module``
-        and ``self.state``; returns ``(module, optimizer, scheduler, loader)``. Online trainers
-        driven step by step (PPO's ``step``) call it without a loader."""
+        and ``self.state``. A trainer driven step by step (PPO's ``step``) starts without a
+        loader."""
         cfg, acc = self.config, self.accelerator
         module = self.wrap_model(self.model)
         optimizer = build_optimizer(module, cfg)
+        if acc.is_fsdp2:  # before sharding: the structure only, no weights are copied
+            policy = acc.state.fsdp_plugin.mixed_precision_policy
+            self._whole_weights = WholeWeights(self.model, dtype=getattr(policy, "param_dtype", None))
+            units = sharding.set_units(acc, module)
         if loader is None:
             module, optimizer = acc.prepare(module, optimizer)
         else:
             module, optimizer, loader = acc.prepare(module, optimizer, loader)
-        self.module = module
+        if acc.is_fsdp2:
+            sharding.check_sharded(module, acc.num_processes)
+            self.reporter.print(sharding.sharding_summary(module, acc.num_processes, units))
+        self.module, self.optimizer, self.lr_scheduler = module, optimizer, None
         self._batches_per_epoch = max(len(loader), 1) if loader is not None else 1
-        state = TrainState(total_steps=self.total_steps(len(loader) if loader is not None else 0))
+        state = TrainState(
+            total_steps=self.total_steps(len(loader) if loader is not None else 0),
+            global_batch=self.train_loader_batch_size() * acc.num_processes,
+        )
         # Not prepared by accelerate, which would step it once per process per step.
         scheduler = self.build_lr_scheduler(optimizer, state.total_steps)
+        self.lr_scheduler = scheduler
         acc.register_for_checkpointing(scheduler)
         for extra in self.checkpoint_objects():
             acc.register_for_checkpointing(extra)
@@ -309,11 +379,12 @@ class Trainer:
         if cfg.report_to:
             acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg))
         trainable, total = count_parameters(module)
+        steps = f"{state.total_steps} steps" if state.total_steps else "as many steps as step() is called"
         self.reporter.print(
-            f"[bold]{type(self).__name__}[/]: {state.total_steps} steps, {trainable:,} trainable of {total:,} parameters, "
+            f"[bold]{type(self).__name__}[/]: {steps}, {trainable:,} trainable of {total:,} parameters, "
             f"{acc.num_processes} process(es), mixed precision {acc.mixed_precision}"
         )
-        return module, optimizer, scheduler, loader
+        return TrainingRun(module, optimizer, scheduler, state, loader)
 
     def build_lr_scheduler(self, optimizer, total_steps: int):
         """The learning-rate schedule over ``total_steps`` optimizer steps."""
@@ -330,27 +401,38 @@ class Trainer:
             state.epoch += 1
             state.batches_in_epoch = 0
 
-    def _optimizer_step(self, module, optimizer, scheduler, window, state, metrics) -> None:
+    def optimizer_step(self, run: TrainingRun, window: list, metrics=None) -> None:
+        """Train on ``window`` (the micro-batches of one step), clip, check the loss and gradient
+        are finite, step optimizer and schedule. Metrics go to ``metrics`` (anything with
+        ``update(dict)``; default ``run.metrics``)."""
         cfg, acc = self.config, self.accelerator
+        module, optimizer, scheduler, state = run.module, run.optimizer, run.scheduler, run.state
+        metrics = run.metrics if metrics is None else metrics
         # Counted without reading the device where the batches say them (see train/host_sync.py).
         units, tokens = count_window(acc, [self.count_units(b) for b in window], [self.count_tokens(b) for b in window])
         scale = loss_scale(units, acc.num_processes)
         window_loss = torch.zeros((), device=acc.device)
         self.before_accumulation(module, window)
         for index, batch in enumerate(window):
-            last = index == len(window) - 1
-            with contextlib.nullcontext() if last else acc.no_sync(module):
+            # Under FSDP gradients are reduce-scattered after every micro-batch, so they stay
+            # sharded (accelerate's no_sync would accumulate them whole on every process).
+            sync = index == len(window) - 1 or acc.is_fsdp2
+            with contextlib.nullcontext() if sync else acc.no_sync(module):
                 loss_sum, batch_metrics = self.compute_loss(module, batch)
                 acc.backward(loss_sum * scale)
             window_loss += loss_sum.detach().float()
             metrics.update(batch_metrics)
+            if index < len(window) - 1:
+                self.callback_handler.fire("on_substep_end", self)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(module.parameters(), max_norm)
         # The one read of the device per step, before the weights change.
         problem = first_non_finite(window_loss, grad_norm, check_grad_norm=acc.mixed_precision != "fp16")
         if problem is not None:
             self._stop_non_finite(*problem, state)
+        self.callback_handler.fire("on_pre_optimizer_step", self)
         optimizer.step()
+        self.callback_handler.fire("on_optimizer_step", self)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
@@ -366,16 +448,21 @@ class Trainer:
             "Try a lower learning_rate, max_grad_norm > 0, bf16 instead of fp16, or check the data of this step."
         )
 
-    def _after_step(self, module, state, metrics, scheduler, last_log):
-        cfg = self.config
-        final = state.step == state.total_steps
-        logged = cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)
+    def end_step(self, run: TrainingRun) -> None:
+        """After an optimizer step: the TrainerCallbacks' ``on_step_end`` (which may ask for a
+        log, evaluation, checkpoint or stop), the metric line when due, evaluation, the
+        completion log, a checkpoint, the plain callbacks."""
+        cfg, state, last_log = self.config, run.state, run.last_log
+        # TrainerCallbacks see the step first and may ask for a log, evaluation, checkpoint or stop
+        control = self.callback_handler.fire("on_step_end", self)
+        final = state.step == state.total_steps or control.should_training_stop
+        logged = (cfg.logging_steps and (state.step % cfg.logging_steps == 0 or final)) or control.should_log
         if logged:
-            values = metrics.compute(self.accelerator)
+            values = run.metrics.compute(self.accelerator)
             now = time.perf_counter()
             values.update(
                 {
-                    "learning_rate": scheduler.get_last_lr()[0],
+                    "learning_rate": run.scheduler.get_last_lr()[0],
                     "epoch": state.epoch + state.batches_in_epoch / self._batches_per_epoch,
                     "tokens_seen": float(state.tokens_seen),
                 }
@@ -383,16 +470,18 @@ class Trainer:
             if last_log is not None:
                 values["tokens_per_second"] = (state.tokens_seen - last_log[1]) / max(now - last_log[0], 1e-9)
             self.reporter.log(state.step, values)
-        if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final):
-            self.reporter.log(state.step, self.evaluate())
+        if self.eval_source is not None and ((cfg.eval_steps and state.step % cfg.eval_steps == 0) or final or control.should_evaluate):
+            evaluation = self.evaluate()
+            self.reporter.log(state.step, evaluation)
+            self.callback_handler.fire("on_evaluate", self, metrics=evaluation)
         if self.completion_log.due(state.step):
             self.log_sample_completions(state.step)
-        if cfg.save_steps and state.step % cfg.save_steps == 0 and not final:
+        if (cfg.save_steps and state.step % cfg.save_steps == 0 and not final) or control.should_save:
             self._save_checkpoint(state)
-        for callback in self.callbacks:
-            callback(self, state)
+        self.callback_handler.call_functions(self, state)
         # evaluation and checkpoints above are not training time: the next interval starts here
-        return (time.perf_counter(), state.tokens_seen) if logged or last_log is None else last_log
+        if logged or last_log is None:
+            run.last_log = (time.perf_counter(), state.tokens_seen)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -431,43 +520,61 @@ class Trainer:
         this run will redo."""
         path = self._prepare_output_dir()
         if path is not None:
-            self.accelerator.load_state(str(path))
             resumed = TrainState.load(path)
             if resumed.total_steps != state.total_steps:
                 raise ConfigError(
                     f"checkpoint {path} was written for a run of {resumed.total_steps} steps, this run has "
                     f"{state.total_steps}. Fix: resume with the same data, batch size and schedule options"
                 )
+            if resumed.global_batch and resumed.global_batch != state.global_batch:
+                processes = self.accelerator.num_processes
+                raise ConfigError(
+                    f"checkpoint {path} was written by a run that loaded {resumed.global_batch} items per micro-batch over all "
+                    f"processes; this run loads {state.global_batch} ({processes} process(es) x {self.train_loader_batch_size()}). "
+                    "Fix: on another number of processes, scale per_device_train_batch_size so the product stays the same"
+                )
+            sharding.check_checkpoint_kind(path, self.accelerator.is_fsdp2)
+            self.accelerator.load_state(str(path))
             self.reporter.print(f"resumed from {path} at step {resumed.step}")
             state = resumed
         self.reporter.rewind(state.step, self.completion_log.path)
         return state
 
-    def _prepare_output_dir(self) -> Path | None:
-        """The output-directory guard (refuse, resume or overwrite; see ``train/output_dir.py``),
-        decided by the main process for all; returns the checkpoint to resume from."""
+    def _output_dir_decision(self, early: bool = False) -> tuple[Decision, Path | None]:
+        """What the output-directory guard decides (see ``train/output_dir.py``), by the main
+        process for all; raises :class:`OutputDirError` when the run may not start there (when
+        the trainer is made, ``early``, not for what ``train(resume_from_checkpoint=...)`` can
+        still resolve). Returns the decision and the checkpoint to resume from."""
         from accelerate.utils import broadcast_object_list
 
         cfg, acc = self.config, self.accelerator
         path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir)
-        problem = None
+        decision = None
         if acc.is_main_process:
             remove_stale_staging(cfg.output_dir)
-            problem = output_dir_problem(cfg.output_dir, path, resume_requested(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
-            if problem is None and cfg.overwrite_output_dir:
-                removed = clear_previous_run(cfg.output_dir)
-                if removed:
-                    self.reporter.print(f"overwrite_output_dir: deleted the earlier run's {', '.join(removed)} in {cfg.output_dir}")
-        problem = broadcast_object_list([problem])[0]
+            decision = decide(cfg.output_dir, path, resume_requested(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
+        decision = broadcast_object_list([decision])[0] if acc.num_processes > 1 else decision
+        if decision.problem is not None and not (early and decision.resumable):
+            raise OutputDirError(decision.problem)
+        return decision, path
+
+    def _prepare_output_dir(self) -> Path | None:
+        """Apply the output-directory guard's decision: delete what it clears (main process),
+        say so; returns the checkpoint to resume from."""
+        cfg, acc = self.config, self.accelerator
+        decision, path = self._output_dir_decision()
+        if acc.is_main_process and decision.clear:
+            clear_previous_run(cfg.output_dir, decision.clear)
+        if decision.note:
+            self.reporter.print_verbatim(decision.note)
         acc.wait_for_everyone()
-        if problem is not None:
-            raise FileExistsError(problem)
         return path
 
     def _save_checkpoint(self, state: TrainState) -> Path:
         cfg = self.config
         path = save_checkpoint(self.accelerator, cfg.output_dir, state, cfg.save_total_limit)
         self._saved_step = state.step
+        self.callback_handler.fire("on_save", self)
         return path
 
     def _stop_if_interrupted(self, interrupt: InterruptGuard, state: TrainState) -> None:
@@ -493,7 +600,8 @@ class Trainer:
             return
         out = Path(self.config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(_flat_config(self.config), sort_keys=False))
+        text = run_config_yaml(self, output_dir_defaulted=self._output_dir_defaulted, sources=self._sources)
+        (out / "config.yaml").write_text(text)
 
     @quiet_third_party()
     def _finish(self) -> None:
@@ -501,15 +609,22 @@ class Trainer:
         acc.wait_for_everyone()
         path = None
         if self.config.save_final_model:
-            state_dict = self._full_state_dict()  # every process takes part in the gather
+            state_dict = self.full_state_dict()  # every process takes part in the gather
             if acc.is_main_process:
                 final = Path(self.config.output_dir) / "final"
                 path = save_pretrained_atomic(self.unwrapped_model(), self.tokenizer, final, state_dict=state_dict)
+            acc.wait_for_everyone()  # train() returns on every process once final/ exists
+        if acc.is_main_process:
+            self.state.save(Path(self.config.output_dir))  # trainer_state.json: the run finished (and its log_history)
         if self.config.report_to:
             acc.end_training()
         self.reporter.finish(self.state, model_dir=path)
 
-    def _full_state_dict(self) -> dict | None:
+    def _push_if_asked(self) -> None:
+        if self.config.push_to_hub:
+            self.push_to_hub()
+
+    def full_state_dict(self) -> dict | None:
         """The trained model's complete weights, keyed as in ``self.model.state_dict()``.
 
         Through ``accelerator.get_state_dict``, which gathers FSDP / DeepSpeed ZeRO-3 shards (a
@@ -520,6 +635,8 @@ class Trainer:
             return None
         full = self.accelerator.get_state_dict(module)
         wrapper = self.accelerator.unwrap_model(module)
+        if self.accelerator.is_fsdp2:  # gathered shards: tied weights come back as separate tensors
+            full = sharding.retie(full, wrapper)
         if wrapper is self.model:
             return full
         # wrap_model put the Hugging Face model under an attribute: drop that key prefix

@@ -99,4 +99,5 @@ def build_scheduler(optimizer, config, total_steps: int):
         optimizer=optimizer,
         num_warmup_steps=warmup_steps(config, total_steps),
         num_training_steps=total_steps,
+        scheduler_specific_kwargs=dict(getattr(config, "lr_scheduler_kwargs", None) or {}) or None,
     )

@@ -34,6 +34,7 @@ class RunReporter:
         self._training: list[float] = []  # perf_counter at start() and close()
         self._total_steps: int | None = None
         self.summary = RunSummary()
+        self.listeners: list = []  # called with (step, metrics) for every record
 
     def start(self, total_steps: int, completed: int = 0) -> None:
         self._training = [time.perf_counter()]
@@ -61,8 +62,14 @@ class RunReporter:
             self._progress.update(self._task, completed=step, status=status)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Record ``metrics`` for optimizer ``step`` everywhere (main process only)."""
-        if not self.enabled or not metrics:
+        """Record ``metrics`` for optimizer ``step`` everywhere: the ``listeners`` on every
+        process (the trainer's log history and callbacks), the files and console on the main
+        process only."""
+        if not metrics:
+            return
+        for listener in self.listeners:
+            listener(step, metrics)
+        if not self.enabled:
             return
         record = {"step": step, "time": round(time.perf_counter() - self._started, 3), **metrics}
         with self.metrics_path.open("a") as handle:

@@ -44,11 +44,14 @@ def sample_prompts(rows, count: int) -> list[dict]:
     return found
 
 
-def generate_samples(model, tokenizer, accelerator, prompts: list[dict], chat_template_kwargs: Mapping | None = None) -> list[dict]:
+def generate_samples(
+    model, tokenizer, accelerator, prompts: list[dict], chat_template_kwargs: Mapping | None = None, weights=None
+) -> list[dict]:
     """Greedy completions of ``prompts`` as completion-log rows. Every process generates (a
-    sharded model needs them all in each forward); the caller logs the main process's rows."""
-    from posttrain.rollout import HFGenerationEngine, SamplingOptions, encode_prompts
-    from posttrain.rollout.prompts import end_of_turn_ids
+    sharded model needs them all to gather its weights); the caller logs the main process's rows.
+    ``weights``: the engine's source of whole weights under sharding (see ``HFGenerationEngine``)."""
+    from posttrain.data.prompts import encode_prompts, end_of_turn_ids
+    from posttrain.rollout import HFGenerationEngine, SamplingOptions
 
     conversational = any(not isinstance(p["prompt"], str) for p in prompts)
     options = SamplingOptions(
@@ -57,7 +60,7 @@ def generate_samples(model, tokenizer, accelerator, prompts: list[dict], chat_te
         stop_token_ids=tuple(end_of_turn_ids(tokenizer)) if conversational else (),
         chat_template_kwargs=dict(chat_template_kwargs or {}),
     )
-    engine = HFGenerationEngine(model, tokenizer, accelerator=accelerator)
+    engine = HFGenerationEngine(model, tokenizer, accelerator=accelerator, weights=weights)
     ids = encode_prompts(tokenizer, [p["prompt"] for p in prompts], chat_template_kwargs)
     completions = engine.generate(ids, options)
     return [

@@ -40,10 +40,32 @@ def format_value(name: str, value: float) -> str:
     return f"{value:.4g}"
 
 
+# A line of more metrics than this (GRPO and PPO log ~30) shows the leading, unprefixed, headline
+# and trailing ones and says how many more metrics.jsonl holds.
+CONSOLE_LIMIT = 14
+HEADLINE = (
+    "completions/mean_length", "objective/rlhf_reward", "objective/scores", "objective/kl", "objective/entropy",
+    "policy/approxkl_avg", "clip_ratio/region_mean", "val/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
+)
+
+
+def console_metrics(metrics) -> tuple[list[str], int]:
+    """The metrics a console line shows, in order, and how many it leaves to metrics.jsonl."""
+    order = metric_order(metrics)
+    if len(order) <= CONSOLE_LIMIT:
+        return order, 0
+    shown = [n for n in order if n in LEADING or n in TRAILING or n in HEADLINE or "/" not in n]
+    return shown, len(order) - len(shown)
+
+
 def format_metrics(step: int, metrics: dict[str, float], total_steps: int | None = None) -> str:
-    """One console line: ``step 20/100 | loss 1.234 | ... | tok/s 1,234``."""
+    """One console line: ``step 20/100 | loss 1.234 | ... | tok/s 1,234`` (``| +N in
+    metrics.jsonl`` when the line leaves some out)."""
     where = f"step {step}/{total_steps}" if total_steps else f"step {step}"
-    parts = [where] + [f"{_LABELS.get(name, name)} {format_value(name, metrics[name])}" for name in metric_order(metrics)]
+    names, hidden = console_metrics(metrics)
+    parts = [where] + [f"{_LABELS.get(name, name)} {format_value(name, metrics[name])}" for name in names]
+    if hidden:
+        parts.append(f"+{hidden} in metrics.jsonl")
     return " | ".join(parts)
 
 

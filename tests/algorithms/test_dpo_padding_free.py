@@ -19,7 +19,7 @@ def _loss_and_grads(model_path, tmp_path, rows, layout: dict, mode: str):
         progress_bar=False, logging_steps=0,
     )
     trainer = DPOTrainer(model_path("llama"), config, train_dataset=rows)
-    trainer.release_reference_copy()
+    trainer.reference.release_copy()
     with torch.no_grad():  # a policy that differs from the reference: rewards are not all 0
         generator = torch.Generator().manual_seed(0)
         for parameter in trainer.model.parameters():

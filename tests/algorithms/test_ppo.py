@@ -9,9 +9,10 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from posttrain.algorithms.ppo import PPOConfig, PPOTrainer, Samples
+from posttrain.algorithms.experience import Experience, Samples, right_padded
+from posttrain.algorithms.ppo import PPOConfig, PPOTrainer
 from posttrain.losses.advantages import whiten_advantages
 from posttrain.losses.kl import AdaptiveKLController
 from posttrain.rollout import Completion
@@ -38,10 +39,9 @@ def _config(tmp_path, name="run", **values) -> PPOConfig:
 
 
 def _trainer(model_path, config, engine_texts=TEXTS, reward_funcs=(length_reward,), **kwargs) -> PPOTrainer:
-    trainer = PPOTrainer(model_path("llama"), config, train_dataset=PROMPTS, reward_funcs=list(reward_funcs), **kwargs)
     if engine_texts is not None:
-        trainer._engine = ScriptedEngine(trainer.tokenizer, engine_texts)
-    return trainer
+        kwargs["rollout_engine"] = ScriptedEngine(AutoTokenizer.from_pretrained(model_path("llama")), engine_texts)
+    return PPOTrainer(model_path("llama"), config, train_dataset=PROMPTS, reward_funcs=list(reward_funcs), **kwargs)
 
 
 def _records(tmp_path, name="run") -> list[dict]:
@@ -55,31 +55,30 @@ def test_experience_hand_values_on_ragged_completions(model_path, tmp_path):
     config = _config(tmp_path, kl_coef=0.1, gamma=0.9, lam=0.5, missing_eos_penalty=1.0, whiten_advantages=False,
                      adap_kl_ctrl=True, kl_target=6.0, kl_horizon=10.0)
     trainer = _trainer(model_path, config)
-    from posttrain.algorithms.experience import Rollout
 
     # completion 0: 3 tokens, ended with EOS, score 1; completion 1: 2 tokens, cut at the length limit, score 0.5
-    rollouts = [Rollout([5, 6], [7, 8, 9], [1.0] * 3), Rollout([5], [7, 8], [1.0] * 2)]
     completions = [Completion([7, 8, 9], "a", "eos"), Completion([7, 8], "b", "length")]
-    samples = Samples([{}, {}], completions, [[0.0, 0.0, 1.0], [0.0, 0.5]])
-    passes = [{"logps": [-1.0, -2.0, -0.5], "values": [0.5, 0.4, 0.6]}, {"logps": [-1.5, -0.2], "values": [0.2, -0.3]}]
-    reference = [[-1.2, -2.0, -0.1], [-1.0, -0.2]]
-    out = trainer.compute_experience(rollouts, passes, reference, samples)
+    samples = Samples([{"prompt_ids": [5, 6]}, {"prompt_ids": [5]}], completions, [[0.0, 0.0, 1.0], [0.0, 0.5]])
+    experience = Experience.from_samples(samples)
+    logps, values = right_padded([[-1.0, -2.0, -0.5], [-1.5, -0.2]], 3), right_padded([[0.5, 0.4, 0.6], [0.2, -0.3]], 3)
+    reference = right_padded([[-1.2, -2.0, -0.1], [-1.0, -0.2]], 3)
+    out = trainer.ppo_targets(experience, logps, values, reference)
     # k1 = logp - ref: (0.2, 0, -0.4) and (-0.5, 0); the truncated score 0.5 - penalty 1 = -0.5
     # rewards = token rewards - 0.1 * k1: (-0.02, 0, 1 + 0.04) and (0.05, -0.5)
-    torch.testing.assert_close(out["kl"], torch.tensor([[0.2, 0.0, -0.4], [-0.5, 0.0, 0.0]]))
-    torch.testing.assert_close(out["rewards"], torch.tensor([[-0.02, 0.0, 1.04], [0.05, -0.5, 0.0]]))
-    torch.testing.assert_close(out["scores"], torch.tensor([1.0, -0.5]))
-    torch.testing.assert_close(out["sequence_kl"], torch.tensor([-0.2, -0.5]))
+    torch.testing.assert_close(out.kl, torch.tensor([[0.2, 0.0, -0.4], [-0.5, 0.0, 0.0]]))
+    torch.testing.assert_close(out.rewards, torch.tensor([[-0.02, 0.0, 1.04], [0.05, -0.5, 0.0]]))
+    torch.testing.assert_close(out.scores, torch.tensor([1.0, -0.5]))
+    torch.testing.assert_close(out.sequence_kl, torch.tensor([-0.2, -0.5]))
     # GAE, gamma * lam = 0.45. Row 0: t2 delta = 1.04 - 0.6 = 0.44; t1 delta = 0.9 * 0.6 - 0.4 = 0.14,
     # A1 = 0.14 + 0.45 * 0.44 = 0.338; t0 delta = -0.02 + 0.9 * 0.4 - 0.5 = -0.16, A0 = -0.16 + 0.45 * 0.338 = -0.0079.
     # Row 1: t1 delta = -0.5 + 0.3 = -0.2; t0 delta = 0.05 - 0.27 - 0.2 = -0.42, A0 = -0.42 - 0.09 = -0.51.
     expected = torch.tensor([[-0.0079, 0.338, 0.44], [-0.51, -0.2, 0.0]])
-    torch.testing.assert_close(out["advantages"], expected)
-    torch.testing.assert_close(out["returns"], torch.tensor([[0.4921, 0.738, 1.04], [-0.31, -0.5, 0.0]]))
+    torch.testing.assert_close(out.advantages, expected)
+    torch.testing.assert_close(out.returns, torch.tensor([[0.4921, 0.738, 1.04], [-0.31, -0.5, 0.0]]))
     # whitening on: the same advantages normalised over the 5 real tokens
     trainer.config.whiten_advantages = True
-    whitened = trainer.compute_experience(rollouts, passes, reference, samples)["advantages"]
-    torch.testing.assert_close(whitened, whiten_advantages(expected, out["mask"]))
+    whitened = trainer.ppo_targets(experience, logps, values, reference).advantages
+    torch.testing.assert_close(whitened, whiten_advantages(expected, experience.completion_mask))
     # the adaptive controller sees the mean per-sequence KL (-0.35) over 2 completions:
     # error = clip(-0.35 / 6 - 1, -0.2, 0.2) = -0.2, coefficient 0.1 * (1 - 0.2 * 2 / 10) = 0.096
     trainer.update_kl_controller(out)
@@ -107,27 +106,23 @@ def test_rollout_batch_serves_epochs_times_mini_batches(model_path, tmp_path):
     config = _config(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=4, batch_size=16, ppo_epochs=3, max_steps=12)
     trainer = _trainer(model_path, config)
     trainer.train()
-    assert trainer._engine.calls == 2
+    assert trainer.engine.calls == 2
     records = _records(tmp_path)
     assert [("objective/scores" in r) for r in records] == [True] + [False] * 5 + [True] + [False] * 5
     # the first mini-batch is trained by the policy that sampled it: ratio 1, nothing clipped
-    assert records[0]["policy/ratio"] == pytest.approx(1.0, abs=1e-6) and records[0]["policy/approxkl"] == pytest.approx(0.0, abs=1e-10)
-    assert records[0]["policy/clipfrac"] == 0.0
-    assert records[5]["policy/approxkl"] > 1e-6  # later steps train a policy that has moved
+    assert records[0]["val/ratio"] == pytest.approx(1.0, abs=1e-6) and records[0]["policy/approxkl_avg"] == pytest.approx(0.0, abs=1e-10)
+    assert records[0]["clip_ratio/region_mean"] == 0.0
+    assert records[5]["policy/approxkl_avg"] > 1e-6  # later steps train a policy that has moved
     assert trainer.state.step == 12
 
 
 def test_mini_batch_order_is_a_fresh_permutation_per_epoch_and_reproducible(model_path, tmp_path):
-    from posttrain.algorithms.experience import Rollout
     from posttrain.train.state import TrainState
 
     trainer = _trainer(model_path, _config(tmp_path, per_device_train_batch_size=4, batch_size=8, ppo_epochs=3))
-    trainer._prompt_capacity = 4
-    rollouts = [Rollout([1, 2], [10 + i], [1.0], sequence_values={"row": float(i)}) for i in range(8)]
 
-    def order(step):
-        windows = trainer.mini_batch_windows(rollouts, TrainState(step=step))
-        return [[int(r) for micro in window for r in micro["row"].tolist()] for window in windows]
+    def order(step):  # the experience rows of each optimizer step of a rollout batch of 8
+        return trainer.mini_batch_schedule(8, TrainState(step=step))
 
     first = order(4)
     assert len(first) == 6 and all(sorted(a + b) == list(range(8)) for a, b in zip(first[::2], first[1::2]))
@@ -142,7 +137,7 @@ def test_early_stop_on_approximate_kl_skips_the_rest_of_the_rollout_batch(model_
     config = _config(tmp_path, per_device_train_batch_size=4, batch_size=8, ppo_epochs=2, max_steps=3, target_kl=1e-9, learning_rate=1e-2)
     trainer = _trainer(model_path, config)
     trainer.train()
-    assert trainer._engine.calls == 2
+    assert trainer.engine.calls == 2
     records = _records(tmp_path)
     assert [r["policy/early_stop"] for r in records] == [0.0, 1.0, 0.0]
     assert records[1]["policy/skipped_steps"] == 2.0
@@ -171,7 +166,7 @@ def test_each_critic_layout_learns_the_scripted_returns(model_path, tmp_path, la
     trainer = _trainer(model_path, config)
     trainer.train()
     assert trainer.critic_layout == layout
-    losses = [r["loss/value"] for r in _records(tmp_path)]
+    losses = [r["loss/value_avg"] for r in _records(tmp_path)]
     assert losses[-1] < 0.3 * losses[0], losses
     if layout == "adapter":
         assert trainer.model.active_adapter == "default"
@@ -179,7 +174,7 @@ def test_each_critic_layout_learns_the_scripted_returns(model_path, tmp_path, la
 
 def test_no_reference_model_without_kl(model_path, tmp_path):
     trainer = _trainer(model_path, _config(tmp_path, kl_coef=0.0))
-    assert trainer.ref_model is None and trainer.reference_mode == "none"
+    assert trainer.reference is None
     trainer.train()
     assert "objective/kl" in _records(tmp_path)[0] and _records(tmp_path)[0]["objective/kl"] == 0.0
 
@@ -189,8 +184,8 @@ def test_completion_log_rows(model_path, tmp_path):
     trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {r["step"] for r in rows} == {2}
-    assert {"prompt", "completion", "score", "length_reward", "kl", "value", "return"} <= set(rows[0])
-    assert all(r["score"] == pytest.approx(r["length_reward"]) for r in rows)
+    assert {"prompt", "completion", "reward", "length_reward", "kl", "value", "return"} <= set(rows[0])
+    assert all(r["reward"] == pytest.approx(r["length_reward"]) for r in rows)
 
 
 # ----------------------------------------------------------------------------- resume (must-show 4)

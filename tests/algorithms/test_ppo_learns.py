@@ -42,7 +42,7 @@ def test_exact_match_reward_raises_held_out_accuracy_and_the_critic_learns(noisy
     # PPO stage (addition only) 76-97% (seeds 0-4 x 1, 2 threads)
     assert after.accuracy >= start.accuracy + 0.3 and after.eos_rate >= 0.95, (start.accuracy, after.accuracy)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    explained = [r["value/explained_variance"] for r in records]
+    explained = [r["val/explained_variance"] for r in records]
     assert explained[0] == pytest.approx(0.0, abs=0.05)  # the new head starts at 0: it explains nothing
     late = explained[len(explained) // 2 :]
     print(f"ppo exact-answer: start {start.accuracy:.3f} after {after.accuracy:.3f} explained variance {explained}")

@@ -41,7 +41,7 @@ def reward_model(response: str) -> float:
 
 
 def test_the_issue_snippet_runs_verbatim(brief_model, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default output_dir, outputs/run, lands here
+    monkeypatch.chdir(tmp_path)  # the default output_dir, outputs/ppo-<time>, lands here
     model, tokenizer = brief_model, AutoTokenizer.from_pretrained(brief_model)
     torch.manual_seed(0)
 
@@ -56,7 +56,9 @@ def test_the_issue_snippet_runs_verbatim(brief_model, tmp_path, monkeypatch):
     # 32 completions in mini-batches of 8 (the default per_device_train_batch_size), 4 epochs each
     assert ppo_trainer.state.step == 10 * 4 * 4
     assert all(isinstance(r, str) for r in responses) and len(responses) == 32
-    records = [json.loads(line) for line in (tmp_path / "outputs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    output_dir = tmp_path / ppo_trainer.config.output_dir
+    assert output_dir.parent == tmp_path / "outputs" and output_dir.name.startswith("ppo-")
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(10, 161, 10))  # logging_steps=10, shared with train()
     start = AutoModelForCausalLM.from_pretrained(model).state_dict()
     assert any(not torch.equal(p, start[n]) for n, p in ppo_trainer.model.state_dict().items())
@@ -73,9 +75,9 @@ def test_step_returns_the_stats_of_its_optimizer_steps(brief_model, tmp_path):
     queries = [QUERY, [{"role": "user", "content": "Hi"}], [3, 4, 5], torch.tensor([6, 7])]
     responses = trainer.generate(queries)
     stats = trainer.step(queries, responses, [1.0, 0.0, 0.5, -1.0])
-    expected = {"loss", "loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "policy/entropy", "value/clipfrac",
+    expected = {"loss", "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "clip_ratio/region_mean", "entropy", "val/clipfrac_avg",
                 "objective/kl", "objective/entropy", "objective/scores", "objective/non_score_reward", "objective/kl_coef",
-                "returns/mean", "advantages/mean", "value/explained_variance", "time/generation", "time/passes",
+                "returns/mean", "advantages/mean", "val/explained_variance", "time/generation", "time/experience",
                 "time/training", "learning_rate", "step"}
     assert expected <= set(stats), expected - set(stats)
     assert stats["step"] == 4.0 and trainer.state.step == 4  # 2 mini-batches x 2 epochs

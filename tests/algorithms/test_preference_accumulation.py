@@ -29,18 +29,18 @@ def test_batch_one_with_accumulation_matches_one_big_batch(monkeypatch, first_st
 
     if trainer_cls is KTOTrainer:
         # a policy that differs from the reference, so the KL estimate z0 is not clamped to 0
-        monkeypatch.setattr(KTOTrainer, "release_reference_copy", _perturb_policy_then(KTOTrainer.release_reference_copy))
+        monkeypatch.setattr(KTOTrainer, "train", _perturb_policy_then(KTOTrainer.train))
     big = first_step_gradients(trainer_cls(model_path("llama"), config(8, 1, "big"), train_dataset=_rows(trainer_cls)).train)
     small = first_step_gradients(trainer_cls(model_path("llama"), config(1, 8, "small"), train_dataset=_rows(trainer_cls)).train)
     assert_tensors_close_to_scale(small, big)
 
 
-def _perturb_policy_then(release):
+def _perturb_policy_then(train):
     def perturbed(self):
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for parameter in self.model.parameters():
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
-        return release(self)
+        return train(self)
 
     return perturbed

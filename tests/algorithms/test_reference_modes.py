@@ -34,7 +34,7 @@ def _losses(trainer_cls, config_cls, rows, model_path, tmp_path, mode, lora_stat
         for name, parameter in trainer.model.named_parameters():
             if name in lora_state:
                 parameter.copy_(lora_state[name])
-    trainer.release_reference_copy()
+    trainer.reference.release_copy()
     module = trainer.wrap_model(trainer.model)
     batch = trainer.train_source.collate_fn([trainer.train_source.dataset[i] for i in range(4)])
     if hasattr(trainer, "before_accumulation"):
@@ -87,7 +87,7 @@ def test_reference_free_losses_keep_no_reference(model_path, tmp_path, mode):
     config = DPOConfig(output_dir=str(tmp_path / "run"), loss_type=["simpo", "nll"], loss_weights=[1.0, 0.2], reference_mode=mode, beta=2.0,
                        progress_bar=False, logging_steps=0, per_device_train_batch_size=4, max_steps=2, save_final_model=False)
     trainer = DPOTrainer(model_path("llama"), config, train_dataset=rows)
-    assert trainer.reference_mode == "none" and trainer.ref_model is None
+    assert trainer.reference is None
     assert "ref_logps" not in trainer.train_source.dataset[0]
     assert not (tmp_path / "cache").exists()  # nothing precomputed
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

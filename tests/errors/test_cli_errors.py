@@ -44,7 +44,26 @@ CASES = [
     (["report", "{tmp}"], ["no metrics at", "metrics.jsonl"]),
     (["grpo", "num_generations=1"], ["num_generations must be >= 2"]),
     (["grpo", "scale_rewards=sometimes"], ["scale_rewards"]),
+    (["ppo", "target_kl=0"], ["target_kl must be > 0"]),
     (["grpo", "model={model}", "train_data={data}", "reward_funcs=[no_such_reward]", "num_generations=2"], ["unknown reward 'no_such_reward'"]),
+    # issue 20: what a TRL user brings, each refused before any model loads (the model path does
+    # not exist: a check made after loading would report that instead)
+    (["sft", "{tmp}/sft.yaml"], ["override '{tmp}/sft.yaml' is not key=value", "pass --config {tmp}/sft.yaml"]),
+    (["sft", "model={tmp}/no-model", "train_data={data}", "output_dir={tmp}/finished"], ["already holds a finished run", "another output_dir", "overwrite_output_dir=true"]),
+    (["sft", "model={tmp}/no-model", "train_data={data}", "output_dir={tmp}/unfinished"], ["unfinished run with checkpoints (newest: checkpoint-2)", "resume_from_checkpoint=latest"]),
+    (["sft", "model={tmp}/no-model", "train_data={data}", "output_dir={tmp}/out", "resume_from_checkpoint={tmp}/nothing"], ["is not a checkpoint (no trainer_state.json)"]),
+    (["grpo", "model={tmp}/no-model", "use_vllm=true"], ["use_vllm=True is not available"]),
+    (["sft", "model={tmp}/no-model", "eval_strategy=epoch"], ["eval_strategy='epoch' has no counterpart", "eval_steps=N"]),
+    (["sft", "model={tmp}/no-model", "optim=adamw_8bit"], ["optim='adamw_8bit' is not available"]),
+    (["dpo", "model={tmp}/no-model", "rpo_alpha=0.5"], ["loss_type=[sigmoid, nll] with loss_weights=[1.0, 0.5]"]),
+    (["sft", "model={tmp}/no-model", "report_to=nonsense"], ["'nonsense' is not a tracker accelerate serves"]),
+    (["sft", "model={tmp}/no-model", "lr_scheduler=cosine_with_warmup"], ["unknown schedule 'cosine_with_warmup'"]),
+    (["sft", "model={tmp}/no-model", "warmup_steps=0.1"], ["warmup_ratio=0.1"]),
+    (["sft", "model={tmp}/no-model", "hub_token=hf_abc"], ["hub_token is not an option"]),
+    (["sft", "model={tmp}/no-model", "learnig_rate=1e-4"], ["unknown option 'learnig_rate'", "learning_rate"]),
+    (["ppo", "model={tmp}/no-model", "batch_size=12", "per_device_train_batch_size=8"], ["batch_size = 12", "must be a multiple"]),
+    (["sft", "model={model}", "train_data={tmp}/empty_dir"], ["the directory", "holds no .jsonl"]),
+    (["inspect", "model={model}", "train_data={tmp}/two_users.jsonl", "chat_template={tmp}/strict.jinja"], ["row 1, field 'messages': the chat template refused this conversation", "roles must alternate"]),
 ]
 
 
@@ -54,12 +73,26 @@ def placeholders(tmp_path, model_path):
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
     (tmp_path / "rows.txt").write_text("1+1=2\n")
     _data(tmp_path, [ROWS[0], {"prompt": "2+2=", "completion": " "}], "empty_row.jsonl")
+    (tmp_path / "sft.yaml").write_text("max_steps: 2\n")
+    for name in ("finished", "unfinished/checkpoints/checkpoint-2", "empty_dir", "nothing"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "finished" / "trainer_state.json").write_text("{}")
+    (tmp_path / "unfinished" / "config.yaml").write_text("")
+    (tmp_path / "unfinished" / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    turn = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
+    _data(tmp_path, [{"messages": list(turn)}, {"messages": [turn[0], turn[0], turn[1]]}], "two_users.jsonl")
+    (tmp_path / "strict.jinja").write_text(
+        "{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+        "{{ raise_exception('roles must alternate') }}{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     return {"model": model_path("llama"), "data": _data(tmp_path, ROWS), "tmp": str(tmp_path)}
 
 
 @pytest.mark.parametrize("argv, fragments", CASES, ids=[" ".join(case[0][:2]) for case in CASES])
 def test_user_error_is_one_line_and_exit_code_2(argv, fragments, placeholders, capsys):
     argv = [arg.format(**placeholders) for arg in argv] + (["progress_bar=false"] if argv[0] in ("sft", "dpo", "kto", "grpo") else [])
+    fragments = [fragment.format(**placeholders) for fragment in fragments]
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
@@ -98,3 +131,27 @@ def test_the_installed_command_exits_2_without_traceback(tmp_path):
         "(Warm-up length as a fraction of all optimizer steps (ignored if warmup_steps > 0).)"
     )
     assert done.stdout == ""
+
+
+def test_a_missing_reward_package_is_named_before_the_model_loads(placeholders, monkeypatch, capsys):
+    # the GRPO recipe's math_verify_accuracy reward without math-verify installed
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "math_verify" else real(name, *args))
+    argv = ["grpo", f"model={placeholders['tmp']}/no-model", f"train_data={placeholders['data']}", "reward_funcs=[math_verify_accuracy]"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "posttrain grpo: error: reward_funcs[0]: the math_verify_accuracy reward needs the math-verify package, which is not "
+        "installed. Fix: pip install 'posttrain[math]' (or pip install math-verify)"
+    ]
+
+
+def test_push_to_hub_without_a_reachable_hub_is_refused_before_the_model_loads(placeholders, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    argv = ["sft", f"model={placeholders['tmp']}/no-model", f"train_data={placeholders['data']}", "push_to_hub=true", f"output_dir={placeholders['tmp']}/out"]
+    assert main(argv) == 2
+    assert "push_to_hub=true, but HF_HUB_OFFLINE is set" in capsys.readouterr().err

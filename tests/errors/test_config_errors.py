@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from posttrain.algorithms.dpo import DPOConfig
+from posttrain.algorithms.grpo import GRPOConfig
 from posttrain.algorithms.kto import KTOConfig
+from posttrain.algorithms.ppo import PPOConfig
 from posttrain.algorithms.reward import RewardConfig
 from posttrain.algorithms.sft import SFTConfig
 from posttrain.config import TrainConfig, load_config
@@ -51,6 +53,8 @@ BAD_OPTIONS = [
     (SFTConfig, {"loss_mode": "assistants"}, ["'loss_mode'", "last_assistant"]),
     (SFTConfig, {"overlong": "cut"}, ["'overlong'", "truncate, drop"]),
     (DPOConfig, {"reference_mode": "frozen"}, ["'reference_mode'", "adapters_disabled"]),
+    (GRPOConfig, {"kl_estimator": "k9"}, ["'kl_estimator'", "k1, k2, k3", "'k9'"]),
+    (GRPOConfig, {"reference_mode": "precomputed"}, ["'reference_mode'", "auto, model, adapters_disabled"]),
     # contradictions between options
     (SFTConfig, {"packing": True, "padding_free": True}, ["'packing'", "'padding_free'", "only one"]),
     (DPOConfig, {"packing": True, "padding_free": True}, ["'packing'", "'padding_free'"]),
@@ -58,6 +62,8 @@ BAD_OPTIONS = [
     (DPOConfig, {"loss_type": "dpo"}, ["'loss_type'", "dpo", "sigmoid"]),
     (DPOConfig, {"loss_type": ["sigmoid", "nll"], "loss_weights": [1.0]}, ["'loss_weights'", "1 weight", "2 loss type"]),
     (DPOConfig, {"loss_type": "robust", "label_smoothing": 0.6}, ["'label_smoothing'", "below 0.5", "robust"]),
+    (PPOConfig, {"critic": "twin"}, ["critic must be one of", "'twin'"]),
+    (PPOConfig, {"batch_size": 12}, ["batch_size = 12", "multiple of the mini-batch"]),
 ]
 
 

@@ -11,6 +11,7 @@ from posttrain.losses.policy import (
     clipped_value_loss,
     explained_variance,
     log_importance_ratio,
+    reinforce_policy_loss,
 )
 from posttrain.losses.reduce import AGGREGATIONS, aggregate
 
@@ -214,6 +215,20 @@ VALUES = _f64([[1.0, 0.5, 2.0], [-1.0, 3.0, 99.0]])
 OLD_VALUES = _f64([[0.5, 0.5, 1.0], [0.0, 3.5, -99.0]])
 RETURNS = _f64([[1.2, 0.0, 1.0], [0.0, 2.9, 50.0]])
 VALUE_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+
+def test_reinforce_hand_values():
+    # row 0: A = 2 on log-probs -1, -2 (both trained); row 1: A = -1 on -0.5 and a pad of 50
+    logps = torch.tensor([[-1.0, -2.0], [-0.5, 50.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-1.0, -2.5], [-0.5, 0.0]], dtype=torch.float64)
+    loss, stats = reinforce_policy_loss(logps, old, torch.tensor([2.0, -1.0]), torch.tensor([[1, 1], [1, 0]]))
+    # -A * log pi: (2, 4) and (-0.5, 0 outside the mask)
+    torch.testing.assert_close(loss.detach(), _f64([[2.0, 4.0], [-0.5, 0.0]]))
+    loss.sum().backward()
+    torch.testing.assert_close(logps.grad, _f64([[-2.0, -2.0], [1.0, 0.0]]))  # -A on trained tokens
+    # ratio exp(log pi - log pi_old): 1, e^0.5, 1, and 1 outside the mask; nothing is clipped
+    torch.testing.assert_close(stats.ratio, _f64([[1.0, math.exp(0.5)], [1.0, 1.0]]))
+    assert not (stats.clipped_low.any() or stats.clipped_high.any() or stats.clipped_dual.any())
 
 
 def test_clipped_value_loss_hand_values():

@@ -4,6 +4,8 @@ head gave (float32: to rounding), for chunked and unchunked heads, padded and pa
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -117,14 +119,14 @@ def _rollouts_without_positions(monkeypatch) -> list:
     Returns the list the patched collator appends to (one entry per batch)."""
     from posttrain.algorithms import online
 
-    original, calls = online.collate_rollouts, []
+    original, calls = online.micro_batch, []
 
     def full_head(*args, **kwargs):
         batch = original(*args, **kwargs)
-        calls.append(batch.pop("completion_positions"))
-        return batch
+        calls.append(batch.completion_positions)
+        return dataclasses.replace(batch, completion_positions=None)
 
-    monkeypatch.setattr(online, "collate_rollouts", full_head)
+    monkeypatch.setattr(online, "micro_batch", full_head)
     return calls
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from posttrain.algorithms.experience import Rollout, collate_rollouts, completion_view
+from posttrain.algorithms.experience import Experience, Samples, completion_view, micro_batch
 from posttrain.models.loading import apply_lora
 from posttrain.models.reward import pooled_rewards
 from posttrain.models.value import (
@@ -21,6 +21,7 @@ from posttrain.models.value import (
     new_value_head,
     value_model_critic,
 )
+from posttrain.rollout import Completion
 from posttrain.testing import assert_close_to_scale, build_causal_lm
 
 IDS = torch.tensor([[5, 9, 14, 3, 7, 22], [8, 8, 30, 2, 11, 4]])
@@ -61,12 +62,14 @@ def test_packed_and_padded_values_agree(chatml):
     critic = copy_critic(policy)
     critic.head = _random_head(policy.config.hidden_size)
     module = PolicyWithValue(policy, critic, "copy").eval()
-    rollouts = [Rollout([5, 9, 14], [3, 7], [1.0, 1.0]), Rollout([8, 30], [2, 11, 4, 6], [1.0] * 4), Rollout([12], [13, 1, 2], [1.0] * 3)]
+    sequences = [([5, 9, 14], [3, 7]), ([8, 30], [2, 11, 4, 6]), ([12], [13, 1, 2])]
+    samples = Samples([{"prompt_ids": p} for p, _ in sequences], [Completion(c, "", "eos") for _, c in sequences], [[0.0] * len(c) for _, c in sequences])
+    experience = Experience.from_samples(samples)
     views = []
     for capacity in (0, 16):  # padded rows, then everything packed into one row
-        batch = collate_rollouts(rollouts, pad_token_id=1, capacity=capacity)
-        out = module(batch["input_ids"], batch["position_ids"], with_values=True)
-        views.append((completion_view(out.values, batch["completion_index"]) * batch["completion_mask"], batch["input_ids"].shape))
+        batch = micro_batch(experience, [0, 1, 2], pad_token_id=1, capacity=capacity)
+        out = module(batch.input_ids, batch.position_ids, with_values=True)
+        views.append((completion_view(out.values, batch.completion_index) * batch.completion_mask, batch.input_ids.shape))
     assert views[0][1][0] == 3 and views[1][1][0] == 1
     assert_close_to_scale(views[1][0], views[0][0])
     assert views[0][0].abs().sum() > 0

@@ -66,16 +66,19 @@ def run_all(output_dir: str, batch: int, model: str, classifier: str) -> None:
     RewardTrainer(classifier, RewardConfig(**_common(out / "rm", batch), learning_rate=1e-3), train_dataset=task.preference_pairs("train", 16)).train()
     # groups of 4: one prompt per process per step with 2 x 4 completions, two with 1 x 8
     grpo = GRPOConfig(**_common(out / "grpo", batch), learning_rate=1e-3, num_generations=4, max_completion_length=8, scale_rewards="batch")
-    trainer = GRPOTrainer(model, grpo, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length_reward])
-    trainer._engine = ScriptedEngine(trainer.tokenizer, [" 1", " 22", " 7 7 7", " 333", " 4"])
-    trainer.train()
+    GRPOTrainer(model, grpo, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length_reward], rollout_engine=_scripted(model)).train()
     # PPO: rollout batches of 8 completions (2 x 4 or 1 x 8), each trained for 2 epochs; advantages
     # whitened and the adaptive KL coefficient moved with the statistics of both processes
     ppo = PPOConfig(**_common(out / "ppo", batch), learning_rate=1e-3, batch_size=batch, ppo_epochs=2, max_completion_length=8,
                     kl_coef=0.1, adap_kl_ctrl=True, kl_target=0.01, kl_horizon=16.0)
-    trainer = PPOTrainer(model, ppo, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length_reward])
-    trainer._engine = ScriptedEngine(trainer.tokenizer, [" 1", " 22", " 7 7 7", " 333", " 4"])
-    trainer.train()
+    PPOTrainer(model, ppo, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length_reward], rollout_engine=_scripted(model)).train()
+
+
+def _scripted(model: str) -> ScriptedEngine:
+    """Scripted completions, the same on every process and in every split of the batch."""
+    from transformers import AutoTokenizer
+
+    return ScriptedEngine(AutoTokenizer.from_pretrained(model), [" 1", " 22", " 7 7 7", " 333", " 4"])
 
 
 def _length_reward(completions):

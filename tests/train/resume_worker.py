@@ -95,7 +95,7 @@ def _length(completions):
     return [float(len(c)) for c in completions]
 
 
-def _die_after(step: int):
+def die_after(step: int):
     """A callback that kills its process (SIGKILL: no clean-up of any kind) once ``step`` is done."""
 
     def callback(trainer, state):
@@ -139,7 +139,7 @@ def _first_runs(root: Path, case: str) -> None:
     if case in (SIGINT, SIGINT2):
         _wait_for_sigints(interrupted, 2 if case == SIGINT2 else 1)
     else:
-        interrupted.callbacks.append(_die_after(KILL_STEP))
+        interrupted.callbacks.append(die_after(KILL_STEP))
     interrupted.train()
 
 

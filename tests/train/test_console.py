@@ -97,3 +97,34 @@ def test_summary_keeps_the_best_evaluation():
     summary.add(30, {"eval/loss": 1.7, "eval/token_accuracy": 0.6})
     assert summary.best == {"eval/loss": (1.5, 20), "eval/token_accuracy": (0.6, 30)}  # entropy: no "better" direction
     assert summary.last["eval/loss"] == 1.7
+
+
+def test_a_crowded_line_shows_the_headline_and_counts_the_rest():
+    metrics = {"loss": 0.5, "learning_rate": 1e-5, "grad_norm": 1.0, "reward": 0.7, "kl": 0.01, "epoch": 0.5, "tokens_seen": 100.0,
+               "completions/mean_length": 7.0, "advantages/mean": 0.0, **{f"time/part{i}": 0.1 for i in range(10)}}
+    assert format_metrics(3, metrics, 10) == (
+        "step 3/10 | loss 0.5 | lr 1.00e-05 | grad_norm 1 | completions/mean_length 7 | kl 0.01 | reward 0.7 | epoch 0.5 "
+        "| tokens 100 | +11 in metrics.jsonl"  # advantages/mean and the 10 time/ parts
+    )
+
+
+def _quiet(tmp_path, **values):
+    return dict(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, logging_steps=1, progress_bar=False, save_final_model=False, **values)
+
+
+def test_per_turn_losses_are_logged_for_conversations_only(model_path, tmp_path):
+    task = ArithmeticTask(seed=0)
+    plain = SFTTrainer(model_path("llama"), SFTConfig(**_quiet(tmp_path / "plain")), train_dataset=task.prompt_completion("train", 4))
+    chat = SFTTrainer(model_path("llama"), SFTConfig(**_quiet(tmp_path / "chat", loss_mode="assistant")), train_dataset=task.conversations("train", 4, turns=2))
+    assert not any(name.startswith("loss/turn") for name in plain.train().log_history[0])
+    assert {"loss/turn_0", "loss/turn_1"} <= set(chat.train().log_history[0])
+
+
+def test_the_kto_weight_warning_is_printed_once_without_a_source_path(model_path, tmp_path, capsys, recwarn):
+    from posttrain import KTOConfig, KTOTrainer
+
+    rows = [dict(row, label=True) for row in ArithmeticTask(seed=0).unpaired("train", 6)] + [dict(ArithmeticTask(seed=0).unpaired("train", 1)[0], label=False)]
+    KTOTrainer(model_path("llama"), KTOConfig(**_quiet(tmp_path)), train_dataset=rows)
+    shown = capsys.readouterr()
+    assert shown.out.count("warning:") == 1 and "outside" in shown.out.split("warning:")[1].splitlines()[0]
+    assert "kto.py" not in shown.out + shown.err and not [w for w in recwarn if "KTO" in str(w.message)]

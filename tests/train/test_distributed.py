@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from posttrain.testing import assert_tensors_close_to_scale
+from posttrain.testing import TRAINED_WEIGHTS_REL_TOLERANCE, assert_tensors_close_to_scale
 
 from distributed_worker import ALGORITHMS, STEPS, run_all
 
@@ -53,7 +53,8 @@ def test_two_processes_match_one_with_the_same_global_batch(runs, algorithm, mod
     expected, actual = _weights(one / algorithm / "final", algorithm), _weights(two / algorithm / "final", algorithm)
     start = _weights(Path(model_path("classifier-llama" if algorithm == "rm" else "llama")), algorithm)
     assert any(not torch.equal(expected[n], start[n]) for n in expected)  # training moved the weights
-    assert_tensors_close_to_scale(actual, expected)
+    # 3 AdamW steps on gradients summed in another order (tests/README.md, "Comparing floats", rule 2)
+    assert_tensors_close_to_scale(actual, expected, rel=TRAINED_WEIGHTS_REL_TOLERANCE)
     for ours, theirs in zip(_metrics(two / algorithm), _metrics(one / algorithm), strict=True):
         for name in ("loss", "rewards/min", "rewards/max", "rewards/chosen", "reward", "advantages/max"):
             if name in theirs:

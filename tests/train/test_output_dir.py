@@ -1,7 +1,8 @@
-"""Must-show 3, the output-directory guard: a second run into a directory holding a run is
-refused, a resume continues it, ``overwrite_output_dir`` replaces it with a fresh metrics file;
-and the pieces resuming relies on (metrics records past the checkpoint dropped, the resume
-command, the CLI's exit status on Ctrl-C)."""
+"""The output-directory guard: a second run into a directory holding a finished run is refused,
+an unfinished one with checkpoints is resumed or overwritten as the refusal says, one that
+stopped before its first checkpoint is simply run again, and the default output directory is new
+for every run; and the pieces resuming relies on (metrics records past the checkpoint dropped,
+the resume command, the CLI's exit status on Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from posttrain import SFTConfig, SFTTrainer, cli
 from posttrain.tasks import ArithmeticTask
-from posttrain.train.output_dir import output_dir_problem
+from posttrain.train.output_dir import Decision, decide, output_dir_problem
 from posttrain.train.reporting import RunReporter, drop_records_after, resume_command
 
 
@@ -36,7 +37,8 @@ def test_second_run_is_refused_and_overwrite_starts_afresh(model_path, tmp_path)
         _run(model_path, tmp_path)
     message = str(refused.value)
     assert str(tmp_path) in message and "finished run" in message
-    assert "another output_dir" in message and "resume_from_checkpoint=latest" in message and "overwrite_output_dir=true" in message
+    assert "another output_dir" in message and "overwrite_output_dir=true" in message
+    assert "resume_from_checkpoint" not in message  # a finished run has nothing to resume
     assert _steps(tmp_path) == [1, 2, 3] and (tmp_path / "final" / "model.safetensors").read_bytes() == final  # untouched
 
     _run(model_path, tmp_path, overwrite_output_dir=True)  # 2 steps, no checkpoints
@@ -45,14 +47,54 @@ def test_second_run_is_refused_and_overwrite_starts_afresh(model_path, tmp_path)
     assert (tmp_path / "final" / "model.safetensors").read_bytes() != final
 
 
-def test_latest_restarts_a_run_killed_before_its_first_checkpoint(model_path, tmp_path, kill_at):
+@pytest.mark.parametrize("resume", [None, "latest"])
+def test_a_run_that_crashed_before_its_first_checkpoint_is_simply_run_again(model_path, tmp_path, kill_at, capsys, resume):
     with pytest.raises(RuntimeError, match="killed at step 2"):
         _run(model_path, tmp_path, callbacks=[kill_at(2)], max_steps=3, save_final_model=False)
-    assert _steps(tmp_path) == [1, 2]
-    with pytest.raises(FileExistsError):  # without "latest", it is another run
-        _run(model_path, tmp_path, max_steps=3)
-    state = _run(model_path, tmp_path, max_steps=3, resume_from_checkpoint="latest")
-    assert state.step == 3 and _steps(tmp_path) == [1, 2, 3]
+    assert _steps(tmp_path) == [1, 2] and (tmp_path / "config.yaml").is_file()
+    capsys.readouterr()
+    state = _run(model_path, tmp_path, max_steps=3, resume_from_checkpoint=resume)  # the fixed script, run again
+    assert state.step == 3 and _steps(tmp_path) == [1, 2, 3]  # the crashed run's records are gone
+    notes = [line for line in capsys.readouterr().out.splitlines() if "stopped before its first checkpoint" in line]
+    assert len(notes) == 1 and str(tmp_path) in notes[0]
+    assert ("found no checkpoint" in notes[0]) == (resume == "latest")
+
+
+def test_an_unfinished_run_with_checkpoints_is_resumed_or_overwritten_as_the_refusal_says(model_path, tmp_path, kill_at):
+    def crash(directory):
+        with pytest.raises(RuntimeError, match="killed at step 3"):
+            _run(model_path, directory, callbacks=[kill_at(3)], max_steps=4, save_steps=2, save_final_model=False)
+
+    crash(tmp_path / "a")
+    with pytest.raises(FileExistsError) as refused:
+        _run(model_path, tmp_path / "a", max_steps=4)
+    message = str(refused.value)
+    assert "unfinished run with checkpoints (newest: checkpoint-2)" in message
+    assert "resume_from_checkpoint=latest" in message and "overwrite_output_dir=true" in message
+    # the first suggestion: continue from checkpoint-2 (step 3's record, made after it, is redone)
+    assert _run(model_path, tmp_path / "a", max_steps=4, resume_from_checkpoint="latest").step == 4
+    assert _steps(tmp_path / "a") == [1, 2, 3, 4]
+    # the second: start afresh
+    crash(tmp_path / "b")
+    assert _run(model_path, tmp_path / "b", max_steps=4, overwrite_output_dir=True).step == 4
+    assert _steps(tmp_path / "b") == [1, 2, 3, 4] and not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_the_default_output_dir_is_new_for_every_run_and_printed(model_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rows = ArithmeticTask(seed=3).prompt_completion("train", 8)
+    quiet = dict(per_device_train_batch_size=4, max_steps=1, progress_bar=False, logging_steps=0, save_final_model=False)
+    first = SFTTrainer(model_path("llama"), SFTConfig(**quiet), train_dataset=rows)
+    second = SFTTrainer(model_path("llama"), SFTConfig(**quiet), train_dataset=rows)  # made in the same second, most likely
+    first.train()
+    second.train()
+    directories = [Path(trainer.config.output_dir) for trainer in (first, second)]
+    assert directories[0] != directories[1]
+    for directory in directories:
+        assert directory.parent == Path("outputs") and directory.name.startswith("sft-")
+        assert (directory / "trainer_state.json").is_file()  # each finished in its own directory
+    printed = capsys.readouterr().out
+    assert all(f"output_dir: {directory} (a new directory per run" in printed for directory in directories)
 
 
 def _holding(directory: Path, *names: str) -> Path:
@@ -64,16 +106,22 @@ def _holding(directory: Path, *names: str) -> Path:
 
 def test_guard_decisions(tmp_path):
     empty = _holding(tmp_path / "empty", "notes.txt")  # the user's own files are not a run
-    assert output_dir_problem(empty, None, False, False) is None
+    assert decide(empty, None, False, False) == Decision()
+    assert "no checkpoint" in decide(empty, None, True, False).note  # "latest" with nothing there: said, then run
+    crashed = _holding(tmp_path / "crashed", "config.yaml", "metrics.jsonl")
+    reuse = decide(crashed, None, False, False)
+    assert reuse.problem is None and reuse.clear == ["config.yaml", "metrics.jsonl"] and "starting afresh" in reuse.note
     killed = _holding(tmp_path / "killed", "config.yaml", "metrics.jsonl", "checkpoints")
-    assert "an earlier run" in output_dir_problem(killed, None, False, False)
+    (killed / "checkpoints" / "checkpoint-4").mkdir()
+    (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    assert "unfinished run with checkpoints" in output_dir_problem(killed, None, False, False)
     assert output_dir_problem(killed, killed / "checkpoints" / "checkpoint-4", True, False) is None
     elsewhere = tmp_path / "other" / "checkpoints" / "checkpoint-4"  # another run's checkpoint
     assert output_dir_problem(killed, elsewhere, True, False) is not None
-    assert output_dir_problem(killed, None, True, False) is None  # "latest" found none: restart it
-    assert output_dir_problem(killed, None, False, True) is None
-    finished = _holding(tmp_path / "finished", "config.yaml", "metrics.jsonl", "final")
-    assert "a finished run" in output_dir_problem(finished, None, True, False)  # nothing to resume
+    assert decide(killed, None, False, True).clear == ["config.yaml", "metrics.jsonl", "checkpoints"]
+    finished = _holding(tmp_path / "finished", "config.yaml", "metrics.jsonl", "trainer_state.json")
+    assert "nothing to resume" in output_dir_problem(finished, None, True, False)
+    assert "a finished run" in output_dir_problem(_holding(tmp_path / "saved", "config.yaml", "final"), None, False, False)
     assert "set only one" in output_dir_problem(finished, None, True, True)
 
 

@@ -1,11 +1,12 @@
-"""Prompts to token ids, the way training renders them."""
+"""Prompts to token ids, the way training renders them (for generation: the online trainers, the
+completion log and greedy evaluation)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from posttrain.data.chat import require_chat_template
 from posttrain.errors import DataError
-from posttrain.models.reward import require_chat_template
 
 Prompt = str | list[dict]
 
