@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from posttrain.data.chat import NotPrefixPreservingError, render
+from posttrain.rollout.sampling import Completion
 
 FINISH_REASONS = ("eos", "stop", "length")
 
@@ -50,6 +51,7 @@ class Episode:
             run, so its calls were not run.
         environment: the episode's environment (None without ``environment_factory``).
         done: no more turns will be taken.
+        turn_texts: what the model wrote in each turn, decoded (special tokens skipped).
     """
 
     prompt_ids: list[int]
@@ -64,6 +66,7 @@ class Episode:
     hit_limit: bool = False
     environment: object = None
     done: bool = False
+    turn_texts: list[str] = field(default_factory=list)
 
     def context_ids(self) -> list[int]:
         """The ids the next model turn continues: the prompt and everything after it so far."""
@@ -74,10 +77,12 @@ class Episode:
         """The content of the last assistant message (the episode's answer), '' if none."""
         return next((m.get("content") or "" for m in reversed(self.messages) if m.get("role") == "assistant"), "")
 
-    def add_model_turn(self, ids: list[int], message: dict, finish_reason: str) -> None:
-        """Append the ids the model sampled in one turn (kept exactly) and its parsed message."""
+    def add_model_turn(self, ids: list[int], message: dict, finish_reason: str, text: str = "") -> None:
+        """Append the ids the model sampled in one turn (kept exactly), its parsed message and
+        its decoded ``text``."""
         if finish_reason not in FINISH_REASONS:
             raise ValueError(f"finish_reason must be one of {FINISH_REASONS}, got {finish_reason!r}")
+        self.turn_texts.append(text)
         self.token_ids += list(ids)
         self.generated += [True] * len(ids)
         self.messages.append(message)
@@ -90,6 +95,28 @@ class Episode:
         self.token_ids += list(ids)
         self.generated += [False] * len(ids)
         self.messages += messages
+
+    def transcript(self) -> str:
+        """The episode after the prompt as one text, in order: what the model wrote in each turn,
+        and each tool result as ``[tool <name>: <content>]`` (the completion log shows this)."""
+        parts, turn = [], 0
+        for message in self.messages:
+            if message.get("role") == "assistant":
+                parts.append(self.turn_texts[turn] if turn < len(self.turn_texts) else message.get("content") or "")
+                turn += 1
+            else:
+                parts.append(f"[{message.get('role')} {message.get('name') or ''}: {message.get('content')}]".replace(" :", ":"))
+        return "\n".join(parts)
+
+    def as_completion(self) -> Completion:
+        """The episode as one :class:`~posttrain.rollout.Completion`: every token after the prompt,
+        ``generated`` marking the model's own, the transcript as its text."""
+        return Completion(list(self.token_ids), self.transcript(), self.finish_reason, tuple(self.generated))
+
+    def last_generated(self) -> int:
+        """The position (after the prompt) of the model's last sampled token: where a sequence's
+        score goes (the tokens after it were inserted, and get no loss)."""
+        return max((i for i, g in enumerate(self.generated) if g), default=len(self.token_ids) - 1)
 
     def finish(self, finish_reason: str | None = None) -> None:
         if finish_reason is not None:

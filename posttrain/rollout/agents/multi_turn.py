@@ -36,7 +36,7 @@ from posttrain.rollout.agents.episode import Episode, encode_inserted, inserted_
 from posttrain.rollout.agents.execution import ERROR_KINDS, run_tool_calls
 from posttrain.rollout.agents.parsing import ToolCallParser
 from posttrain.rollout.agents.tools import Toolbox, build_toolbox
-from posttrain.rollout.prompts import end_of_turn_ids
+from posttrain.data.prompts import end_of_turn_ids
 from posttrain.rollout.sampling import SamplingOptions
 
 
@@ -165,7 +165,7 @@ def _model_turns(engine, parser, options, state: _Round, active: list[int], end_
         reason = completion.finish_reason if len(ids) <= budget else "length"
         ids = ids[:budget]
         parsed = parser.parse(ids, episode.context_ids())
-        episode.add_model_turn(ids, parsed.message, reason)
+        episode.add_model_turn(ids, parsed.message, reason, parser.tokenizer.decode(ids, skip_special_tokens=True))
         stats.generated_tokens += len(ids)
         if not parsed.calls or reason == "length" or not _closed_turn(ids, end_ids):
             episode.finish()

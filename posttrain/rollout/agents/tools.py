@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from posttrain.errors import ConfigError
+from posttrain.rollout.reward_spec import import_path
 
 
 class ToolError(ConfigError):
@@ -186,3 +187,30 @@ def build_toolbox(tools: Sequence, environment_factory: Callable | None, columns
         environment = environment_factory()
         reset_environment(environment, columns or {})
     return Toolbox(tools, environment)
+
+
+def resolve_tools(items) -> list:
+    """Tools from a config or a caller: callables as they are, ``'module:function'`` and
+    ``'path/to/file.py:function'`` strings imported (the YAML form)."""
+    items = list(items) if isinstance(items, (list, tuple)) else [items]
+    tools = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            tools.append(import_path(item, f"tools[{index}]", "tool"))
+        elif callable(item):
+            tools.append(item)
+        else:
+            raise ToolError(f"tools[{index}]: {item!r:.80} is not a tool; give a function, 'module:function' or 'path/to/file.py:function'")
+    return tools
+
+
+def resolve_environment_factory(item) -> Callable | None:
+    """An environment factory from a config or a caller: a class or callable as it is,
+    ``'module:Class'`` / ``'path/to/file.py:Class'`` imported; None stays None."""
+    if item is None or item == "":
+        return None
+    if isinstance(item, str):
+        return import_path(item, "environment_factory", "environment factory")
+    if callable(item):
+        return item
+    raise ToolError(f"environment_factory: {item!r:.80} is neither a class nor a callable; give one, or 'module:Class' / 'path/to/file.py:Class'")
