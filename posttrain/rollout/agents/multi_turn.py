@@ -32,11 +32,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from posttrain.data.prompts import end_of_turn_ids
 from posttrain.rollout.agents.episode import Episode, encode_inserted, inserted_text
 from posttrain.rollout.agents.execution import ERROR_KINDS, run_tool_calls
 from posttrain.rollout.agents.parsing import ToolCallParser
 from posttrain.rollout.agents.tools import Toolbox, build_toolbox
-from posttrain.data.prompts import end_of_turn_ids
 from posttrain.rollout.sampling import SamplingOptions
 
 

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from posttrain.data.chat import render
+from posttrain.data.prompts import end_of_turn_ids
 from posttrain.rollout.agents.execution import ToolCall
 from posttrain.rollout.agents.tools import ToolError
-from posttrain.data.prompts import end_of_turn_ids
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 
