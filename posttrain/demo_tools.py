@@ -132,7 +132,10 @@ def run_tools_demo(
     console.print(f"{algorithm.upper()}: tools=[multiply], reward 1 for the exact answer")
     trainer, after = tool_stage(algorithm, start_path, str(Path(output_dir) / algorithm), stage_steps, seed, **overrides)
     question, messages, answer = after.samples[0]
-    console.print(f"an episode after {algorithm.upper()}: {question} -> {messages} (answer {answer})")
+    console.print(f"an episode after {algorithm.upper()} ({question}, answer {answer}):")
+    for message in messages:
+        calls = [f"{c['function']['name']}({c['function']['arguments']})" for c in message.get("tool_calls", [])]
+        console.print(f"  {message['role']}: {message.get('content') or ''}{' calls ' + ', '.join(calls) if calls else ''}", markup=False)
     console.print(_table([("after SFT", start), (f"after {algorithm.upper()}", after)]))
     gain = after.accuracy - start.accuracy
     learned = gain >= TOOLS_PROMISE_GAIN and after.tool_use > start.tool_use
