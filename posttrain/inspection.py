@@ -57,7 +57,7 @@ def inspect_episodes(rows, tokenizer, config, *, start: int = 0, count: int = 3,
     console.print(f"[bold]greedy episodes of {config.model}[/] (tools: {', '.join(s['function']['name'] for s in tool_use.schemas)})")
     engine = HFGenerationEngine(load_causal_lm(config.model), tokenizer)
     options = SamplingOptions(max_completion_length=config.max_completion_length, do_sample=False)
-    episodes = tool_use.rollout(engine, tokenizer, items, options, 1)
+    episodes = tool_use.rollout(engine.generate, tokenizer, items, options, 1)
     shown = []
     for offset, (item, completion) in enumerate(zip(items, episodes.completions)):
         title = f"episode of prompt {start + offset} ({completion.finish_reason})"

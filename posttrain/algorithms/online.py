@@ -273,7 +273,8 @@ class OnlineTrainer(Trainer):
         ``episodes`` None without tools."""
         if self.tool_use is None:
             return self.sample_completions([item["prompt_ids"] for item in items], options, num_generations), None
-        episodes = self.tool_use.rollout(_TrainerEngine(self), self.tokenizer, items, options, num_generations)
+        # every round generates through sample_completions: weights handed over, time and tokens counted
+        episodes = self.tool_use.rollout(self.sample_completions, self.tokenizer, items, options, num_generations)
         return episodes.completions, episodes
 
     def sample(self, stream: Iterator) -> Samples:
@@ -504,14 +505,3 @@ def reward_metrics(total: torch.Tensor, per_function: torch.Tensor, names: list[
             metrics[f"rewards/{name}/std"] = Metric.mean(present.std(correction=0))
     return metrics
 
-
-class _TrainerEngine:
-    """The engine as the multi-turn rollout sees it: every round's ``generate`` goes through
-    :meth:`OnlineTrainer.sample_completions` (weights handed to an engine that keeps its own,
-    generation time and tokens counted)."""
-
-    def __init__(self, trainer: OnlineTrainer):
-        self.trainer = trainer
-
-    def generate(self, prompt_ids, options, num_generations: int = 1) -> list:
-        return self.trainer.sample_completions(prompt_ids, options, num_generations)

@@ -81,11 +81,13 @@ class ToolUse:
             tool_timeout=config.tool_timeout, chat_template_kwargs=config.chat_template_kwargs,
         )
 
-    def rollout(self, engine, tokenizer, items: Sequence[dict], options, num_generations: int) -> EpisodeBatch:
-        """``num_generations`` episodes of each prompt item (contiguous), batched round by round."""
-        prompts = [EpisodePrompt(list(item["prompt"]), list(item["prompt_ids"]), item["columns"]) for item in items]
+    def rollout(self, generate, tokenizer, items: Sequence[dict], options, num_generations: int) -> EpisodeBatch:
+        """``num_generations`` episodes of each prompt item (contiguous), batched round by round;
+        ``generate(prompt_ids, options, num_generations)`` is an engine's ``generate`` (or the
+        trainer's ``sample_completions``)."""
+        prompts = [EpisodePrompt(list(item["prompt"]), list(item["prompt_ids"]), item.get("columns", {})) for item in items]
         stats = EpisodeStats()
-        episodes = generate_episodes(engine, tokenizer, prompts, options, self.options, num_generations, stats)
+        episodes = generate_episodes(_Engine(generate), tokenizer, prompts, options, self.options, num_generations, stats)
         metrics = episode_metrics(episodes)
         metrics["time/tools"] = stats.tool_seconds
         return EpisodeBatch(
@@ -95,3 +97,10 @@ class ToolUse:
             last_generated=[e.last_generated() for e in episodes],
             metrics=metrics,
         )
+
+
+class _Engine:
+    """A ``generate`` function as the engine the multi-turn rollout calls once per round."""
+
+    def __init__(self, generate):
+        self.generate = generate
