@@ -2,6 +2,7 @@
 
     python benchmarks/learning_sweep.py                      # all demos x seeds 0-4 x 1, 2 threads
     python benchmarks/learning_sweep.py --algorithms sft --seeds 0 1 2 --threads 1 --jobs 2
+    python benchmarks/learning_sweep.py --algorithms tools tools_ppo   # the tool-use demo (its own start)
     ATEN_CPU_CAPABILITY=avx2 python benchmarks/learning_sweep.py --algorithms sft   # another kind of CPU
 
 Each (training seed, thread count) runs the demo recipes of ``posttrain.demo`` in a fresh
@@ -11,7 +12,11 @@ untrained model ("before"), then of the trained one. ``noisy`` is the start of t
 that SFT model trained on for a few steps on demonstrations often one too high ("after" is where
 it lands; it must stay at most 50%). ``dpo``, ``kto``, ``grpo``, ``ppo`` are ``posttrain demo
 --algorithm ...``: their stage from the noisy start, "before" being the start's accuracy.
-"learned" compares "after" with the promise the demo prints.
+"learned" compares "after" with the promise the demo prints. ``tools`` is ``posttrain demo
+--algorithm tools`` (its own start: SFT on tool-use demonstrations, then GRPO with a ``multiply``
+tool; accuracy of sampled episodes, "learned" when it rose by the demo's promised gain and the
+share of episodes calling the tool rose), ``tools_ppo`` the same start then PPO; the column "EOS
+rate" holds their share of episodes calling the tool.
 
 Prints one JSON line per run as it finishes, then a table and each recipe's range; ``--jsonl``
 appends the lines to a file. ``wall_s`` depends on the machine's load (the load average at the
@@ -33,7 +38,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ALGORITHMS = ("sft", "noisy", "dpo", "kto", "grpo", "ppo")
+ALGORITHMS = ("sft", "noisy", "dpo", "kto", "grpo", "ppo", "tools", "tools_ppo")
+TOOL_RECIPES = {"tools": "grpo", "tools_ppo": "ppo"}
 
 
 class _Clock:
@@ -73,8 +79,11 @@ def child(algorithms: list[str], seed: int, threads: int) -> list[dict]:
     from posttrain import demo
 
     torch.set_num_threads(threads)
-    rows = []
     quiet = {"seed": seed, "progress_bar": False, "logging_steps": 0}
+    rows = tool_rows([name for name in algorithms if name in TOOL_RECIPES], quiet)
+    algorithms = [name for name in algorithms if name not in TOOL_RECIPES]
+    if not algorithms:
+        return _tag(rows, seed)
     with tempfile.TemporaryDirectory(prefix="sweep-") as output_dir:
         clock = _Clock()
         result = demo.run_demo(output_dir + "/sft", console=_quiet_console(), **quiet)
@@ -90,10 +99,36 @@ def child(algorithms: list[str], seed: int, threads: int) -> list[dict]:
         for name in stages:
             _, after = demo.stage(name, path, f"{output_dir}/{name}", **quiet, save_final_model=False)
             rows.append(_row(name, start.accuracy, after.accuracy, after.eos_rate, demo.STAGE_PROMISE[name], clock.split()))
+    wanted = set(algorithms) | ({"noisy"} if stages else set()) | set(TOOL_RECIPES)  # the start of every stage asked for
+    return _tag([row for row in rows if row["algorithm"] in wanted], seed)
+
+
+def _tag(rows: list[dict], seed: int) -> list[dict]:
+    import torch
+
     for row in rows:
         row.update(seed=seed, threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability())
-    wanted = set(algorithms) | ({"noisy"} if stages else set())  # the start of every stage asked for
-    return [row for row in rows if row["algorithm"] in wanted]
+    return rows
+
+
+def tool_rows(recipes: list[str], quiet: dict) -> list[dict]:
+    """The tool-use demo's start, then each asked stage (GRPO, PPO) from it; "before" is the
+    start's accuracy of sampled episodes, the EOS-rate column the share calling the tool."""
+    from posttrain import demo_tools
+
+    rows = []
+    if not recipes:
+        return rows
+    with tempfile.TemporaryDirectory(prefix="sweep-tools-") as output_dir:
+        clock = _Clock()
+        path, start = demo_tools.tool_start(output_dir + "/sft", **quiet)
+        clock.split()  # the start's time is in no row: every stage's own follows
+        for name in recipes:
+            _, after = demo_tools.tool_stage(TOOL_RECIPES[name], path, f"{output_dir}/{name}", **quiet, save_final_model=False)
+            row = _row(name, start.accuracy, after.accuracy, after.tool_use, 0.0, clock.split())
+            row.update(tool_use_before=start.tool_use, learned=after.accuracy - start.accuracy >= demo_tools.TOOLS_PROMISE_GAIN and after.tool_use > start.tool_use)
+            rows.append(row)
+    return rows
 
 
 def _quiet_console():
