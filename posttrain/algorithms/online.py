@@ -267,13 +267,10 @@ class OnlineTrainer(Trainer):
         )
 
     def rollout(self, items: list[dict], options: SamplingOptions, num_generations: int) -> tuple[list, EpisodeBatch | None]:
-        """``num_generations`` completions of each prompt item from the current policy: single
-        replies, or with tools multi-turn episodes (:mod:`posttrain.algorithms.tool_use`), each
-        one completion with the model's own tokens flagged. Returns ``(completions, episodes)``,
-        ``episodes`` None without tools."""
+        """``(completions, episodes)``: single replies (``episodes`` None) or, with tools, multi-turn
+        episodes (:mod:`posttrain.algorithms.tool_use`; each round through sample_completions)."""
         if self.tool_use is None:
             return self.sample_completions([item["prompt_ids"] for item in items], options, num_generations), None
-        # every round generates through sample_completions: weights handed over, time and tokens counted
         episodes = self.tool_use.rollout(self.sample_completions, self.tokenizer, items, options, num_generations)
         return episodes.completions, episodes
 
@@ -284,15 +281,13 @@ class OnlineTrainer(Trainer):
         completions, episodes = self.rollout(items, self.sampling_options(), size)
         start = time.perf_counter()
         result = self.score(items, completions, size, episodes)
-        ends = episodes.last_generated if episodes is not None else [len(c.token_ids) - 1 for c in completions]
-        rewards = [[score if i == end else 0.0 for i in range(len(c.token_ids))] for c, end, score in zip(completions, ends, result.total.tolist())]
+        rewards = [[score if i == c.last_sampled else 0.0 for i in range(len(c.token_ids))] for c, score in zip(completions, result.total.tolist())]
         repeated = [item for item in items for _ in range(size)]
         stats = {"time/rewards": time.perf_counter() - start, **(episodes.metrics if episodes is not None else {})}
         return Samples(repeated, completions, rewards, result, size, stats)
 
     def score(self, items: list[dict], completions: list, group_size: int, episodes: EpisodeBatch | None = None):
-        """Rewards of ``completions`` (``group_size`` per item, contiguous); an episode is scored
-        on its messages, with its environment."""
+        """Rewards of ``completions`` (``group_size`` per item, contiguous); episodes by their messages and environments."""
         if self.rewards is None:
             raise ConfigError("no reward functions: pass reward_funcs=[...] (or set reward_funcs in the config)")
         repeated = [item for item in items for _ in range(group_size)]

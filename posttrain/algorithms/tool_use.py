@@ -36,12 +36,11 @@ from posttrain.rollout.agents.tools import resolve_environment_factory, resolve_
 class EpisodeBatch:
     """The episodes of one generation batch as the trainer uses them: ``completions`` (one
     :class:`~posttrain.rollout.Completion` each), the reward functions' ``messages`` and
-    ``environments``, the positions of each episode's last sampled token, and batch ``metrics``."""
+    ``environments``, and batch ``metrics``."""
 
     completions: list
     messages: list[list[dict]]
     environments: list | None
-    last_generated: list[int]
     metrics: dict[str, float]
 
 
@@ -94,7 +93,6 @@ class ToolUse:
             completions=[e.as_completion() for e in episodes],
             messages=[e.messages for e in episodes],
             environments=[e.environment for e in episodes] if self.has_environments else None,
-            last_generated=[e.last_generated() for e in episodes],
             metrics=metrics,
         )
 

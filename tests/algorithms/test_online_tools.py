@@ -273,3 +273,11 @@ def test_a_reward_reading_environments_needs_an_environment_factory(model_path, 
     config = GRPOConfig(**_values(tmp_path, "noenv", num_generations=4, per_device_train_batch_size=8))
     with pytest.raises(ConfigError, match="reads the episodes' environments"):
         GRPOTrainer(model_path("llama"), config, train_dataset=PROMPTS, reward_funcs=[needs_environments], tools=[multiply])
+
+
+def test_dynamic_sampling_keeps_the_episode_metrics(model_path, tmp_path):
+    trainer = grpo(model_path, tmp_path, name="dynamic", dynamic_sampling=True)
+    trainer.train()
+    [record] = [json.loads(line) for line in (tmp_path / "dynamic" / "metrics.jsonl").read_text().splitlines()]
+    assert record["dynamic_sampling/rounds"] == 1  # every scripted group has reward variance
+    assert record["tools/call_frequency"] == pytest.approx(3 / 4) and record["tools/errors/malformed"] == pytest.approx(2.0)

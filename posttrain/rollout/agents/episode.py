@@ -113,11 +113,6 @@ class Episode:
         ``generated`` marking the model's own, the transcript as its text."""
         return Completion(list(self.token_ids), self.transcript(), self.finish_reason, tuple(self.generated))
 
-    def last_generated(self) -> int:
-        """The position (after the prompt) of the model's last sampled token: where a sequence's
-        score goes (the tokens after it were inserted, and get no loss)."""
-        return max((i for i, g in enumerate(self.generated) if g), default=len(self.token_ids) - 1)
-
     def finish(self, finish_reason: str | None = None) -> None:
         if finish_reason is not None:
             self.finish_reason = finish_reason
