@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from posttrain.data.chat import NotPrefixPreservingError, render
+from posttrain.data.prompts import encode_prompt
 from posttrain.rollout.sampling import Completion
 
 FINISH_REASONS = ("eos", "stop", "length")
@@ -143,6 +144,6 @@ def encode_inserted(tokenizer, text: str) -> list[int]:
 
 
 def encode_tool_prompt(tokenizer, messages: list[dict], tools=None, chat_template_kwargs=None) -> list[int]:
-    """Token ids of a message-list prompt rendered with the tools' schemas and the generation prompt."""
-    text = render(tokenizer, messages, tools=tools, add_generation_prompt=True, **dict(chat_template_kwargs or {}))
-    return encode_inserted(tokenizer, text)
+    """Token ids of a message-list prompt rendered with the tools' schemas and the generation
+    prompt (:func:`posttrain.data.prompts.encode_prompt`, as the trainers render prompts)."""
+    return encode_prompt(tokenizer, messages, chat_template_kwargs, tools=tools)
