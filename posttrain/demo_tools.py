@@ -4,12 +4,16 @@ The task is two-digit multiplication (``posttrain.tasks.tool_use``): the demo's 
 multiply in its head, but it can call ``multiply`` with the question's numbers and copy the
 result. The recipe:
 
-1. **The start**: SFT of the demo's randomly initialised model (the ``llama-demo`` fixture with
-   the ``tools`` chat template of :mod:`posttrain.testing`) on demonstrations of which
-   :data:`TOOLS_DIRECT_RATE` answer directly and the rest call the tool, read its result and
-   answer. The model learns the format and the copying, and calls the tool in about that share
-   of its sampled episodes; its direct answers are wrong.
-2. **GRPO** (or PPO) with ``tools=[multiply]``, rewarded 1 for the exact answer: episodes that
+1. **A base that can copy**: the demo's randomly initialised model (the ``llama-demo`` fixture)
+   first learns to repeat a number from its context (:func:`~posttrain.tasks.tool_use.copy_demonstrations`,
+   :data:`TOOLS_COPY_STEPS` short steps), standing in for what a pretrained model brings. From
+   the raw fixture, ~10k tool-use demonstrations taught the format but not the copying (it
+   called ``multiply`` with constant numbers); after this stage the arguments were copied exactly.
+2. **The start**: SFT (the ``tools`` chat template of :mod:`posttrain.testing`) on
+   demonstrations of which :data:`TOOLS_DIRECT_RATE` answer directly and the rest call the tool,
+   read its result and answer. The model calls the tool in about that share of its sampled
+   episodes; its direct answers are wrong.
+3. **GRPO** (or PPO) with ``tools=[multiply]``, rewarded 1 for the exact answer: episodes that
    call the tool are right more often, so the policy learns to call it.
 
 Accuracy is measured on held-out problems with sampled episodes (temperature 1,
@@ -27,8 +31,11 @@ from rich.table import Table
 from posttrain import registry
 from posttrain.demo import DEMO_FIXTURE, DEMO_SEED
 
+# The copying stage: steps of TOOLS_COPY_BATCH short rows.
+TOOLS_COPY_STEPS = 120
+TOOLS_COPY_BATCH = 128
 # The start: SFT steps of TOOLS_SFT_BATCH rows, over that many distinct demonstrations (one pass).
-TOOLS_SFT_STEPS = 300
+TOOLS_SFT_STEPS = 400
 TOOLS_SFT_BATCH = 32
 TOOLS_DIRECT_RATE = 0.5
 TOOLS_SFT_LEARNING_RATE = 3e-3
@@ -77,16 +84,29 @@ def evaluate_tool_use(model, tokenizer):
     return tool_use_accuracy(model, tokenizer, rows, max_new_tokens=TOOLS_MAX_COMPLETION_LENGTH, samples=TOOLS_EVAL_SAMPLES)
 
 
-def tool_start(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None, **overrides):
-    """SFT on tool-use demonstrations from the demo fixture; returns the saved model's path and
-    its :class:`~posttrain.tasks.tool_use.ToolEvalResult`."""
+def copying_base(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None, **overrides) -> str:
+    """The demo fixture trained to repeat a number from its context; returns the saved path."""
     from posttrain.algorithms.sft import SFTTrainer
-    from posttrain.tasks.tool_use import tool_demonstrations, tool_task
+    from posttrain.demo import demo_config
+    from posttrain.tasks.tool_use import copy_demonstrations
     from posttrain.testing import fixture_path
 
+    config = demo_config(output_dir, steps or TOOLS_COPY_STEPS, seed=seed, per_device_train_batch_size=TOOLS_COPY_BATCH, **{**overrides, "save_final_model": True})
+    rows = copy_demonstrations(config.max_steps * config.per_device_train_batch_size, seed)
+    SFTTrainer(str(fixture_path(DEMO_FIXTURE)), config, train_dataset=rows).train()
+    return str(Path(output_dir) / "final")
+
+
+def tool_start(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None, **overrides):
+    """The copying base, then SFT on tool-use demonstrations; returns the saved model's path and
+    its :class:`~posttrain.tasks.tool_use.ToolEvalResult`. ``steps`` caps both stages."""
+    from posttrain.algorithms.sft import SFTTrainer
+    from posttrain.tasks.tool_use import tool_demonstrations, tool_task
+
+    base = copying_base(str(Path(output_dir) / "copy"), seed, None if steps is None else min(steps, TOOLS_COPY_STEPS), **overrides)
     config = tools_sft_config(output_dir, steps, seed=seed, **{**overrides, "save_final_model": True})
     rows = tool_demonstrations(tool_task(), "train", config.max_steps * config.per_device_train_batch_size, TOOLS_DIRECT_RATE)
-    trainer = SFTTrainer(str(fixture_path(DEMO_FIXTURE)), config, train_dataset=rows)
+    trainer = SFTTrainer(base, config, train_dataset=rows)
     trainer.train()
     return str(Path(output_dir) / "final"), evaluate_tool_use(trainer.model, trainer.tokenizer)
 
@@ -126,7 +146,10 @@ def run_tools_demo(
     console = console or Console(highlight=False)
     console.rule(f"[bold]posttrain demo: SFT on tool-use demonstrations, then {algorithm.upper()} with a multiply tool")
     start_steps = None if steps is None else min(steps, TOOLS_SFT_STEPS)
-    console.print(f"SFT: {start_steps or TOOLS_SFT_STEPS} steps on demonstrations, {TOOLS_DIRECT_RATE:.0%} answering without the tool")
+    console.print(
+        f"SFT: {TOOLS_COPY_STEPS} steps repeating numbers (a base that can copy), then {start_steps or TOOLS_SFT_STEPS} steps on "
+        f"tool-use demonstrations, {TOOLS_DIRECT_RATE:.0%} answering without the tool"
+    )
     start_path, start = tool_start(str(Path(output_dir) / "sft"), seed, start_steps, **overrides)
     stage_steps = None if steps is None else min(steps, TOOLS_STEPS[algorithm])
     console.print(f"{algorithm.upper()}: tools=[multiply], reward 1 for the exact answer")

@@ -20,6 +20,7 @@ answers and how often the tool was called.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,16 @@ def tool_demonstrations(task: ArithmeticTask, split: str, n: int | None = None, 
             messages = [*_question(p), tool_call_message(p), {"role": "tool", "name": "multiply", "content": str(p.answer)}, answer]
         rows.append({"messages": messages, "tools": schema})
     return rows
+
+
+def copy_demonstrations(n: int, seed: int = 0) -> list[dict]:
+    """Rows ``{"prompt": "Note 4721. Say it again:", "completion": " 4721"}`` with numbers from
+    100 to 9999: copying a number from the context, which a pretrained model brings and a randomly
+    initialised one must learn first (the tool-use demo's first stage; without it the demo's model
+    did not learn to copy the question's numbers and the tool's result from ~10k tool-use
+    demonstrations)."""
+    rng = random.Random(seed)
+    return [{"prompt": f"Note {number}. Say it again:", "completion": f" {number}"} for number in (rng.randint(100, 9999) for _ in range(n))]
 
 
 def used_tool(messages: Sequence[Mapping]) -> bool:
