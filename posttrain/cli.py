@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--algorithm", choices=(*(name for name, entry in ALGORITHMS.items() if entry.demo), "pipeline", "tools"), default="sft",
         help="sft: SFT from scratch; dpo, kto, grpo, ppo: SFT, then SFT on noisy demonstrations (greedy answers often one "
-        "too high), then that algorithm; pipeline: SFT -> reward model -> DPO, GRPO and PPO, one table (~5 minutes); "
+        "too high), then that algorithm; pipeline: SFT -> reward model -> DPO, GRPO, PPO and distillation, one table (~5 minutes); "
         "tools: SFT on tool-use demonstrations, then GRPO with a multiply tool (multi-turn episodes)",
     )
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (sft) or outputs/demo-<algorithm>")
