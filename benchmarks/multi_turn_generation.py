@@ -37,16 +37,6 @@ from common import busy_message, load_average, parse_benchmark_args, save_benchm
 QUESTION = re.compile(r"Question (\d+):")
 
 
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers.
-
-    Args:
-        a: a number
-        b: a number
-    """
-    return a * b
-
-
 class ForcedTokens:
     """A ``generate`` logits processor that makes each row write ``script(context_ids)`` (then EOS):
     the scripted sequence of the episode whose context the row continues. A new ``generate`` call
@@ -82,6 +72,7 @@ def episode_turns(tokenizer, index: int) -> list[str]:
 
 def build_prompts(tokenizer, count: int):
     from posttrain.rollout.agents import EpisodePrompt, encode_tool_prompt, tool_schema
+    from posttrain.tasks.tool_use import multiply
 
     schemas = [tool_schema(multiply)]
     prompts = []
@@ -94,6 +85,7 @@ def build_prompts(tokenizer, count: int):
 def run_multi_turn(engine, tokenizer, prompts, processor, max_length: int):
     from posttrain.rollout import SamplingOptions
     from posttrain.rollout.agents import ToolOptions, generate_episodes
+    from posttrain.tasks.tool_use import multiply
 
     options = SamplingOptions(max_completion_length=max_length, generation_kwargs={"logits_processor": [processor]})
     started = time.perf_counter()

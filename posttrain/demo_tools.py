@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from posttrain import registry
-from posttrain.demo import DEMO_FIXTURE, DEMO_SEED
+from posttrain.demo import DEMO_FIXTURE, DEMO_SEED, shares_table
 
 # The copying stage: steps of TOOLS_COPY_BATCH short rows.
 TOOLS_COPY_STEPS = 120
@@ -128,12 +128,9 @@ def tool_stage(algorithm: str, start_path: str, output_dir: str, steps: int | No
 
 
 def _table(stages: list[tuple[str, object]]) -> Table:
-    table = Table(title=f"held-out multiplication, {TOOLS_EVAL_ROWS} problems x {TOOLS_EVAL_SAMPLES} sampled episodes")
-    for column in ("", "accuracy", "episodes calling multiply"):
-        table.add_column(column)
-    for name, result in stages:
-        table.add_row(name, f"{result.accuracy:.1%}", f"{result.tool_use:.1%}")
-    return table
+    title = f"held-out multiplication, {TOOLS_EVAL_ROWS} problems x {TOOLS_EVAL_SAMPLES} sampled episodes"
+    figures = [(name, (result.accuracy, result.tool_use)) for name, result in stages]
+    return shares_table(title, ("accuracy", "episodes calling multiply"), figures)
 
 
 def run_tools_demo(

@@ -345,6 +345,18 @@ def assert_tensors_close_to_scale(actual: dict, expected: dict, *, rel: float = 
         assert_close_to_scale(actual[name], tensor, rel=rel, msg=name)
 
 
+def _scripted_completions(tokenizer, scripts: list[list[int]], max_length: int):
+    """``(completions, stats)`` of scripted token lists: each cut to ``max_length`` (then it ends
+    for "length", else for "eos"), decoded without special tokens."""
+    from posttrain.rollout import Completion, GenerationStats
+
+    completions = []
+    for tokens in scripts:
+        cut = tokens[:max_length]
+        completions.append(Completion(cut, tokenizer.decode(cut, skip_special_tokens=True), "eos" if len(cut) == len(tokens) else "length"))
+    return completions, GenerationStats(len(completions), sum(len(c.token_ids) for c in completions), 1e-6)
+
+
 class ScriptedEngine:
     """A generation engine that samples nothing: tests of online trainers use it where the
     experience must be identical across runs that split it differently (processes, micro-batch
@@ -366,18 +378,13 @@ class ScriptedEngine:
         self.calls = 0
 
     def generate(self, prompt_ids, options, num_generations: int = 1):
-        from posttrain.rollout import Completion, GenerationStats
-
         self.calls += 1
-        completions = []
+        scripts = []
         for ids in prompt_ids:
             for k in range(num_generations):
                 text = self.texts[(k + sum(ids)) % len(self.texts)]
-                tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-                cut = tokens[: options.max_completion_length]
-                reason = "eos" if len(cut) == len(tokens) else "length"
-                completions.append(Completion(cut, self.tokenizer.decode(cut, skip_special_tokens=True), reason))
-        self.last_stats = GenerationStats(len(completions), sum(len(c.token_ids) for c in completions), 1e-6)
+                scripts.append(self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
+        completions, self.last_stats = _scripted_completions(self.tokenizer, scripts, options.max_completion_length)
         return completions
 
     def update_weights(self, model=None) -> None:
@@ -404,18 +411,13 @@ class ScriptedTurnsEngine:
         self.calls: list[int] = []
 
     def generate(self, prompt_ids, options, num_generations: int = 1):
-        from posttrain.rollout import Completion, GenerationStats
-
         self.calls.append(len(prompt_ids) * num_generations)
-        completions = []
+        scripts = []
         for ids in prompt_ids:
             for _ in range(num_generations):
                 turn = self.reply(self.tokenizer.decode(list(ids), skip_special_tokens=False))
-                tokens = list(turn) if not isinstance(turn, str) else self.tokenizer(turn, add_special_tokens=False)["input_ids"]
-                cut = tokens[: options.max_completion_length]
-                reason = "eos" if len(cut) == len(tokens) else "length"
-                completions.append(Completion(cut, self.tokenizer.decode(cut, skip_special_tokens=True), reason))
-        self.last_stats = GenerationStats(len(completions), sum(len(c.token_ids) for c in completions), 1e-6)
+                scripts.append(list(turn) if not isinstance(turn, str) else self.tokenizer(turn, add_special_tokens=False)["input_ids"])
+        completions, self.last_stats = _scripted_completions(self.tokenizer, scripts, options.max_completion_length)
         return completions
 
     def update_weights(self, model=None) -> None:

@@ -10,17 +10,8 @@ import pytest
 from posttrain.data.chat import NotPrefixPreservingError
 from posttrain.rollout import SamplingOptions
 from posttrain.rollout.agents import EpisodePrompt, ToolOptions, encode_tool_prompt, episode_metrics, generate_episodes
+from posttrain.tasks.tool_use import multiply
 from posttrain.testing import NON_PREFIX_TEMPLATE, ScriptedTurnsEngine, build_tokenizer
-
-
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers.
-
-    Args:
-        a: a number
-        b: a number
-    """
-    return a * b
 
 
 def add(a: int, b: int) -> int:

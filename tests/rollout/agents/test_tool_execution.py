@@ -8,16 +8,7 @@ import threading
 import time
 
 from posttrain.rollout.agents import ERROR_KINDS, Toolbox, ToolCall, run_tool_calls
-
-
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers.
-
-    Args:
-        a: a number
-        b: a number
-    """
-    return a * b
+from posttrain.tasks.tool_use import multiply
 
 
 def divide(a: int, b: int) -> float:
