@@ -84,6 +84,16 @@ def evaluate_tool_use(model, tokenizer):
     return tool_use_accuracy(model, tokenizer, rows, max_new_tokens=TOOLS_MAX_COMPLETION_LENGTH, samples=TOOLS_EVAL_SAMPLES)
 
 
+def evaluate_saved(path: str):
+    """:func:`evaluate_tool_use` of the model saved at ``path`` (a tool-use start)."""
+    from posttrain.models.loading import load_causal_lm, load_tokenizer
+    from posttrain.testing import TOOLS_TEMPLATE
+
+    tokenizer = load_tokenizer(path)
+    tokenizer.chat_template = TOOLS_TEMPLATE
+    return evaluate_tool_use(load_causal_lm(path), tokenizer)
+
+
 def copying_base(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None, **overrides) -> str:
     """The demo fixture trained to repeat a number from its context; returns the saved path."""
     from posttrain.algorithms.sft import SFTTrainer
