@@ -159,7 +159,7 @@ def run_tools_demo(
     )
     start_path, start = tool_start(str(Path(output_dir) / "sft"), seed, start_steps, **overrides)
     stage_steps = None if steps is None else min(steps, TOOLS_STEPS[algorithm])
-    console.print(f"{algorithm.upper()}: tools=[multiply], reward 1 for the exact answer")
+    console.print(f"{algorithm.upper()}: tools=[multiply], reward 1 for the exact answer", markup=False)
     trainer, after = tool_stage(algorithm, start_path, str(Path(output_dir) / algorithm), stage_steps, seed, **overrides)
     question, messages, answer = after.samples[0]
     console.print(f"an episode after {algorithm.upper()} ({question}, answer {answer}):")
