@@ -46,7 +46,7 @@ TOOLS_MAX_COMPLETION_LENGTH = 96
 TOOLS_EVAL_ROWS = 100
 TOOLS_EVAL_SAMPLES = 4
 # What the demo promises: the rise of held-out accuracy. Measured +27.25 to +31.75 points (26.5% ->
-# 54-58.25%, tool use 44.5% -> 89-91%) for GRPO stages of seeds 0-4 at 1 thread from the seed-0
+# 53.75-58.25%, tool use 44.5% -> 89-91%) for GRPO stages of seeds 0-4 at 1 thread from the seed-0
 # start (benchmarks/learning_sweep.py --algorithms tools --tool-start ...); README, Measured results.
 TOOLS_PROMISE_GAIN = 0.2
 
