@@ -2,6 +2,8 @@
 
     python benchmarks/learning_sweep.py                      # all demos x seeds 0-4 x 1, 2 threads
     python benchmarks/learning_sweep.py --algorithms sft --seeds 0 1 2 --threads 1 --jobs 2
+    python benchmarks/learning_sweep.py --algorithms tools tools_ppo   # the tool-use demo (its own start)
+    python benchmarks/learning_sweep.py --algorithms tools --tool-start outputs/demo-tools/sft/final   # its GRPO stage only
     ATEN_CPU_CAPABILITY=avx2 python benchmarks/learning_sweep.py --algorithms sft   # another kind of CPU
 
 Each (training seed, thread count) runs the demo recipes of ``posttrain.demo`` in a fresh
@@ -12,7 +14,13 @@ that SFT model trained on for a few steps on demonstrations often one too high (
 it lands; it must stay at most 50%). ``dpo``, ``kto``, ``grpo``, ``ppo``, ``distill`` are
 ``posttrain demo --algorithm ...``: their stage from the noisy start, "before" being the start's
 accuracy (``distill``'s teacher is the SFT model).
-"learned" compares "after" with the promise the demo prints.
+"learned" compares "after" with the promise the demo prints. ``tools`` is ``posttrain demo
+--algorithm tools`` (its own start: SFT on tool-use demonstrations, then GRPO with a ``multiply``
+tool; accuracy of sampled episodes, "learned" when it rose by the demo's promised gain and the
+share of episodes calling the tool rose), ``tools_ppo`` the same start then PPO; the column "EOS
+rate" holds their share of episodes calling the tool. ``--tool-start`` sweeps only their online
+stage, every run from that saved start (the start of ``posttrain demo --algorithm tools`` is under
+its output directory's ``sft/final``), as the learning tests run it at one ``POSTTRAIN_TEST_SEED``.
 
 Prints one JSON line per run as it finishes, then a table and each recipe's range; ``--jsonl``
 appends the lines to a file. ``wall_s`` depends on the machine's load (the load average at the
@@ -34,7 +42,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ALGORITHMS = ("sft", "noisy", "dpo", "kto", "grpo", "ppo", "distill")
+ALGORITHMS = ("sft", "noisy", "dpo", "kto", "grpo", "ppo", "distill", "tools", "tools_ppo")
+TOOL_RECIPES = {"tools": "grpo", "tools_ppo": "ppo"}
 
 
 class _Clock:
@@ -62,7 +71,7 @@ def _row(algorithm: str, before: float, after: float, eos_rate: float, promise: 
     }
 
 
-def child(algorithms: list[str], seed: int, threads: int) -> list[dict]:
+def child(algorithms: list[str], seed: int, threads: int, tool_start: str | None = None) -> list[dict]:
     """Run the demos in this process (the subprocess side); one row per algorithm.
 
     The SFT demo runs first (always: the noisy start continues from its model); the other
@@ -74,8 +83,11 @@ def child(algorithms: list[str], seed: int, threads: int) -> list[dict]:
     from posttrain import demo
 
     torch.set_num_threads(threads)
-    rows = []
     quiet = {"seed": seed, "progress_bar": False, "logging_steps": 0}
+    rows = tool_rows([name for name in algorithms if name in TOOL_RECIPES], quiet, tool_start)
+    algorithms = [name for name in algorithms if name not in TOOL_RECIPES]
+    if not algorithms:
+        return _tag(rows, seed)
     with tempfile.TemporaryDirectory(prefix="sweep-") as output_dir:
         clock = _Clock()
         result = demo.run_demo(output_dir + "/sft", console=_quiet_console(), **quiet)
@@ -92,10 +104,40 @@ def child(algorithms: list[str], seed: int, threads: int) -> list[dict]:
             # distillation's teacher is the SFT demo's model
             _, after = demo.stage(name, path, f"{output_dir}/{name}", teacher=base, **quiet, save_final_model=False)
             rows.append(_row(name, start.accuracy, after.accuracy, after.eos_rate, demo.STAGE_PROMISE[name], clock.split()))
+    wanted = set(algorithms) | ({"noisy"} if stages else set()) | set(TOOL_RECIPES)  # the start of every stage asked for
+    return _tag([row for row in rows if row["algorithm"] in wanted], seed)
+
+
+def _tag(rows: list[dict], seed: int) -> list[dict]:
+    import torch
+
     for row in rows:
         row.update(seed=seed, threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability())
-    wanted = set(algorithms) | ({"noisy"} if stages else set())  # the start of every stage asked for
-    return [row for row in rows if row["algorithm"] in wanted]
+    return rows
+
+
+def tool_rows(recipes: list[str], quiet: dict, start_path: str | None = None) -> list[dict]:
+    """The tool-use demo's start (or the one saved at ``start_path``), then each asked stage
+    (GRPO, PPO) from it; "before" is the start's accuracy of sampled episodes, the EOS-rate column
+    the share calling the tool."""
+    from posttrain import demo_tools
+
+    rows = []
+    if not recipes:
+        return rows
+    with tempfile.TemporaryDirectory(prefix="sweep-tools-") as output_dir:
+        clock = _Clock()
+        if start_path is None:
+            path, start = demo_tools.tool_start(output_dir + "/sft", **quiet)
+        else:
+            path, start = start_path, demo_tools.evaluate_saved(start_path)
+        clock.split()  # the start's time is in no row: every stage's own follows
+        for name in recipes:
+            _, after = demo_tools.tool_stage(TOOL_RECIPES[name], path, f"{output_dir}/{name}", **quiet, save_final_model=False)
+            row = _row(name, start.accuracy, after.accuracy, after.tool_use, 0.0, clock.split())
+            row.update(tool_use_before=start.tool_use, learned=after.accuracy - start.accuracy >= demo_tools.TOOLS_PROMISE_GAIN and after.tool_use > start.tool_use)
+            rows.append(row)
+    return rows
 
 
 def _quiet_console():
@@ -104,11 +146,12 @@ def _quiet_console():
     return Console(file=io.StringIO())
 
 
-def spawn(algorithms: list[str], seed: int, threads: int) -> list[dict]:
+def spawn(algorithms: list[str], seed: int, threads: int, tool_start: str | None = None) -> list[dict]:
     """Run :func:`child` in a fresh Python process with ``threads`` threads."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     load_start = os.getloadavg()[0]
     command = [sys.executable, __file__, "--child", ",".join(algorithms), str(seed), str(threads)]
+    command += ["--tool-start", tool_start] if tool_start else []
     completed = subprocess.run(command, env=env, capture_output=True, text=True)
     if completed.returncode != 0:
         raise RuntimeError(f"{algorithms} seed {seed} threads {threads} failed:\n{completed.stderr[-3000:]}")
@@ -151,17 +194,18 @@ def main() -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts")
     parser.add_argument("--jobs", type=int, default=1, help="subprocesses at once (wall times then overlap)")
     parser.add_argument("--jsonl", default=None, help="also append each run's JSON line to this file")
+    parser.add_argument("--tool-start", default=None, help="tools, tools_ppo: sweep only the online stage, from this saved start")
     parser.add_argument("--child", nargs=3, metavar=("ALGORITHMS", "SEED", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         algorithms, seed, threads = args.child
-        print(json.dumps(child(algorithms.split(","), int(seed), int(threads))))
+        print(json.dumps(child(algorithms.split(","), int(seed), int(threads), args.tool_start)))
         return 0
     order = {name: index for index, name in enumerate(ALGORITHMS)}
     algorithms = sorted(set(args.algorithms), key=order.get)
     rows = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        runs = [pool.submit(spawn, algorithms, seed, threads) for seed in args.seeds for threads in args.threads]
+        runs = [pool.submit(spawn, algorithms, seed, threads, args.tool_start) for seed in args.seeds for threads in args.threads]
         for run in runs:
             for row in run.result():
                 rows.append(row)

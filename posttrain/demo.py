@@ -177,13 +177,19 @@ def samples_table(result, title: str, count: int = 8) -> Table:
     return table
 
 
-def _accuracy_table(held_out: int, stages: list[tuple[str, object]]) -> Table:
-    table = Table(title=f"greedy exact match on {held_out} held-out problems")
-    for column in ("", "accuracy", "stops with EOS"):
+def shares_table(title: str, headers: tuple[str, ...], stages: list[tuple[str, tuple[float, ...]]]) -> Table:
+    """One row per ``(stage name, shares)``, each share as a percentage under its header."""
+    table = Table(title=title)
+    for column in ("", *headers):
         table.add_column(column)
-    for name, result in stages:
-        table.add_row(name, f"{result.accuracy:.1%}", f"{result.eos_rate:.1%}")
+    for name, shares in stages:
+        table.add_row(name, *(f"{share:.1%}" for share in shares))
     return table
+
+
+def _accuracy_table(held_out: int, stages: list[tuple[str, object]]) -> Table:
+    figures = [(name, (result.accuracy, result.eos_rate)) for name, result in stages]
+    return shares_table(f"greedy exact match on {held_out} held-out problems", ("accuracy", "stops with EOS"), figures)
 
 
 def _verdict(console: Console, accuracy: float, promise: float, recipe_changed: bool, what: str) -> bool:

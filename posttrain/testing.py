@@ -15,6 +15,10 @@ Llama/Qwen, so arithmetic is learnable):
   from assistant turns before the last user message, as Qwen3's does), so rendering a
   conversation turn by turn is not prefix-preserving.
 - ``pad_is_eos``: ChatML template and pad token == EOS token.
+- ``tools``: the ``chatml`` vocabulary with :data:`TOOLS_TEMPLATE`, a ChatML template with tool
+  support in the style of Qwen2.5: ``tools`` rendered into the system turn, assistant
+  ``tool_calls`` written as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` and
+  ``tool`` messages as turns of their own. Without tools it renders exactly as ``chatml``.
 
 Models: tiny ``llama``, ``qwen2`` and ``gpt2`` causal LMs, and sequence classifiers
 (``llama`` / ``qwen2`` backbones with one output, and a ``bert`` encoder).
@@ -35,7 +39,7 @@ import torch
 # Bump when any fixture below changes, so cached copies are rebuilt.
 FIXTURE_VERSION = "1"
 
-TOKENIZER_KINDS = ("chatml", "no_template", "non_prefix", "pad_is_eos")
+TOKENIZER_KINDS = ("chatml", "no_template", "non_prefix", "pad_is_eos", "tools")
 CAUSAL_LM_ARCHS = ("llama", "qwen2", "gpt2")
 CLASSIFIER_ARCHS = ("llama", "qwen2", "bert")
 
@@ -61,6 +65,38 @@ NON_PREFIX_TEMPLATE = (
     "{% set content = content.split('</think>')[-1].lstrip() %}"
     "{% endif %}"
     "<|im_start|>{{ message['role'] }}\n{{ content }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# ChatML with tool support, in the manner of Qwen2.5's template (our own wording, and compact: a
+# tool is one line, its name, parameters and description, and there is no instruction text, so
+# prompts stay short for tiny models). With tools, the system turn lists them; an assistant turn writes each
+# call as <tool_call>{"name": ..., "arguments": {...}}</tool_call> after its text; a tool result is
+# a turn of role "tool". Without tools, tool calls or tool messages it renders exactly as
+# CHATML_TEMPLATE (a test checks it).
+TOOLS_TEMPLATE = (
+    "{% set ns = namespace(first=0) %}"
+    "{% if tools %}"
+    "<|im_start|>system\n"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n{% set ns.first = 1 %}{% endif %}"
+    "Tools:\n"
+    "{% for tool in tools %}{% set fn = tool['function'] if tool['function'] is defined else tool %}"
+    "- {{ fn['name'] }}({{ (fn['parameters']['properties'] if fn['parameters'] is defined else {}) | join(', ') }}): "
+    "{{ fn['description'] }}\n"
+    "{% endfor %}"
+    "<|im_end|>\n"
+    "{% endif %}"
+    "{% for message in messages[ns.first:] %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{% for call in message['tool_calls'] %}{% set fn = call['function'] if call['function'] is defined else call %}"
+    "<tool_call>{\"name\": \"{{ fn['name'] }}\", \"arguments\": "
+    "{{ fn['arguments'] if fn['arguments'] is string else fn['arguments'] | tojson }}}</tool_call>"
+    "{% endfor %}"
+    "{% endif %}"
+    "<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -120,6 +156,8 @@ def build_tokenizer(kind: str = "chatml"):
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     if kind in ("chatml", "pad_is_eos"):
         tokenizer.chat_template = CHATML_TEMPLATE
+    elif kind == "tools":
+        tokenizer.chat_template = TOOLS_TEMPLATE
     elif kind == "non_prefix":
         tokenizer.chat_template = NON_PREFIX_TEMPLATE
     return tokenizer
@@ -307,6 +345,18 @@ def assert_tensors_close_to_scale(actual: dict, expected: dict, *, rel: float = 
         assert_close_to_scale(actual[name], tensor, rel=rel, msg=name)
 
 
+def _scripted_completions(tokenizer, scripts: list[list[int]], max_length: int):
+    """``(completions, stats)`` of scripted token lists: each cut to ``max_length`` (then it ends
+    for "length", else for "eos"), decoded without special tokens."""
+    from posttrain.rollout import Completion, GenerationStats
+
+    completions = []
+    for tokens in scripts:
+        cut = tokens[:max_length]
+        completions.append(Completion(cut, tokenizer.decode(cut, skip_special_tokens=True), "eos" if len(cut) == len(tokens) else "length"))
+    return completions, GenerationStats(len(completions), sum(len(c.token_ids) for c in completions), 1e-6)
+
+
 class ScriptedEngine:
     """A generation engine that samples nothing: tests of online trainers use it where the
     experience must be identical across runs that split it differently (processes, micro-batch
@@ -328,18 +378,46 @@ class ScriptedEngine:
         self.calls = 0
 
     def generate(self, prompt_ids, options, num_generations: int = 1):
-        from posttrain.rollout import Completion, GenerationStats
-
         self.calls += 1
-        completions = []
+        scripts = []
         for ids in prompt_ids:
             for k in range(num_generations):
                 text = self.texts[(k + sum(ids)) % len(self.texts)]
-                tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-                cut = tokens[: options.max_completion_length]
-                reason = "eos" if len(cut) == len(tokens) else "length"
-                completions.append(Completion(cut, self.tokenizer.decode(cut, skip_special_tokens=True), reason))
-        self.last_stats = GenerationStats(len(completions), sum(len(c.token_ids) for c in completions), 1e-6)
+                scripts.append(self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
+        completions, self.last_stats = _scripted_completions(self.tokenizer, scripts, options.max_completion_length)
+        return completions
+
+    def update_weights(self, model=None) -> None:
+        """Nothing to update: the script does not depend on the weights."""
+
+
+class ScriptedTurnsEngine:
+    """A generation engine for multi-turn tests: ``reply(context_text)`` gives the next turn of the
+    episode whose context (prompt and turns so far, decoded with special tokens) is
+    ``context_text``, as text (tokenized, special tokens such as ``<|im_end|>`` recognised) or as
+    token ids (returned exactly). A turn is cut to ``max_completion_length`` (then it ends for
+    "length"); otherwise it ends for "eos".
+
+    ``calls`` records the number of contexts of every ``generate`` call (one per round when
+    episodes are batched). Implements the :class:`~posttrain.rollout.engine.RolloutEngine`
+    interface."""
+
+    def __init__(self, tokenizer, reply):
+        from posttrain.rollout import GenerationStats
+
+        self.tokenizer = tokenizer
+        self.reply = reply
+        self.last_stats = GenerationStats()
+        self.calls: list[int] = []
+
+    def generate(self, prompt_ids, options, num_generations: int = 1):
+        self.calls.append(len(prompt_ids) * num_generations)
+        scripts = []
+        for ids in prompt_ids:
+            for _ in range(num_generations):
+                turn = self.reply(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+                scripts.append(list(turn) if not isinstance(turn, str) else self.tokenizer(turn, add_special_tokens=False)["input_ids"])
+        completions, self.last_stats = _scripted_completions(self.tokenizer, scripts, options.max_completion_length)
         return completions
 
     def update_weights(self, model=None) -> None:

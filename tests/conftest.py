@@ -157,7 +157,7 @@ def killed_and_resumed(kill_at):
 # Expensive starts shared by the learning tests (tests/README.md): trained once per session.
 # A test that uses one of them is a learning test: it is marked ``learning`` here, so it runs
 # in ``make test-learning`` (which CI runs after ``make test``) and not in the default suite.
-LEARNING_FIXTURES = frozenset({"demo_run", "noisy_start", "echo_reward_model"})
+LEARNING_FIXTURES = frozenset({"demo_run", "noisy_start", "echo_reward_model", "tool_start"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by marker (-m)
@@ -206,6 +206,16 @@ def noisy_start(demo_run, tmp_path_factory, learning_seed):
     return noisy_sft_start(
         str(output), seed=learning_seed, console=Console(quiet=True), base=clean_path, progress_bar=False, logging_steps=0
     )
+
+
+@pytest.fixture(scope="session")
+def tool_start(tmp_path_factory, learning_seed):
+    """``(path, held-out ToolEvalResult)`` of the tool-use start (``posttrain.demo_tools.tool_start``:
+    SFT of the demo fixture on multiplication demonstrations that call ``multiply`` or answer
+    directly), the start of the GRPO and PPO tool-use learning tests."""
+    from posttrain.demo_tools import tool_start as make_start
+
+    return make_start(str(tmp_path_factory.mktemp("tool-sft")), seed=learning_seed, progress_bar=False, logging_steps=0)
 
 
 @pytest.fixture(scope="session")

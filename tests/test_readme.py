@@ -29,16 +29,31 @@ def _write_data(directory: Path) -> None:
         (directory / name).write_text("\n".join(json.dumps(row) for row in rows))
 
 
+def _with_tool_template(model: str, directory: Path) -> str:
+    """A copy of the fixture ``model`` whose tokenizer has the tools chat template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from posttrain.testing import TOOLS_TEMPLATE
+
+    shutil.copytree(model, directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = TOOLS_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
 def test_readme_python_examples_run(model_path, tmp_path, monkeypatch):
     blocks = _python_blocks()
     assert len(blocks) >= 6
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
     _write_data(tmp_path / "data")
-    model = model_path("llama")
+    model, tool_model = model_path("llama"), _with_tool_template(model_path("llama"), tmp_path / "tool-model")
     for number, block in enumerate(blocks):
-        for name in HUB_NAMES:
-            block = block.replace(name, model)
+        for name in HUB_NAMES:  # examples with tools need a chat template that renders them, as Qwen's does
+            block = block.replace(name, tool_model if "tools=[" in block else model)
         # the examples train for an epoch of their data; keep every run to a couple of steps
         block = block.replace("num_epochs=1", "max_steps=2")
         try:

@@ -143,6 +143,9 @@ class DistillationTrainer(OnlineTrainer):
 
     def build_batch_source(self, rows, split: str) -> BatchSource | None:
         cfg = self.config
+        if any(self._tool_arguments) or cfg.tools or cfg.environment_factory:
+            # the student's episodes would need the teacher scored on them (not built yet): refused, never ignored
+            raise ConfigError("distillation does not run multi-turn episodes yet: remove tools / environment_factory (GRPO, PPO and RLOO take them)")
         set_chat_template(self.tokenizer, cfg.chat_template)
         data = prepare_distillation_data(
             rows, self.tokenizer, max_completion_length=cfg.max_completion_length, max_prompt_length=cfg.max_prompt_length,

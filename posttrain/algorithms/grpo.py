@@ -107,10 +107,11 @@ class GRPOTrainer(OnlineTrainer):
         cfg = self.config
         if not cfg.dynamic_sampling:
             return super().sample(stream)
-        kept, spare, rounds, reward_seconds = [], [], 0, 0.0
+        kept, spare, rounds, reward_seconds, tool_stats = [], [], 0, 0.0, []
         while True:
             samples = super().sample(stream)
             rounds, reward_seconds = rounds + 1, reward_seconds + samples.stats["time/rewards"]
+            tool_stats.append({k: v for k, v in samples.stats.items() if k.startswith("tools/")})
             scores = samples.scores()
             for group in samples.groups():
                 (kept if scores[group.start : group.stop].max() > scores[group.start : group.stop].min() else spare).append((samples, group))
@@ -123,6 +124,8 @@ class GRPOTrainer(OnlineTrainer):
             "dynamic_sampling/rounds": rounds,
             "dynamic_sampling/dropped_groups": len(kept) + len(spare) - cfg.prompts_per_step,
             "dynamic_sampling/filled_without_signal": max(cfg.prompts_per_step - len(kept), 0),
+            # with tools: the episodes' figures over every round's episodes (per round, averaged)
+            **{key: sum(round_stats[key] for round_stats in tool_stats) / rounds for key in tool_stats[0]},
         }
         return joined
 

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -29,6 +29,7 @@ from posttrain.algorithms.experience import (
     split_micro_batches,
 )
 from posttrain.algorithms.reference import ReferenceConfig, ReferencePolicy, load_policy
+from posttrain.algorithms.tool_use import EpisodeBatch, ToolUse
 from posttrain.config import option
 from posttrain.data.prompt_only import prepare_prompts
 from posttrain.data.prompts import end_of_turn_ids
@@ -74,6 +75,10 @@ class OnlineConfig(ReferenceConfig):
     mask_truncated_completions: bool = option(False, "Give no loss to completions cut at max_completion_length (their reward judged an unfinished answer).")
     num_iterations: int = option(1, "Optimizer steps per generation batch (mu). With 1, no extra log-prob pass is run: the ratio is 1 by construction.", range="[1, inf)")
     packing: bool = option(True, "Pack prompt+completion sequences into rows for the update (no padding waste; a start-up probe checks attention never crosses sequences).")
+    tools: list = option([], "Tools the model may call, for the CLI: 'module:function' or 'path/to/file.py:function' paths (type hints and a docstring describe each). Python callers pass tools=[callable, ...]. With tools, each rollout is a multi-turn episode.")
+    environment_factory: Any = option(None, "For the CLI: 'module:Class' or 'path/to/file.py:Class', built once per episode; its public methods are that episode's tools, it can end the episode (done = True) and reward functions receive it (environments). Python callers pass environment_factory=Class.")
+    max_tool_calling_iterations: int = option(5, "Rounds of tool calls an episode may run; the turn after the last round is its answer (calls it still makes are not run, counted in tools/hit_limit_ratio).", range="[1, inf)")
+    tool_timeout: float | None = option(None, "Seconds a tool call may take before it becomes a 'timeout' error message; None: no limit.", range="(0, inf)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -132,8 +137,10 @@ class OnlineTrainer(Trainer):
     policy_loss_name: ClassVar[str] = "clipped"
     reference: ReferencePolicy | None = None
 
-    def __init__(self, model=None, config=None, *, reward_funcs=None, rollout_engine=None, **kwargs):
+    def __init__(self, model=None, config=None, *, reward_funcs=None, rollout_engine=None, tools=None, environment_factory=None, **kwargs):
         self._engine = rollout_engine
+        self._tool_arguments = (tools, environment_factory)
+        self.tool_use: ToolUse | None = None
         self._engine_step: int | None = None  # the optimizer step whose weights the engine holds
         self._generation = [0.0, 0]  # seconds and tokens of generation since the last experience
         self._pending_metrics: dict | None = None
@@ -141,7 +148,7 @@ class OnlineTrainer(Trainer):
         funcs = reward_funcs if reward_funcs is not None else self.config.reward_funcs
         self.rewards = RewardFunctions(funcs, self.config.reward_weights) if funcs else None
         if self.rewards is not None:
-            self.rewards.check_columns(self._columns)
+            self.rewards.check_columns(self._columns, environments=self.tool_use is not None and self.tool_use.has_environments)
         self.buffer = ExperienceBuffer()
 
     # ------------------------------------------------------------------ what an algorithm defines
@@ -166,9 +173,11 @@ class OnlineTrainer(Trainer):
             self._columns, self._prompt_capacity, self._conversational = [], 0, False
             return None
         set_chat_template(self.tokenizer, cfg.chat_template)
+        if split == "train":  # the tools' schemas are rendered into the prompts
+            self.tool_use = ToolUse.from_config(cfg, self.tokenizer, *self._tool_arguments)
         prepared = prepare_prompts(
             rows, self.tokenizer, system_prompt=cfg.system_prompt, chat_template_kwargs=cfg.chat_template_kwargs,
-            max_prompt_length=cfg.max_prompt_length,
+            max_prompt_length=cfg.max_prompt_length, tools=self.tool_use.schemas if self.tool_use is not None else None,
         )
         self.reporter.print(f"[bold]{split} data[/] ({prepared.data_format}):")
         for line in prepared.lines():
@@ -257,28 +266,38 @@ class OnlineTrainer(Trainer):
             chat_template_kwargs=dict(cfg.chat_template_kwargs),
         )
 
+    def rollout(self, items: list[dict], options: SamplingOptions, num_generations: int) -> tuple[list, EpisodeBatch | None]:
+        """``(completions, episodes)``: single replies (``episodes`` None) or, with tools, multi-turn
+        episodes (:mod:`posttrain.algorithms.tool_use`; each round through sample_completions)."""
+        if self.tool_use is None:
+            return self.sample_completions([item["prompt_ids"] for item in items], options, num_generations), None
+        episodes = self.tool_use.rollout(self.sample_completions, self.tokenizer, items, options, num_generations)
+        return episodes.completions, episodes
+
     def sample(self, stream: Iterator) -> Samples:
         """The next prompts, ``num_generations`` completions of each, scored (the reward
-        functions' total on each completion's last token)."""
+        functions' total on each completion's last sampled token)."""
         items, size = next(stream), self.config.num_generations
-        completions = self.sample_completions([item["prompt_ids"] for item in items], self.sampling_options(), size)
+        completions, episodes = self.rollout(items, self.sampling_options(), size)
         start = time.perf_counter()
-        result = self.score(items, completions, size)
-        rewards = [[0.0] * (len(c.token_ids) - 1) + [score] for c, score in zip(completions, result.total.tolist())]
+        result = self.score(items, completions, size, episodes)
+        rewards = [[score if i == c.last_sampled else 0.0 for i in range(len(c.token_ids))] for c, score in zip(completions, result.total.tolist())]
         repeated = [item for item in items for _ in range(size)]
-        return Samples(repeated, completions, rewards, result, size, {"time/rewards": time.perf_counter() - start})
+        stats = {"time/rewards": time.perf_counter() - start, **(episodes.metrics if episodes is not None else {})}
+        return Samples(repeated, completions, rewards, result, size, stats)
 
-    def score(self, items: list[dict], completions: list, group_size: int):
-        """Rewards of ``completions`` (``group_size`` per item, contiguous)."""
+    def score(self, items: list[dict], completions: list, group_size: int, episodes: EpisodeBatch | None = None):
+        """Rewards of ``completions`` (``group_size`` per item, contiguous); episodes by their messages and environments."""
         if self.rewards is None:
             raise ConfigError("no reward functions: pass reward_funcs=[...] (or set reward_funcs in the config)")
         repeated = [item for item in items for _ in range(group_size)]
         columns = {name: [item["columns"][name] for item in repeated] for name in self._columns}
         return self.rewards(
             [item["prompt"] for item in repeated],
-            [completion.text for completion in completions],
+            [completion.text for completion in completions] if episodes is None else episodes.messages,
             [list(completion.token_ids) for completion in completions],
             columns,
+            environments=episodes.environments if episodes is not None else None,
         )
 
     def next_window(self, module, stream: Iterator, state: TrainState) -> list[MicroBatch]:
@@ -291,6 +310,9 @@ class OnlineTrainer(Trainer):
         next step, log its completions when one of those steps is due."""
         start = time.perf_counter()
         prepared = self.make_experience(samples, state)
+        experience = prepared.experience
+        if experience.advantages is not None:  # none where no loss goes: tokens inserted between turns, padding
+            experience.advantages = experience.advantages * experience.completion_mask
         seconds = time.perf_counter() - start
         steps = self.mini_batch_schedule(len(prepared.experience), state)
         self.buffer.fill(prepared.experience, steps)
@@ -454,8 +476,8 @@ class OnlineTrainer(Trainer):
             return {}
         items, counted = list(self.eval_source.dataset), list(self._generation)
         with self.accelerator.split_between_processes(items) as mine:
-            completions = self.sample_completions([i["prompt_ids"] for i in mine], self.sampling_options(greedy=True), 1)
-            result = self.score(mine, completions, 1)
+            completions, episodes = self.rollout(mine, self.sampling_options(greedy=True), 1)
+            result = self.score(mine, completions, 1, episodes)
             metrics = reward_metrics(result.total, result.per_function, result.names)
         self._generation = counted  # evaluation is not part of the next generation batch
         accumulator = MetricAccumulator()
@@ -477,3 +499,4 @@ def reward_metrics(total: torch.Tensor, per_function: torch.Tensor, names: list[
             metrics[f"rewards/{name}/mean"] = Metric.mean(present.sum(), present.numel())
             metrics[f"rewards/{name}/std"] = Metric.mean(present.std(correction=0))
     return metrics
+

@@ -124,18 +124,18 @@ def inspect_preference_rows(rows, tokenizer, options: LMDataOptions, *, paired: 
     return shown
 
 
-def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int = 3, console: Console | None = None):
+def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int = 3, console: Console | None = None, tools=None):
     """Like :func:`inspect_rows` for the prompt-only rows of GRPO and PPO (``config`` an
     OnlineConfig): each prompt's tokens exactly as the policy is prompted (system prompt, chat
-    template with the generation prompt, ``max_prompt_length``), and the columns its reward
-    functions receive. No token of a prompt gets loss: the loss is on the sampled completions.
-    Returns the items shown."""
+    template with the generation prompt and the ``tools``' schemas, ``max_prompt_length``), and
+    the columns its reward functions receive. No token of a prompt gets loss: the loss is on the
+    sampled completions. Returns the items shown."""
     from posttrain.data.prompt_only import prepare_prompts
 
     console = console or Console(highlight=False)
     prepared = prepare_prompts(
         rows, tokenizer, system_prompt=config.system_prompt, chat_template_kwargs=config.chat_template_kwargs,
-        max_prompt_length=config.max_prompt_length,
+        max_prompt_length=config.max_prompt_length, tools=tools,
     )
     console.print(f"[bold]format[/] {prepared.data_format}")
     console.print(_legend(console))
@@ -148,3 +148,11 @@ def inspect_prompt_rows(rows, tokenizer, config, *, start: int = 0, count: int =
         for name, value in item["columns"].items():
             console.print(f"  [bold]{name}[/] = {value!r:.300}")
     return shown
+
+
+def show_episode(console: Console, tokenizer, title: str, prompt_ids: list[int], token_ids: list[int], generated) -> dict:
+    """Print one multi-turn episode: the prompt and the inserted tokens (tool results, template
+    text) untrained, the tokens the model sampled trained. Returns the example shown."""
+    example = {"input_ids": list(prompt_ids) + list(token_ids), "loss_weights": [0.0] * len(prompt_ids) + [1.0 if g else 0.0 for g in generated]}
+    _show(console, tokenizer, title, example)
+    return example

@@ -45,10 +45,14 @@ def prepare_prompts(
     system_prompt: str | None = None,
     chat_template_kwargs: dict | None = None,
     max_prompt_length: int | None = None,
+    tools: list | None = None,
 ) -> PreparedPrompts:
     """Validate prompt rows (string or message-list ``prompt`` plus any columns), turn string
     prompts into conversations when ``system_prompt`` is set, and tokenize them as generation
-    will see them (chat template with the generation prompt for messages)."""
+    will see them (chat template with the generation prompt for messages).
+
+    ``tools`` (JSON schemas) are rendered into every prompt by the chat template; string prompts
+    then become the user's message, since only the chat template can show the model its tools."""
     names = column_names(rows)
     data_format = formats.detect_format(names, first_row(rows))
     notes = []
@@ -57,7 +61,10 @@ def prepare_prompts(
         notes.append(f"the data is {data_format}; only its 'prompt' column is used")
     data_format = formats.DataFormat(formats.PROMPT_ONLY, data_format.conversational)
     formats.validate_rows(rows, data_format)
-    if system_prompt and not data_format.conversational:
+    as_user_message = bool(tools) and not system_prompt and not data_format.conversational
+    if as_user_message:
+        notes.append("string prompts are sent as the user's message, rendered with the tools by the chat template")
+    if (system_prompt or as_user_message) and not data_format.conversational:
         data_format = formats.DataFormat(formats.PROMPT_ONLY, True)
     columns = [name for name in names if name not in OWN_FIELDS]
     items = []
@@ -65,9 +72,11 @@ def prepare_prompts(
         prompt = row["prompt"]
         if system_prompt and isinstance(prompt, str):
             prompt = [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
+        elif as_user_message:
+            prompt = [{"role": "user", "content": prompt}]
         items.append({"row": index, "prompt": prompt, "columns": {name: row.get(name) for name in columns}})
     shortened = 0
-    for item, prompt_ids in zip(items, encode_prompts(tokenizer, [item["prompt"] for item in items], chat_template_kwargs or {})):
+    for item, prompt_ids in zip(items, encode_prompts(tokenizer, [item["prompt"] for item in items], chat_template_kwargs or {}, tools)):
         if max_prompt_length and len(prompt_ids) > max_prompt_length:
             prompt_ids, shortened = prompt_ids[-max_prompt_length:], shortened + 1
         item["prompt_ids"] = prompt_ids

@@ -27,12 +27,14 @@ def _check_messages(index: int, prompt: list) -> None:
         raise ValueError(f"prompt {index}: the message list is empty. Fix: give at least one message")
 
 
-def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: Mapping | None = None, index: int = 0) -> list[int]:
+def encode_prompt(
+    tokenizer, prompt: Prompt, chat_template_kwargs: Mapping | None = None, index: int = 0, tools: Sequence | None = None
+) -> list[int]:
     """Token ids of one prompt.
 
     A string gets the tokenizer's special tokens (e.g. Llama's BOS) as in training; a message
     list is rendered by the chat template with the generation prompt (the template adds its own
-    special tokens, so none are added on top).
+    special tokens, so none are added on top) and ``tools`` (JSON schemas) when given.
     """
     if isinstance(prompt, str):
         ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
@@ -40,7 +42,7 @@ def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: Mapping | Non
         _check_messages(index, prompt)
         require_chat_template(tokenizer, conversational=True)
         text = tokenizer.apply_chat_template(
-            prompt, add_generation_prompt=True, tokenize=False, **dict(chat_template_kwargs or {})
+            prompt, tools=tools or None, add_generation_prompt=True, tokenize=False, **dict(chat_template_kwargs or {})
         )
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
@@ -52,11 +54,13 @@ def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: Mapping | Non
     return ids
 
 
-def encode_prompts(tokenizer, prompts: Sequence[Prompt], chat_template_kwargs: Mapping | None = None) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, prompts: Sequence[Prompt], chat_template_kwargs: Mapping | None = None, tools: Sequence | None = None
+) -> list[list[int]]:
     """:func:`encode_prompt` for each prompt, in order."""
     if isinstance(prompts, (str, Mapping)):
         raise TypeError("prompts must be a list of prompts (strings or message lists), not a single prompt")
-    return [encode_prompt(tokenizer, prompt, chat_template_kwargs, index) for index, prompt in enumerate(prompts)]
+    return [encode_prompt(tokenizer, prompt, chat_template_kwargs, index, tools) for index, prompt in enumerate(prompts)]
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:

@@ -17,13 +17,17 @@ OPTIONAL_PACKAGES = {"math_verify_accuracy": ("math_verify", "pip install 'postt
 
 
 def completion_text(completion) -> str:
-    """The text of a completion: a string as is, a message list by its last message's content."""
+    """The text of a completion: a string as is, a message list by its last message's content.
+    A multi-turn episode that ended on a tool result (its budget ran out after a call) gave no
+    answer: ''."""
     if isinstance(completion, str):
         return completion
     if not completion:
         return ""
     last = completion[-1]
-    return last["content"] if isinstance(last, Mapping) else str(last)
+    if not isinstance(last, Mapping):
+        return str(last)
+    return last.get("content") or "" if last.get("role", "assistant") == "assistant" else ""
 
 
 def _named(fn, name: str, required_columns: Sequence[str] = ()):

@@ -64,34 +64,38 @@ def _build(name: str, options: Mapping, where: str):
     return BUILTIN_REWARDS[name](**arguments)
 
 
-def _load_file(path: Path, where: str):
+def _load_file(path: Path, where: str, what: str):
     if not path.is_file():
-        raise ConfigError(f"{where}: reward file {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
-    module_name = f"posttrain_reward_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+        raise ConfigError(f"{where}: {what} file {str(path)!r} does not exist (relative paths start at {os.getcwd()})")
+    module_name = f"posttrain_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _import_path(text: str, where: str) -> Callable:
+def import_path(text: str, where: str, what: str = "reward") -> Callable:
+    """The callable ``text`` names: ``'module:attribute'`` (imported) or
+    ``'path/to/file.py:attribute'`` (loaded from the file); ``attribute`` may be dotted. Reward
+    functions, tools and environment classes are given this way in a config; ``where`` (the
+    option) and ``what`` name them in errors."""
     location, _, attribute = text.rpartition(":")
     if not location or not attribute:
         raise ConfigError(f"{where}: {text!r} is not 'module:function' or 'path/to/file.py:function'")
     if location.endswith(".py") or os.sep in location or "/" in location:
-        module = _load_file(Path(location), where)
+        module = _load_file(Path(location), where, what)
     else:
         try:
             module = importlib.import_module(location)
         except ImportError as exc:
-            raise ConfigError(f"{where}: cannot import module {location!r} for reward {text!r} ({exc})") from exc
+            raise ConfigError(f"{where}: cannot import module {location!r} for {what} {text!r} ({exc})") from exc
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise ConfigError(f"{where}: {location!r} has no attribute {attribute!r} (reward {text!r})")
+            raise ConfigError(f"{where}: {location!r} has no attribute {attribute!r} ({what} {text!r})")
         target = getattr(target, part)
     if not callable(target):
-        raise ConfigError(f"{where}: {text!r} is a {type(target).__name__}, not a callable reward function")
+        raise ConfigError(f"{where}: {text!r} is a {type(target).__name__}, not callable (a {what} must be)")
     return target
 
 
@@ -101,7 +105,7 @@ def _from_string(text: str, where: str) -> Callable:
     if os.path.isdir(text):
         return reward_model_function(text)
     if ":" in text:
-        return _import_path(text, where)
+        return import_path(text, where)
     raise ConfigError(f"{where}: unknown reward {text!r}. A reward is {_FORMS}")
 
 

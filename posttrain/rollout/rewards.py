@@ -5,9 +5,12 @@
 
 - ``prompts``: the prompt of each completion (repeated for the generations of one prompt);
 - ``completions``: strings for string prompts; for message-list prompts a one-message list
-  ``[{"role": "assistant", "content": text}]``, as TRL passes them (decided per row);
+  ``[{"role": "assistant", "content": text}]``, as TRL passes them (decided per row); for a
+  multi-turn episode with tools, every message after the prompt (assistant turns with their
+  ``tool_calls``, tool results), the answer last;
 - every other column of the prompt rows by its name (a list aligned with the completions), and
-  ``completion_ids`` (the generated token ids, stop token included);
+  ``completion_ids`` (the generated token ids, stop token included), and ``environments`` (each
+  episode's environment, with ``environment_factory``);
 - ``None`` means "does not apply to this row" (e.g. a math verifier on a code row).
 
 A function receives only the arguments it names, unless it takes ``**kwargs``, which gets them
@@ -51,7 +54,7 @@ from posttrain.rollout.builtin_rewards import (
 from posttrain.rollout.reward_spec import BUILTIN_REWARDS, resolve_reward_funcs
 
 # Arguments every reward function may receive besides the dataset's columns.
-STANDARD_ARGUMENTS = ("prompts", "completions", "completion_ids")
+STANDARD_ARGUMENTS = ("prompts", "completions", "completion_ids", "environments")
 NO_REWARD_POLICIES = ("error", "zero")
 
 
@@ -88,6 +91,7 @@ class _Signature:
     takes_all: bool
     names: frozenset[str]
     required_columns: tuple[str, ...]
+    required_environments: bool = False  # names ``environments`` without a default
 
 
 def _signature(fn, name: str) -> _Signature:
@@ -105,7 +109,8 @@ def _signature(fn, name: str) -> _Signature:
         )
     required = [p.name for p in named if p.default is p.empty and p.name not in STANDARD_ARGUMENTS]
     required += [c for c in getattr(fn, "required_columns", ()) if c not in required]
-    return _Signature(takes_all, frozenset(p.name for p in named), tuple(required))
+    needs_environments = any(p.name == "environments" and p.default is p.empty for p in named)
+    return _Signature(takes_all, frozenset(p.name for p in named), tuple(required), needs_environments)
 
 
 @dataclass
@@ -152,11 +157,19 @@ class RewardFunctions:
     def __len__(self) -> int:
         return len(self.funcs)
 
-    def check_columns(self, column_names) -> None:
-        """Fail before any generation when a function needs a column the prompt rows lack.
+    def check_columns(self, column_names, environments: bool = False) -> None:
+        """Fail before any generation when a function needs a column the prompt rows lack, or
+        the episodes' environments when there are none.
 
-        ``column_names``: the keys of the prompt rows (``prompt`` itself is given as ``prompts``).
+        ``column_names``: the keys of the prompt rows (``prompt`` itself is given as ``prompts``);
+        ``environments``: whether the rollouts have environments (``environment_factory``).
         """
+        for name, signature in zip(self.names, self._signatures):
+            if signature.required_environments and not environments:
+                raise ConfigError(
+                    f"reward function '{name}' reads the episodes' environments, and there are none. Fix: set "
+                    "environment_factory (an environment per episode), or give the parameter a default"
+                )
         columns = [c for c in column_names if c != "prompt"]
         clashes = [c for c in columns if c in STANDARD_ARGUMENTS]
         if clashes:
@@ -173,17 +186,23 @@ class RewardFunctions:
                         "point the function at an existing column, or give that parameter a default"
                     )
 
-    def __call__(self, prompts: Sequence, completions: Sequence[str], completion_ids: Sequence[Sequence[int]], columns: Mapping[str, Sequence] | None = None) -> RewardResult:
-        """Score ``N`` completions (texts) of ``prompts`` with every function and combine."""
+    def __call__(
+        self, prompts: Sequence, completions: Sequence, completion_ids: Sequence[Sequence[int]], columns: Mapping[str, Sequence] | None = None,
+        environments: Sequence | None = None,
+    ) -> RewardResult:
+        """Score ``N`` completions (texts, or the messages of multi-turn episodes) of ``prompts``
+        with every function and combine; ``environments``: the episodes' environments, if any."""
         columns = dict(columns or {})
         columns.pop("prompt", None)
         _check_lengths(prompts, completions, completion_ids, columns)
-        self.check_columns(columns)
+        self.check_columns(columns, environments=environments is not None)
         shown = [
             [{"role": "assistant", "content": c}] if is_conversational(p) and isinstance(c, str) else c
             for p, c in zip(prompts, completions)
         ]
         arguments = {"prompts": list(prompts), "completions": shown, "completion_ids": [list(i) for i in completion_ids], **columns}
+        if environments is not None:
+            arguments["environments"] = list(environments)
         values = [self._run(index, arguments, prompts, completions) for index in range(len(self.funcs))]
         per_function = torch.tensor(values, dtype=torch.float64).reshape(len(self.funcs), len(prompts)).T
         return self._combine(per_function, prompts, completions)

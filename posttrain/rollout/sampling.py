@@ -156,3 +156,11 @@ class Completion:
     def truncated(self) -> bool:
         """True when it ran out of length rather than stopping by itself."""
         return self.finish_reason == "length"
+
+    @property
+    def last_sampled(self) -> int:
+        """Index of the last token the model sampled (where the sequence's score goes; tokens
+        inserted after it get no loss)."""
+        if self.generated is None:
+            return len(self.token_ids) - 1
+        return max((i for i, g in enumerate(self.generated) if g), default=len(self.token_ids) - 1)

@@ -183,6 +183,20 @@ def test_off_policy_batches_need_completions(model_path, tmp_path):
         DistillationTrainer(model_path(STUDENT), _config(tmp_path), train_dataset=ROWS)
 
 
+def test_tools_are_refused_not_ignored(model_path, tmp_path):
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers.
+
+        Args:
+            a: a number
+            b: a number
+        """
+        return a * b
+
+    with pytest.raises(ConfigError, match="distillation does not run multi-turn episodes yet"):
+        _trainer(model_path, _config(tmp_path, lmbda=1.0), rows=PROMPTS, tools=[multiply])
+
+
 def test_evaluation_scores_the_eval_rows_completions(model_path, tmp_path):
     eval_rows = ArithmeticTask(seed=6).prompt_completion("test", 4)
     trainer = _trainer(model_path, _config(tmp_path), eval_dataset=eval_rows)

@@ -148,7 +148,7 @@ def test_yaml_specs_resolve_to_reward_functions(tmp_path, monkeypatch, classifie
         ({"name": "my.module:fn", "weight": 2}, r"options are for built-in rewards; 'name' must be one of"),
         ("no_such_module_xyz:fn", r"cannot import module 'no_such_module_xyz'"),
         ("posttrain.rollout:no_such_function", r"'posttrain.rollout' has no attribute 'no_such_function'"),
-        ("posttrain.rollout:__all__", r"'posttrain.rollout:__all__' is a list, not a callable reward function"),
+        ("posttrain.rollout:__all__", r"'posttrain.rollout:__all__' is a list, not callable \(a reward must be\)"),
         ("missing/rewards.py:fn", r"reward file 'missing/rewards.py' does not exist"),
         (3, r"reward_funcs\[0\]: int 3 is not a reward"),
     ],

@@ -1,0 +1,139 @@
+"""The arithmetic task where a tool is necessary: "What is 47*38?" with a ``multiply`` tool.
+
+A tiny model cannot multiply two two-digit numbers in its head (the demo's model learns
+addition, whose digits each depend on two digits of the question; a product's depend on all of
+them), but it can learn to call ``multiply`` with the question's numbers and copy the result. So
+held-out accuracy measures tool use: the demonstrations of :func:`tool_demonstrations` call the
+tool in some rows and answer directly in the others, and an online-RL run from a model trained on
+them should learn to call it always.
+
+Rows:
+
+- prompts (:func:`tool_prompts`): ``{"prompt": [user message], "answer": "1786"}``;
+- demonstrations (:func:`tool_demonstrations`): ``{"messages": [...], "tools": [schema]}`` for
+  SFT (the data layer renders ``tools`` with the chat template): the user's question, then either
+  an assistant turn calling ``multiply``, the tool's result and the answer, or the answer alone.
+
+:func:`tool_use_accuracy` plays held-out prompts as greedy multi-turn episodes and reports exact
+answers and how often the tool was called.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from posttrain.rollout.agents import EpisodePrompt, ToolOptions, encode_tool_prompt, generate_episodes, tool_schema
+from posttrain.rollout.generation import HFGenerationEngine
+from posttrain.rollout.sampling import SamplingOptions
+from posttrain.tasks.arithmetic import ArithmeticTask, _is_picked
+
+# Products of two two-digit numbers: 10*10 to 99*99.
+TOOL_MIN_OPERAND, TOOL_MAX_OPERAND = 10, 99
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers.
+
+    Args:
+        a: a number
+        b: a number
+    """
+    return a * b
+
+
+def tool_task(seed: int = 0) -> ArithmeticTask:
+    """The multiplication task: two-digit times two-digit, held-out split by hash as every task."""
+    return ArithmeticTask(seed=seed, min_operand=TOOL_MIN_OPERAND, max_operand=TOOL_MAX_OPERAND, operators=("*",))
+
+
+def _question(problem) -> list[dict]:
+    return [{"role": "user", "content": problem.question}]
+
+
+def tool_prompts(task: ArithmeticTask, split: str, n: int | None = None) -> list[dict]:
+    """Rows ``{"prompt": [{"role": "user", "content": "What is 47*38?"}], "answer": "1786"}``."""
+    return [{"prompt": _question(p), "answer": str(p.answer)} for p in task.problems(split, n)]
+
+
+def tool_call_message(problem) -> dict:
+    """The assistant turn that calls ``multiply`` with the question's numbers."""
+    call = {"type": "function", "function": {"name": "multiply", "arguments": {"a": problem.a, "b": problem.b}}}
+    return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
+def tool_demonstrations(task: ArithmeticTask, split: str, n: int | None = None, direct_rate: float = 0.5) -> list[dict]:
+    """SFT rows ``{"messages": [...], "tools": [multiply's schema]}``; a ``direct_rate`` share of
+    them (spread evenly) answers without calling the tool, the others call it, read its result
+    and answer. Every answer is right: the direct ones are what a model cannot learn to produce."""
+    if not 0.0 <= direct_rate <= 1.0:
+        raise ValueError(f"direct_rate must be in [0, 1], got {direct_rate}")
+    schema = [tool_schema(multiply)]
+    rows = []
+    for i, p in enumerate(task.problems(split, n)):
+        answer = {"role": "assistant", "content": str(p.answer)}
+        if _is_picked(i, direct_rate):
+            messages = [*_question(p), answer]
+        else:
+            messages = [*_question(p), tool_call_message(p), {"role": "tool", "name": "multiply", "content": str(p.answer)}, answer]
+        rows.append({"messages": messages, "tools": schema})
+    return rows
+
+
+def copy_demonstrations(n: int, seed: int = 0) -> list[dict]:
+    """Rows ``{"prompt": "Note 4721. Say it again:", "completion": " 4721"}`` with numbers from
+    100 to 9999: copying a number from the context, which a pretrained model brings and a randomly
+    initialised one must learn first (the tool-use demo's first stage; without it the demo's model
+    did not learn to copy the question's numbers and the tool's result from ~10k tool-use
+    demonstrations)."""
+    rng = random.Random(seed)
+    return [{"prompt": f"Note {number}. Say it again:", "completion": f" {number}"} for number in (rng.randint(100, 9999) for _ in range(n))]
+
+
+def used_tool(messages: Sequence[Mapping]) -> bool:
+    """True when an assistant turn of ``messages`` called a tool."""
+    return any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages)
+
+
+@dataclass(frozen=True)
+class ToolEvalResult:
+    """Exact-match accuracy of the episodes' final answers, the share of episodes that called a
+    tool, and every ``(question, episode messages, answer)`` for inspection."""
+
+    accuracy: float
+    tool_use: float
+    samples: list[tuple[str, list[dict], str]]
+
+
+def tool_use_accuracy(
+    model, tokenizer, rows: Sequence[Mapping], tools: Sequence = (multiply,), max_new_tokens: int = 96, batch_size: int = 64,
+    max_tool_calling_iterations: int = 2, samples: int = 0, seed: int = 0, engine=None,
+) -> ToolEvalResult:
+    """Multi-turn episodes of ``rows`` (prompt-only rows with an ``answer``), scored by exact
+    match of the final assistant message (:meth:`ArithmeticTask.score`).
+
+    ``samples=0``: one greedy episode per row. ``samples=k``: ``k`` episodes per row sampled at
+    temperature 1 (the policy's own mix of calling the tool and answering directly, which greedy
+    decoding hides), from a generator seeded with ``seed`` inside a forked RNG, so evaluating
+    never moves the training's random state and the same model always scores the same.
+    ``engine``: the generation engine (default: transformers' ``generate`` on ``model``)."""
+    if not rows:
+        raise ValueError("no rows to evaluate")
+    schemas = [tool_schema(t) for t in tools]
+    prompts = [EpisodePrompt(list(r["prompt"]), encode_tool_prompt(tokenizer, list(r["prompt"]), schemas)) for r in rows]
+    engine = engine if engine is not None else HFGenerationEngine(model, tokenizer, batch_size=batch_size)
+    options = SamplingOptions(max_completion_length=max_new_tokens, do_sample=samples > 0)
+    tool_options = ToolOptions(tools=tuple(tools), max_tool_calling_iterations=max_tool_calling_iterations)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        episodes = generate_episodes(engine, tokenizer, prompts, options, tool_options, max(samples, 1))
+    repeated = [r for r in rows for _ in range(max(samples, 1))]
+    scores = [ArithmeticTask.score(e.text, str(r["answer"])) if e.messages[-1]["role"] == "assistant" else 0.0 for e, r in zip(episodes, repeated)]
+    return ToolEvalResult(
+        accuracy=sum(scores) / len(scores),
+        tool_use=sum(used_tool(e.messages) for e in episodes) / len(episodes),
+        samples=[(r["prompt"][-1]["content"], e.messages, str(r["answer"])) for e, r in zip(episodes, repeated)],
+    )

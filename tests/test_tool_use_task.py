@@ -1,0 +1,80 @@
+"""The multiplication task with a multiply tool: prompts, demonstrations, and how SFT trains on them."""
+
+from __future__ import annotations
+
+import pytest
+
+from posttrain.tasks.tool_use import multiply, tool_demonstrations, tool_prompts, tool_task, tool_use_accuracy, used_tool
+
+
+def test_prompts_ask_for_products_of_two_digit_numbers_held_out_by_hash():
+    task = tool_task()
+    train, test = tool_prompts(task, "train", 300), tool_prompts(task, "test", 100)
+    for row in train + test:
+        [message] = row["prompt"]
+        a, b = (int(x) for x in message["content"].removeprefix("What is ").removesuffix("?").split("*"))
+        assert 10 <= a <= 99 and 10 <= b <= 99 and row["answer"] == str(a * b)
+    assert not {r["prompt"][0]["content"] for r in train} & {r["prompt"][0]["content"] for r in test}
+
+
+def test_demonstrations_call_the_tool_or_answer_directly_in_the_asked_share():
+    rows = tool_demonstrations(tool_task(), "train", 40, direct_rate=0.25)
+    direct = [r for r in rows if not used_tool(r["messages"])]
+    assert len(direct) == 10  # exactly a quarter, spread evenly
+    for row in rows:
+        assert row["tools"][0]["function"]["name"] == "multiply"
+        question, *rest = row["messages"]
+        a, b = (int(x) for x in question["content"].removeprefix("What is ").removesuffix("?").split("*"))
+        if used_tool(row["messages"]):
+            call, result, answer = rest
+            assert call["tool_calls"][0]["function"] == {"name": "multiply", "arguments": {"a": a, "b": b}}
+            assert result == {"role": "tool", "name": "multiply", "content": str(multiply(a, b))}
+        else:
+            [answer] = rest
+        assert answer == {"role": "assistant", "content": str(a * b)}
+
+
+def test_sft_trains_on_the_call_and_the_answer_not_on_the_tool_result():
+    # each assistant turn with its end-of-turn token (the model must learn to stop and wait)
+    from posttrain.data import formats
+    from posttrain.data.tokenize import LMDataOptions, tokenize_row
+    from posttrain.testing import build_tokenizer
+
+    tokenizer = build_tokenizer("tools")
+    [row] = [r for r in tool_demonstrations(tool_task(), "train", 2, direct_rate=0.5) if used_tool(r["messages"])]
+    data_format = formats.detect_format(list(row), row)
+    [example], _ = tokenize_row(row, 0, tokenizer, data_format, "assistant", LMDataOptions(loss_mode="assistant"))
+    trained = tokenizer.decode([t for t, w in zip(example["input_ids"], example["loss_weights"]) if w > 0])
+    call = row["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    result, answer = row["messages"][2]["content"], row["messages"][3]["content"]
+    assert trained == f'<tool_call>{{"name": "multiply", "arguments": {{"a": {call["a"]}, "b": {call["b"]}}}}}</tool_call><|im_end|>{answer}<|im_end|>'
+    untrained = tokenizer.decode([t for t, w in zip(example["input_ids"], example["loss_weights"]) if w == 0], skip_special_tokens=True)
+    assert f"tool\n{result}" in untrained and "- multiply(a, b): Multiply two integers." in untrained
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5])
+def test_direct_rate_out_of_range_is_refused(rate):
+    with pytest.raises(ValueError, match="direct_rate"):
+        tool_demonstrations(tool_task(), "train", 4, direct_rate=rate)
+
+
+def test_accuracy_scores_the_final_answer_and_counts_tool_use():
+    import re
+
+    from posttrain.testing import ScriptedTurnsEngine, build_tokenizer
+
+    tokenizer = build_tokenizer("tools")
+    rows = tool_prompts(tool_task(), "test", 6)
+
+    def reply(context: str) -> str:
+        a, b = (int(x) for x in re.findall(r"What is (\d+)\*(\d+)\?", context)[0])
+        if a % 2:  # odd first factor: answer directly, one too high
+            return f"{a * b + 1}<|im_end|>"
+        if "<|im_start|>tool" not in context:
+            return f'<tool_call>{{"name": "multiply", "arguments": {{"a": {a}, "b": {b}}}}}</tool_call><|im_end|>'
+        return re.findall(r"<\|im_start\|>tool\n(.*?)<\|im_end\|>", context)[-1] + "<|im_end|>"
+
+    result = tool_use_accuracy(None, tokenizer, rows, engine=ScriptedTurnsEngine(tokenizer, reply))
+    even = sum(int(r["prompt"][0]["content"].split()[2].split("*")[0]) % 2 == 0 for r in rows) / len(rows)
+    assert 0 < even < 1
+    assert result.accuracy == pytest.approx(even) and result.tool_use == pytest.approx(even)
