@@ -376,6 +376,7 @@ class Trainer(TrainerAPI):
         state = self._maybe_resume(state)
         self.state = state
         self._write_run_files()
+        self.reporter.begin_run()
         if cfg.report_to:
             acc.init_trackers(cfg.run_name or "posttrain", config=_flat_config(cfg))
         trainable, total = count_parameters(module)

@@ -35,12 +35,18 @@ class RunReporter:
         self._total_steps: int | None = None
         self.summary = RunSummary()
         self.listeners: list = []  # called with (step, metrics) for every record
+        self.run_started = False  # records go to files once a run owns the output directory
+
+    def begin_run(self) -> None:
+        """The run owns the output directory from now on: records are written to its files."""
+        self.run_started = True
+        if self.enabled:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
 
     def start(self, total_steps: int, completed: int = 0) -> None:
         self._training = [time.perf_counter()]
         self._total_steps = total_steps
-        if self.enabled:
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self.begin_run()
         if not self._show_progress:
             return
         self._progress = Progress(
@@ -71,7 +77,7 @@ class RunReporter:
             listener(step, metrics)
         if not self.enabled:
             return
-        if not self._training:  # before the run starts (an evaluation first): the console only
+        if not self.run_started:  # before the run starts (an evaluation first): the console only
             self.console.print(format_metrics(step, metrics), markup=False, soft_wrap=True)
             return
         record = {"step": step, "time": round(time.perf_counter() - self._started, 3), **metrics}
