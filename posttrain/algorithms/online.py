@@ -39,6 +39,7 @@ from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
 from posttrain.models.packing_check import check_packing_isolation
 from posttrain.rollout import HFGenerationEngine, RewardFunctions, SamplingOptions
+from posttrain.rollout.decoding import GENERATION_PATHS, plan_generation
 from posttrain.rollout.reward_spec import check_reward_packages
 from posttrain.train.loop import BatchSource, Trainer, TrainingRun
 from posttrain.train.metrics import Metric, MetricAccumulator
@@ -65,7 +66,9 @@ class OnlineConfig(ReferenceConfig):
     stop_strings: list = option([], "Stop a completion once it ends with one of these strings.")
     stop_token_ids: list = option([], "Token ids that end a completion besides EOS.")
     generation_kwargs: dict = option({}, "Any other keyword for transformers' generate().")
-    generation_batch_size: int = option(64, "Sequences (prompts x generations) per generate() call: memory, not semantics.")
+    generation_batch_size: int = option(64, "Sequences (prompts x generations) per generate() call, and per log-prob pass without grad: memory, not semantics.")
+    generation_path: str = option("auto", "How the default engine runs transformers' generation: auto (the measured default of the device: static on CPU, static_compiled on GPUs), dynamic, static (a static KV cache), static_compiled (and a compiled decoding step), continuous_batching (paged attention).", choices=GENERATION_PATHS)
+    share_prompt_prefill: bool = option(True, "Run each prompt through the model once for all its num_generations completions (same completions, less prefill).")
     system_prompt: str | None = option(None, "Turn string prompts into conversations: this system message, then the prompt as the user's message (rendered by the chat template).")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
     chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
@@ -214,9 +217,16 @@ class OnlineTrainer(Trainer):
     def engine(self):
         """The generation engine (the default one is built at first use)."""
         if self._engine is None:
+            cfg = self.config
+            try:  # a path asked for by name that cannot run here is a config error, said before the first rollout
+                plan = plan_generation(cfg.generation_path, self.unwrapped_model(), self.accelerator.device, self.sampling_options(), cfg.share_prompt_prefill)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            self.reporter.print_verbatim(plan.describe() + (f" ({cfg.generation_path})" if cfg.generation_path == "auto" else ""))
             self._engine = HFGenerationEngine(
-                self.model, self.tokenizer, batch_size=self.config.generation_batch_size, accelerator=self.accelerator,
-                weights=self.gathered_weights,
+                self.model, self.tokenizer, batch_size=cfg.generation_batch_size, accelerator=self.accelerator,
+                weights=self.gathered_weights, path=cfg.generation_path, share_prompt_prefill=cfg.share_prompt_prefill,
+                notify=self.reporter.print_verbatim,
             )
         return self._engine
 
@@ -330,10 +340,10 @@ class OnlineTrainer(Trainer):
         """Per-token values of every completion token, ``{name: (N, L)}`` (0 after each
         completion's end): ``forward(input_ids, position_ids, completion_positions)`` maps packed
         ``(R, T)`` inputs to ``{name: (R, T)}`` aligned with the input tokens. Runs in chunks of
-        ``per_device_eval_batch_size`` sequences."""
+        ``generation_batch_size`` sequences (the batch the rollout produced)."""
         device, out = self.accelerator.device, {}
         lengths = torch.tensor([len(c.token_ids) for c in experience.samples.completions])
-        for chunk in split_micro_batches(range(len(experience)), self.config.per_device_eval_batch_size):
+        for chunk in split_micro_batches(range(len(experience)), self.config.generation_batch_size):
             batch = micro_batch(experience, chunk, self.tokenizer.pad_token_id, self._row_capacity())
             scored = None if batch.completion_positions is None else batch.completion_positions.to(device)
             values = forward(batch.input_ids.to(device), batch.position_ids.to(device), scored)
