@@ -29,6 +29,7 @@ from posttrain.algorithms.experience import (
     split_micro_batches,
 )
 from posttrain.algorithms.reference import ReferenceConfig, ReferencePolicy, load_policy
+from posttrain.algorithms.update_layout import UPDATE_LAYOUTS, LayoutChooser, measured_layout
 from posttrain.config import option
 from posttrain.data.prompt_only import prepare_prompts
 from posttrain.data.prompts import end_of_turn_ids
@@ -76,7 +77,8 @@ class OnlineConfig(ReferenceConfig):
     reward_weights: list | None = option(None, "One weight per reward function (default 1 each); the reward is their weighted sum.")
     mask_truncated_completions: bool = option(False, "Give no loss to completions cut at max_completion_length (their reward judged an unfinished answer).")
     num_iterations: int = option(1, "Optimizer steps per generation batch (mu). With 1, no extra log-prob pass is run: the ratio is 1 by construction.", range="[1, inf)")
-    packing: bool = option(True, "Pack prompt+completion sequences into rows for the update (no padding waste; a start-up probe checks attention never crosses sequences).")
+    packing: bool = option(True, "Allow packing prompt+completion sequences into rows for the update (a start-up probe checks attention never crosses sequences); False: padded rows only.")
+    update_layout: str = option("auto", "How the update lays out sequences: auto (per micro-batch, the layout that applies with the fewest FLOPs counted from its shape), packed, padded, prompt_groups (each prompt run once for all its completions), measure (the fastest on the first micro-batch, timed).", choices=UPDATE_LAYOUTS)
 
     def __post_init__(self):
         super().__post_init__()
@@ -133,6 +135,8 @@ class OnlineTrainer(Trainer):
     config_class = OnlineConfig
     # the loss of posttrain.losses.policy.POLICY_LOSSES the update uses
     policy_loss_name: ClassVar[str] = "clipped"
+    # whether the update reads values from the policy's forward (PPO's value head on the trunk)
+    policy_needs_values: ClassVar[bool] = False
     reference: ReferencePolicy | None = None
 
     def __init__(self, model=None, config=None, *, reward_funcs=None, rollout_engine=None, **kwargs):
@@ -146,6 +150,7 @@ class OnlineTrainer(Trainer):
         if self.rewards is not None:
             self.rewards.check_columns(self._columns)
         self.buffer = ExperienceBuffer()
+        self.layouts = LayoutChooser(self)
 
     # ------------------------------------------------------------------ what an algorithm defines
 
@@ -294,6 +299,8 @@ class OnlineTrainer(Trainer):
     def next_window(self, module, stream: Iterator, state: TrainState) -> list[MicroBatch]:
         if not self.buffer.steps:
             self.prepare_experience(self.sample(stream), state)
+        if self.config.update_layout == "measure" and self.buffer.layout is None:  # once per run, kept in checkpoints
+            self.buffer.layout = measured_layout(self, module, self.buffer.experience, self.buffer.peek(), self.layouts.applicable())
         return self.take_window()
 
     def prepare_experience(self, samples: Samples, state: TrainState) -> None:
@@ -325,9 +332,15 @@ class OnlineTrainer(Trainer):
         rows = self.buffer.take()
         return None if rows is None else self.micro_batches(self.buffer.experience, rows)
 
-    def micro_batches(self, experience: Experience, rows: list[int]) -> list[MicroBatch]:
-        chunks = split_micro_batches(rows, self.config.per_device_train_batch_size)
-        return [micro_batch(experience, chunk, self.tokenizer.pad_token_id, self._row_capacity()) for chunk in chunks]
+    def micro_batches(self, experience: Experience, rows: list[int], layout: str | None = None) -> list[MicroBatch]:
+        """``rows`` in micro-batches of ``per_device_train_batch_size``, each laid out as
+        ``layout`` or, by default, as the config's ``update_layout`` chooses for it
+        (:mod:`~posttrain.algorithms.update_layout`)."""
+        batches, capacity = [], self._row_capacity()
+        for chunk in split_micro_batches(rows, self.config.per_device_train_batch_size):
+            chosen = layout or self.layouts.layout_of(experience, chunk, capacity)
+            batches.append(micro_batch(experience, chunk, self.tokenizer.pad_token_id, capacity if chosen != "padded" else 0, chosen == "prompt_groups"))
+        return batches
 
     def _row_capacity(self) -> int:
         cfg = self.config
@@ -380,6 +393,9 @@ class OnlineTrainer(Trainer):
     def policy_forward(self, module, batch: MicroBatch, with_values: bool = False):
         """``(logps, entropy, values)``, each ``(S, L)`` on the batch's completion tokens, with
         grad (``values`` None unless asked for)."""
+        if batch.groups is not None and not with_values:  # (S, L) directly, each prompt run once
+            out = module(groups=batch.groups.to(self.accelerator.device), temperature=self.config.temperature, with_stats=True)
+            return out.logps, out.entropy, None
         extra = {"with_values": True} if with_values else {}
         out = module(batch.input_ids, batch.position_ids, temperature=self.config.temperature, with_stats=True, positions=batch.completion_positions, **extra)
         index = batch.completion_index

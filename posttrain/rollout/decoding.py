@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from posttrain.models.prompt_groups import plain_cache_problem, position_ids_of
+
 GENERATION_PATHS = ("auto", "dynamic", "static", "static_compiled", "continuous_batching")
 # The compiled decoding step is specialised to the cache length: rounding it up to a multiple of
 # this keeps one compiled step for prompts of similar width.
@@ -128,7 +130,7 @@ def plan_generation(requested: str, model, device, options, share_prompt_prefill
         notes.append(f"generation path {path} does not apply ({problem}); using {fallback[path]}")
         path = fallback[path]
     share = share_prompt_prefill and path != "continuous_batching"  # continuous batching forks groups itself
-    if share and (problem := shared_prefill_problem(model)) is not None:
+    if share and (problem := plain_cache_problem(model)) is not None:
         notes.append(f"the prompt prefill is not shared by a group's completions ({problem})")
         share = False
     return GenerationPlan(path, share, tuple(notes))
@@ -164,26 +166,6 @@ def prompt_runs(rows: list[list[int]]) -> list[int]:
         else:
             runs.append(1)
     return runs
-
-
-def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of left-padded rows, as ``generate`` makes them: 0, 1, ... from each row's
-    first real token, 0 on padding."""
-    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-
-
-def shared_prefill_problem(model) -> str | None:
-    """Why the prompt prefill of ``model`` cannot be computed once and repeated, or None: its
-    cache must hold plain full-attention layers (keys and values per token, nothing else)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    if getattr(model.config, "is_encoder_decoder", False):
-        return f"{type(model).__name__} is an encoder-decoder model"
-    kinds = {type(layer).__name__ for layer in DynamicCache(config=model.config).layers}
-    if kinds != {DynamicLayer.__name__}:
-        return f"its cache has {', '.join(sorted(kinds))} layers"
-    return None
 
 
 def prefilled_cache(model, plan: GenerationPlan, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int):

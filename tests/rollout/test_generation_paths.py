@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_generation_engine import PROMPTS, _greedy, _ids, _load
 
+from posttrain.models.prompt_groups import plain_cache_problem
 from posttrain.rollout import HFGenerationEngine, SamplingOptions, encode_prompts
 from posttrain.rollout.decoding import (
     COMPILED_CACHE_MULTIPLE,
@@ -18,7 +19,6 @@ from posttrain.rollout.decoding import (
     default_path,
     plan_generation,
     prompt_runs,
-    shared_prefill_problem,
 )
 
 SAMPLED = SamplingOptions(max_completion_length=12, temperature=1.3, top_p=0.95)
@@ -113,7 +113,7 @@ def test_the_prefill_is_not_shared_for_a_cache_with_sliding_window_layers():
     config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            sliding_window=8, vocab_size=16)
     model = SimpleNamespace(config=config, _can_compile_fullgraph=True)
-    assert shared_prefill_problem(model) == "its cache has DynamicSlidingWindowLayer layers"
+    assert plain_cache_problem(model) == "its cache has DynamicSlidingWindowLayer layers"
     plan = plan_generation("dynamic", model, "cpu", _greedy(4), True)
     assert not plan.share_prompt_prefill
     assert plan.notes == ("the prompt prefill is not shared by a group's completions (its cache has DynamicSlidingWindowLayer layers)",)
