@@ -9,8 +9,9 @@ subprocess, so its thread count (``OMP_NUM_THREADS`` and ``torch.set_num_threads
 and no run inherits another's state. ``sft`` is ``make demo``: held-out greedy exact match of the
 untrained model ("before"), then of the trained one. ``noisy`` is the start of the other demos:
 that SFT model trained on for a few steps on demonstrations often one too high ("after" is where
-it lands; it must stay at most 50%). ``dpo``, ``kto``, ``grpo``, ``ppo`` are ``posttrain demo
---algorithm ...``: their stage from the noisy start, "before" being the start's accuracy.
+it lands; it must stay at most 50%). ``dpo``, ``kto``, ``grpo``, ``ppo``, ``distill`` are
+``posttrain demo --algorithm ...``: their stage from the noisy start, "before" being the start's
+accuracy (``distill``'s teacher is the SFT model).
 "learned" compares "after" with the promise the demo prints.
 
 Prints one JSON line per run as it finishes, then a table and each recipe's range; ``--jsonl``
@@ -33,7 +34,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ALGORITHMS = ("sft", "noisy", "dpo", "kto", "grpo", "ppo")
+ALGORITHMS = ("sft", "noisy", "dpo", "kto", "grpo", "ppo", "distill")
 
 
 class _Clock:
@@ -88,7 +89,8 @@ def child(algorithms: list[str], seed: int, threads: int) -> list[dict]:
             rows.append(_row("noisy", result["accuracy_after"], start.accuracy, start.eos_rate, 0.0, clock.split()))
             rows[-1]["learned"] = start.accuracy <= 0.5 and start.eos_rate >= 0.95
         for name in stages:
-            _, after = demo.stage(name, path, f"{output_dir}/{name}", **quiet, save_final_model=False)
+            # distillation's teacher is the SFT demo's model
+            _, after = demo.stage(name, path, f"{output_dir}/{name}", teacher=base, **quiet, save_final_model=False)
             rows.append(_row(name, start.accuracy, after.accuracy, after.eos_rate, demo.STAGE_PROMISE[name], clock.split()))
     for row in rows:
         row.update(seed=seed, threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability())
@@ -144,7 +146,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algorithms", nargs="+", choices=[name for name in ALGORITHMS if name != "noisy"], default=["sft", "dpo", "kto", "grpo", "ppo"])
+    parser.add_argument("--algorithms", nargs="+", choices=[name for name in ALGORITHMS if name != "noisy"], default=["sft", "dpo", "kto", "grpo", "ppo", "distill"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="training seeds")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts")
     parser.add_argument("--jobs", type=int, default=1, help="subprocesses at once (wall times then overlap)")

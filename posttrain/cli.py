@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--algorithm", choices=(*(name for name, entry in ALGORITHMS.items() if entry.demo), "pipeline"), default="sft",
         help="sft: SFT from scratch; dpo, kto, grpo, ppo: SFT, then SFT on noisy demonstrations (greedy answers often one "
-        "too high), then that algorithm; pipeline: SFT -> reward model -> DPO, GRPO and PPO, one table (~5 minutes)",
+        "too high), then that algorithm; pipeline: SFT -> reward model -> DPO, GRPO, PPO and distillation, one table (~5 minutes)",
     )
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (sft) or outputs/demo-<algorithm>")
     demo.add_argument("--steps", type=int, default=None, help="SFT optimizer steps, also capping every later stage's (default: the demo's tuned values)")

@@ -7,9 +7,10 @@ verdict: a run that ends below what the recipe promises says so in red (``posttr
 exits with status 1). The learning tests and ``benchmarks/learning_sweep.py`` use the same recipe;
 the figures quoted here are that sweep's ranges over training seeds and thread counts.
 
-``--algorithm dpo|kto|grpo|ppo`` continue from :func:`noisy_sft_start` (the SFT demo's model,
-trained a few more steps on demonstrations that are often one too high) with that algorithm's
-:func:`stage`; ``--algorithm pipeline`` runs SFT, a reward model, DPO, GRPO and PPO into one table
+``--algorithm dpo|kto|grpo|ppo|distill`` continue from :func:`noisy_sft_start` (the SFT demo's
+model, trained a few more steps on demonstrations that are often one too high) with that
+algorithm's :func:`stage` (distillation learns from the SFT demo's model as its teacher);
+``--algorithm pipeline`` runs SFT, a reward model, DPO, GRPO, PPO and distillation into one table
 (:func:`run_pipeline_demo`).
 """
 
@@ -47,8 +48,8 @@ NOISY_STEPS = 100
 NOISY_LEARNING_RATE = 1e-3
 # Each algorithm's demo from the noisy start: its optimizer steps and the held-out accuracy it
 # promises (set as SFT_PROMISE is).
-STAGE_STEPS = {"dpo": 100, "kto": 100, "grpo": 40, "ppo": 100}
-STAGE_PROMISE = {"dpo": 0.8, "kto": 0.8, "grpo": 0.85, "ppo": 0.7}
+STAGE_STEPS = {"dpo": 100, "kto": 100, "grpo": 40, "ppo": 100, "distill": 20}
+STAGE_PROMISE = {"dpo": 0.8, "kto": 0.8, "grpo": 0.85, "ppo": 0.7, "distill": 0.9}
 
 
 def demo_task():
@@ -131,6 +132,19 @@ def online_config(algorithm: str, output_dir: str, steps: int | None = None, **o
         values.update(learning_rate=5e-4, batch_size=64, per_device_train_batch_size=32, ppo_epochs=2, kl_coef=0.02)
     values.update(overrides)
     return _classes(algorithm)[1](**values)
+
+
+def distill_config(output_dir: str, steps: int | None = None, **overrides):
+    """The DistillationConfig of the distillation demo: on-policy (``lmbda=1``), 32 prompts per
+    step, one completion of at most 6 tokens each sampled at temperature 1 from the student, the
+    generalized JSD (``beta=0.5``) to the teacher at every completion token."""
+    values = dict(
+        output_dir=output_dir, seed=DEMO_SEED, max_steps=steps or STAGE_STEPS["distill"], learning_rate=5e-5, lmbda=1.0, beta=0.5,
+        per_device_train_batch_size=32, max_completion_length=6, lr_scheduler="constant", logging_steps=5, log_completions_steps=10,
+        num_completions_to_print=4, mixed_precision="no", overwrite_output_dir=True,
+    )
+    values.update(overrides)
+    return _classes("distill")[1](**values)
 
 
 def _classes(name: str) -> tuple[type, type]:
@@ -273,17 +287,23 @@ def noisy_sft_start(
     return str(Path(output_dir) / "final"), start
 
 
-def stage(algorithm: str, start_path: str, output_dir: str, steps: int | None = None, seed: int = DEMO_SEED, **overrides):
-    """DPO, KTO, GRPO or PPO on the demo task from the model at ``start_path`` (the noisy start);
-    GRPO and PPO are rewarded by :func:`~posttrain.rollout.exact_answer`. Returns ``(trainer,
-    held-out EvalResult after training)``."""
+def stage(algorithm: str, start_path: str, output_dir: str, steps: int | None = None, seed: int = DEMO_SEED, teacher: str | None = None, **overrides):
+    """DPO, KTO, GRPO, PPO or distillation on the demo task from the model at ``start_path`` (the
+    noisy start); GRPO and PPO are rewarded by :func:`~posttrain.rollout.exact_answer`,
+    distillation learns from ``teacher`` (the SFT demo's model). Returns ``(trainer, held-out
+    EvalResult after training)``."""
     from posttrain.tasks import exact_match_accuracy
 
     if algorithm not in STAGE_STEPS:
         raise ValueError(f"algorithm must be one of {tuple(STAGE_STEPS)}, got {algorithm!r}")
     task = demo_task()
     trainer_cls = _classes(algorithm)[0]
-    if registry.algorithm(algorithm).data != "prompts":
+    if algorithm == "distill":
+        if teacher is None:
+            raise ValueError("the distillation stage needs teacher= (the path of the SFT demo's model)")
+        config = distill_config(output_dir, steps, seed=seed, **overrides)
+        trainer = trainer_cls(start_path, config, train_dataset=stage_rows(algorithm, None), teacher_model=teacher)
+    elif registry.algorithm(algorithm).data != "prompts":
         config = preference_config(algorithm, output_dir, steps, seed=seed, **overrides)
         rows = stage_rows(algorithm, config.max_steps * config.per_device_train_batch_size)
         trainer = trainer_cls(start_path, config, train_dataset=rows)
@@ -320,9 +340,13 @@ def run_stage_demo(
     start_path, start = noisy_sft_start(str(Path(output_dir) / "sft"), seed, console, sft_steps, noisy_steps=noisy_steps, **overrides)
     kind = registry.algorithm(algorithm).data
     console.print(f"{name} data: {registry.DATA_KINDS[kind]} like {stage_rows(algorithm, 1)[0]}")
-    if kind == "prompts":
+    teacher = None
+    if algorithm == "distill":
+        teacher = str(Path(output_dir) / "sft" / "clean" / "final")
+        console.print("teacher: the SFT model before the noisy demonstrations; the student samples its own answers")
+    elif kind == "prompts":
         console.print("reward: 1 for the exact answer, else 0 (posttrain.rollout.exact_answer)")
-    _, after = stage(algorithm, start_path, str(Path(output_dir) / algorithm), steps, seed, **overrides)
+    _, after = stage(algorithm, start_path, str(Path(output_dir) / algorithm), steps, seed, teacher=teacher, **overrides)
 
     console.print(samples_table(after, f"held-out prompts after {name} (greedy)"))
     console.print(_accuracy_table(DEMO_EVAL_ROWS, [("after noisy SFT", start), (f"after {name}", after)]))
@@ -377,7 +401,7 @@ def run_pipeline_demo(
     console = console or Console(highlight=False)
     root = Path(output_dir)
     task = demo_task()
-    console.rule("[bold]posttrain demo: SFT -> reward model -> DPO, GRPO, PPO")
+    console.rule("[bold]posttrain demo: SFT -> reward model -> DPO, GRPO, PPO, distillation")
     console.print(f"SFT: {DEMO_STEPS} steps on {len(task.split_problems('train')):,} problems like {task.prompt_completion('train', 1)[0]}")
     def capped(default: int) -> int:
         return default if steps is None else min(default, steps)
@@ -395,9 +419,10 @@ def run_pipeline_demo(
         return scorer.score([prompt for prompt, _, _ in result.samples], [reply for _, reply, _ in result.samples]).mean().item()
 
     results = [("SFT", sft, mean_score(sft)), ("noisy start", noisy, mean_score(noisy))]
-    for algorithm in ("dpo", "grpo", "ppo"):
+    for algorithm in ("dpo", "grpo", "ppo", "distill"):
         console.print(f"{algorithm.upper()}: {capped(STAGE_STEPS[algorithm])} steps from the noisy start")
-        _, after = stage(algorithm, noisy_path, str(root / algorithm), capped(STAGE_STEPS[algorithm]), seed, **overrides)
+        teacher = str(root / "sft" / "final") if algorithm == "distill" else None
+        _, after = stage(algorithm, noisy_path, str(root / algorithm), capped(STAGE_STEPS[algorithm]), seed, teacher=teacher, **overrides)
         results.append((algorithm.upper(), after, mean_score(after)))
 
     table = Table(title=f"held-out greedy exact match ({DEMO_EVAL_ROWS} problems) and reward-model score per stage")

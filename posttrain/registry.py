@@ -61,6 +61,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("kto", "KTO (unpaired preferences)", "posttrain.algorithms.kto", "KTOTrainer", "KTOConfig", "unpaired", demo=True),
         Algorithm("grpo", "GRPO (online RL, group-relative advantages)", "posttrain.algorithms.grpo", "GRPOTrainer", "GRPOConfig", "prompts", ("reward",), demo=True),
         Algorithm("ppo", "PPO (online RL, value head, KL penalty, GAE)", "posttrain.algorithms.ppo", "PPOTrainer", "PPOConfig", "prompts", ("reward", "objective/scores"), demo=True),
+        Algorithm("distill", "distillation from a teacher (on-policy, off-policy or mixed: GKD)", "posttrain.algorithms.distill", "DistillationTrainer", "DistillationConfig", "prompts", ("agreement",), demo=True),
         Algorithm("rloo", "RLOO (online RL, REINFORCE with a leave-one-out baseline)", "posttrain.algorithms.rloo", "RLOOTrainer", "RLOOConfig", "prompts", ("reward",)),
     )
 }

@@ -133,6 +133,26 @@ def kill_at():
     return make
 
 
+@pytest.fixture
+def killed_and_resumed(kill_at):
+    """``killed_and_resumed(run, step)`` -> ``(uninterrupted, resumed)`` final weights of a causal
+    LM: ``run(name, **options)`` builds a trainer writing to ``<...>/<name>`` with those config
+    options (and ``callbacks``); "full" trains whole, "cut" is killed after step ``step`` and then
+    resumed from its latest checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    def go(run, step: int):
+        full = run("full", save_final_model=True)
+        full.train()
+        with pytest.raises(RuntimeError, match=f"killed at step {step}"):
+            run("cut", callbacks=[kill_at(step)]).train()
+        resumed = run("cut", resume_from_checkpoint="latest", save_final_model=True)
+        resumed.train()
+        return full.model.state_dict(), AutoModelForCausalLM.from_pretrained(f"{resumed.config.output_dir}/final").state_dict()
+
+    return go
+
+
 # ---------------------------------------------------------------------- learning tests
 # Expensive starts shared by the learning tests (tests/README.md): trained once per session.
 # A test that uses one of them is a learning test: it is marked ``learning`` here, so it runs

@@ -61,12 +61,12 @@ def test_pipeline_demo_runs_every_stage_into_one_table(tmp_path, capsys):
     # wiring only (--steps 2 caps every stage); the learning tests check what each stage learns
     assert main(["demo", "--algorithm", "pipeline", "--steps", "2", "--output-dir", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
-    assert all(name in shown for name in ("SFT", "noisy start", "DPO", "GRPO", "PPO", "mean RM score", "pairwise accuracy"))
-    for stage in ("sft", "noisy", "rm", "dpo", "grpo", "ppo"):
+    assert all(name in shown for name in ("SFT", "noisy start", "DPO", "GRPO", "PPO", "DISTILL", "mean RM score", "pairwise accuracy"))
+    for stage in ("sft", "noisy", "rm", "dpo", "grpo", "ppo", "distill"):
         assert (tmp_path / stage / "final").is_dir(), stage
 
 
-@pytest.mark.parametrize("algorithm", ["kto", "grpo"])
+@pytest.mark.parametrize("algorithm", ["kto", "grpo", "distill"])
 def test_demo_from_the_noisy_start_runs_every_stage(algorithm, tmp_path, capsys):
     # wiring only (--steps 3 caps every stage); tests/algorithms/test_*_learns.py check that they learn
     args = ["demo", "--algorithm", algorithm, "--steps", "3", "--output-dir", str(tmp_path)]

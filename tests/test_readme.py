@@ -10,7 +10,7 @@ from pathlib import Path
 from posttrain.tasks import ArithmeticTask
 
 README = Path(__file__).parents[1] / "README.md"
-HUB_NAMES = ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B")
+HUB_NAMES = ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-7B-Instruct")
 
 
 def _python_blocks() -> list[str]:

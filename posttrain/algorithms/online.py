@@ -135,8 +135,9 @@ class OnlineTrainer(Trainer):
     config_class = OnlineConfig
     # the loss of posttrain.losses.policy.POLICY_LOSSES the update uses
     policy_loss_name: ClassVar[str] = "clipped"
-    # whether the update reads values from the policy's forward (PPO's value head on the trunk)
-    policy_needs_values: ClassVar[bool] = False
+    # why the update cannot take the prompt_groups layout (None: it can): its loss reads more than
+    # the policy's per-token log-probs (PPO's values from the trunk, distillation's teacher)
+    prompt_groups_unsupported: ClassVar[str | None] = None
     reference: ReferencePolicy | None = None
 
     def __init__(self, model=None, config=None, *, reward_funcs=None, rollout_engine=None, **kwargs):

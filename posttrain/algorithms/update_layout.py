@@ -11,7 +11,8 @@ Three layouts compute the same losses and gradients (tested to float tolerance):
 - ``prompt_groups``: each prompt once, its completions after it through a cache
   (:mod:`posttrain.models.prompt_groups`): the ``G - 1`` repeated prompts of a GRPO group are not
   run at all, since their tokens carry no loss. Not with a value head on the policy (PPO),
-  gradient checkpointing, sharding, or one completion per prompt.
+  distillation (its loss runs the teacher on the same rows), gradient checkpointing, sharding,
+  or one completion per prompt.
 
 ``auto`` (default) takes, for every micro-batch, the layout that applies with the fewest
 floating-point operations counted from its shape (:func:`layout_costs`): the matmuls of every
@@ -106,8 +107,8 @@ def applicable_layouts(trainer) -> tuple[list[str], list[str]]:
     if "prompt_groups" in layouts:
         if cfg.num_generations < 2:
             problem = "one completion per prompt"
-        elif trainer.policy_needs_values:
-            problem = "the update reads values from the policy's trunk"
+        elif trainer.prompt_groups_unsupported:
+            problem = trainer.prompt_groups_unsupported
         elif trainer.accelerator.is_fsdp2:
             problem = "the model is sharded"
         else:

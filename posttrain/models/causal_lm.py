@@ -86,16 +86,8 @@ class TokenLogProbs(nn.Module):
         else None. ``inputs`` holds ``input_ids``, ``position_ids`` and ``attention_mask``;
         ``positions`` as in :meth:`forward`."""
         input_ids = inputs["input_ids"]
-        if self._split_head_ok is None:
-            self._split_head_ok = self._head_is_plain_linear(inputs)
         options = {"temperature": temperature, "with_stats": with_stats, "stats_fn": self.stats_fn}
-        if self._split_head_ok:
-            states = full_hidden = self._body(inputs)
-            head = self.model.get_output_embeddings()
-        else:
-            output = self.model(**inputs, use_cache=False, output_hidden_states=keep_hidden, **varlen_kwargs(self.model, inputs["position_ids"]))
-            full_hidden = output.hidden_states[-1] if keep_hidden else None
-            states, head = output.logits, nn.Identity()
+        states, head, full_hidden = self._states_and_head(inputs, keep_hidden)
         if positions is not None:
             stats = _scatter(self._score(states, head, input_ids, positions, options), positions, input_ids.shape)
         else:
@@ -123,6 +115,26 @@ class TokenLogProbs(nn.Module):
             return None if values is None else torch.where(inside, values, fill)
 
         return TokenStats(logps=keep(stats.logps, 0.0), entropy=keep(stats.entropy, 0.0), argmax_correct=keep(stats.argmax_correct, False))
+
+    def scored_states(self, inputs: dict, positions: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+        """``(states, head)``: the states ``(n, D)`` that predict the tokens at flat ``positions``
+        of ``(B, T)`` (each read one place before its token) and the module that turns them into
+        logits. ``D`` is the hidden size and ``head`` the LM head, or, for a model whose logits
+        are not ``lm_head(hidden)`` (see :meth:`_head_is_plain_linear`), ``D`` is the vocabulary
+        and ``head`` is ``nn.Identity()``. Distillation runs both models' heads on these in
+        chunks (:func:`posttrain.losses.distill.chunked_divergence`)."""
+        states, head, _ = self._states_and_head(inputs, keep_hidden=False)
+        return states.reshape(-1, states.shape[-1]).index_select(0, positions - 1), head
+
+    def _states_and_head(self, inputs: dict, keep_hidden: bool) -> tuple[torch.Tensor, nn.Module, torch.Tensor | None]:
+        """``(states (B, T, D), head, last hidden states or None)`` of one forward pass of the body."""
+        if self._split_head_ok is None:
+            self._split_head_ok = self._head_is_plain_linear(inputs)
+        if self._split_head_ok:
+            states = self._body(inputs)
+            return states, self.model.get_output_embeddings(), states
+        output = self.model(**inputs, use_cache=False, output_hidden_states=keep_hidden, **varlen_kwargs(self.model, inputs["position_ids"]))
+        return output.logits, nn.Identity(), (output.hidden_states[-1] if keep_hidden else None)
 
     def _score(self, states: torch.Tensor, head: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, options: dict) -> TokenStats:
         """Stats ``(1, n)`` of the tokens at flat ``positions``, each predicted from the state

@@ -149,22 +149,14 @@ def test_completion_log_at_its_interval(model_path, tmp_path):
     assert rows[0]["completion"] in table and "length_reward" in table
 
 
-def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path, kill_at):
+def test_resume_after_kill_matches_uninterrupted_run(model_path, tmp_path, killed_and_resumed):
     # must-show 6, sampling from the model: the checkpoint restores the RNG, and (with two
     # iterations per generation batch and a checkpoint between them) the experience buffer
-    def config(name, **extra):
-        return _config(tmp_path, name, max_steps=6, num_iterations=2, save_steps=3, temperature=1.5, max_completion_length=6, **extra)
+    def run(name, callbacks=(), **options):
+        config = _config(tmp_path, name, max_steps=6, num_iterations=2, save_steps=3, temperature=1.5, max_completion_length=6, **options)
+        return GRPOTrainer(model_path("llama"), config, train_dataset=PROMPTS, reward_funcs=[length_reward], callbacks=list(callbacks))
 
-    def run(name, **kwargs):
-        return GRPOTrainer(model_path("llama"), config(name, **kwargs.pop("extra", {})), train_dataset=PROMPTS, reward_funcs=[length_reward], **kwargs)
-
-    full = run("full", extra={"save_final_model": True})
-    full.train()
-    with pytest.raises(RuntimeError, match="killed at step 4"):
-        run("cut", callbacks=[kill_at(4)]).train()
-    run("cut", extra={"resume_from_checkpoint": "latest", "save_final_model": True}).train()
-    expected = full.model.state_dict()
-    actual = AutoModelForCausalLM.from_pretrained(tmp_path / "cut" / "final").state_dict()
+    expected, actual = killed_and_resumed(run, 4)
     start = AutoModelForCausalLM.from_pretrained(model_path("llama")).state_dict()
     assert any(not torch.equal(expected[n], start[n]) for n in expected)
     for name in expected:

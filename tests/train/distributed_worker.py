@@ -1,5 +1,5 @@
 """Trains SFT, DPO (precomputed reference), KTO, a reward model, GRPO and PPO (on scripted completions, so the
-experience does not depend on how it is split) for a few steps with a given per-process
+experience does not depend on how it is split) and distillation (on the rows' completions) for a few steps with a given per-process
 batch; run by tests/train/test_distributed.py once in-process and once under
 ``torchrun --nproc_per_node 2``. Not a test module itself (no ``test_`` prefix).
 
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from posttrain import (
+    DistillationConfig,
+    DistillationTrainer,
     DPOConfig,
     DPOTrainer,
     GRPOConfig,
@@ -26,9 +28,9 @@ from posttrain import (
     SFTTrainer,
 )
 from posttrain.tasks import ArithmeticTask
-from posttrain.testing import ScriptedEngine
+from posttrain.testing import ScriptedEngine, fixture_path
 
-ALGORITHMS = ("sft", "dpo", "kto", "rm", "grpo", "ppo")
+ALGORITHMS = ("sft", "dpo", "kto", "rm", "grpo", "ppo", "distill")
 STEPS = 3
 
 
@@ -72,6 +74,10 @@ def run_all(output_dir: str, batch: int, model: str, classifier: str) -> None:
     ppo = PPOConfig(**_common(out / "ppo", batch), learning_rate=1e-3, batch_size=batch, ppo_epochs=2, max_completion_length=8,
                     kl_coef=0.1, adap_kl_ctrl=True, kl_target=0.01, kl_horizon=16.0)
     PPOTrainer(model, ppo, train_dataset=task.prompt_only("train", 16), reward_funcs=[_length_reward], rollout_engine=_scripted(model)).train()
+    # distillation on the rows' completions (lmbda=0) from a wider Qwen2 teacher: a token mean over
+    # both processes' completion tokens
+    distill = DistillationConfig(**_common(out / "distill", batch), learning_rate=1e-3, lmbda=0.0, max_completion_length=8)
+    DistillationTrainer(model, distill, train_dataset=task.prompt_completion("train", 16), teacher_model=str(fixture_path("qwen2-small"))).train()
 
 
 def _scripted(model: str) -> ScriptedEngine:

@@ -152,9 +152,10 @@ def run_cases(out: str, batch: int, model: str, classifier: str, cases=CASES, fs
             trainer.callbacks.append(die_after(die))
         trainer.train()
         entry = {"module": describe(trainer.module)}
-        reference = getattr(trainer, "_ref_logps_module", None)
-        if reference is not None:
-            entry["reference"] = describe(reference)
+        reference = getattr(trainer, "reference", None)  # the ReferencePolicy component, when the trainer holds one
+        frozen = getattr(reference, "_frozen", None)  # its sharded copy, once it has run
+        if frozen is not None:
+            entry["reference"] = describe(frozen)
         if case == "grpo":
             entry["generation"] = sampled_ids(trainer, root / case / "final")
         report[case] = entry

@@ -3,7 +3,8 @@ one process with 8 rows (same global batch), for SFT (loss normalised by the los
 processes), DPO with reference log-probs precomputed in shards and gathered, KTO (the KL
 reference point z0 is averaged over all processes), a reward model (min / max metrics) and GRPO
 on the same scripted experience (advantages scaled by the std over both processes' rewards), and PPO
-on it (advantages whitened and the adaptive KL coefficient moved with both processes' statistics). The
+on it (advantages whitened and the adaptive KL coefficient moved with both processes' statistics), and
+distillation (a token mean over both processes' completion tokens). The
 final model is gathered with ``accelerator.get_state_dict`` and saved once."""
 
 from __future__ import annotations
