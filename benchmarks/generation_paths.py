@@ -93,6 +93,7 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             completions = engine.generate(prompts, options, GENERATIONS)
             results[name]["rounds"].append(engine.last_stats.tokens_per_second)
+            print(f"{name:>36}: {engine.last_stats.tokens_per_second:8,.0f} tokens/s", flush=True)  # as it goes: a time limit may cut the run
             results[name]["same_tokens_as_first"] &= [c.token_ids for c in completions] == reference
     print(f"model: {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.dtype}) on {args.device}, "
           f"{PROMPTS} prompts x {GENERATIONS} generations, up to {MAX_NEW_TOKENS} new tokens, {torch.get_num_threads()} threads; "

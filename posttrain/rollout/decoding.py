@@ -18,7 +18,7 @@ Paths (``generation_path``), all transformers' own:
   the same distribution as ``generate``'s but not with the same random numbers; greedy ones are
   the same. It supports temperature, top-k, top-p and stop token ids only.
 - ``auto``: :func:`default_path` for the model's device, chosen by measurement
-  (``benchmarks/online_step.py --paths``; README, "Generation paths").
+  (``benchmarks/generation_paths.py``; README, "Online RL at speed").
 
 **Shared prompt prefill** (``share_prompt_prefill``): the ``G`` completions of a prompt start
 from the same prompt, so the dynamic and static paths run the prompt (all but its last token)
@@ -46,7 +46,7 @@ COMPILED_CACHE_MULTIPLE = 64
 
 
 def default_path(device: torch.device) -> str:
-    """The path ``auto`` means on ``device``'s type (README, "Generation paths").
+    """The path ``auto`` means on ``device``'s type (README, "Online RL at speed").
 
     CPU: ``static``, measured fastest without a compile (the static cache avoids the dynamic
     cache's per-step copy; ``static_compiled`` gains ~10% more but pays tens of seconds of compile
