@@ -19,7 +19,8 @@ floating-point operations counted from its shape (:func:`layout_costs`): the mat
 token slot the layout runs (pads included) and attention as the kernels run it (half the
 square under plain causal attention, all of it under a mask). The count is a function of the
 data, so runs choose the same way every time and a resumed run as the uninterrupted one.
-On this CPU the count ranks the layouts as their measured times do (README, "Online RL at speed").
+A count is not a time (kernels differ in efficiency per FLOP): ``measure`` is there for a device
+where the two disagree (README, "Online RL at speed").
 
 ``measure`` times one forward and backward of the first micro-batch in each layout that applies
 (twice each, alternating, the shorter time counts; processes take the slowest process's time),
