@@ -2,8 +2,10 @@
 # The one command to run on a GPU machine: training throughput of the real trainers on a
 # Qwen2.5-0.5B-shaped model (benchmarks/gpu_throughput.py), variants baseline and fast, with
 # gradient checkpointing off and on; then the sharded variant (FSDP2 at world size 1: one GPU,
-# bf16 compute, fp32 gradient reduction) of SFT and DPO in a process of its own. Ends within 5
-# minutes whatever happens.
+# bf16 compute, fp32 gradient reduction) of SFT and DPO in a process of its own; then the
+# generation tokens/s of each rollout path of online RL (benchmarks/generation_paths.py: GRPO's
+# rollout of 8 prompts x 8 generations on the same model in bfloat16). Ends within 5 minutes
+# whatever happens.
 #
 #     bash benchmarks/gpu_check.sh [WHEEL_DIR]            # from anywhere; results in /tmp
 #     OUT=/some/dir bash benchmarks/gpu_check.sh          # results in /some/dir
@@ -22,10 +24,12 @@
 #
 # Output: nvidia-smi, the torch version, one line per measurement and, at the end, the results as
 # JSON, also written to $OUT/gpu_throughput.json ($OUT/gpu_sharded.json for the sharded run, which
-# gets the last SHARDED_BUDGET seconds, default 70). The files are rewritten after every measurement,
-# so if the time limit cuts the run short it still holds what was measured ("complete": false),
-# and it is printed then too. PYTHON (default: python) chooses the interpreter; BUDGET (default
-# 290) the seconds the whole script may take.
+# gets SHARDED_BUDGET seconds, default 70). These files are rewritten after every measurement,
+# so if the time limit cuts the run short they still hold what was measured ("complete": false),
+# and they are printed then too. The generation paths get the last GENERATION_BUDGET seconds
+# (default 90) and write $OUT/gpu_generation.json at their end only; their lines print as they go.
+# PYTHON (default: python) chooses the interpreter; BUDGET (default 290) the seconds the whole
+# script may take.
 
 set -u
 
@@ -39,6 +43,8 @@ BUDGET="${BUDGET:-290}"
 RESULTS="$OUT/gpu_throughput.json"
 SHARDED_RESULTS="$OUT/gpu_sharded.json"
 SHARDED_BUDGET="${SHARDED_BUDGET:-70}"
+GENERATION_RESULTS="$OUT/gpu_generation.json"
+GENERATION_BUDGET="${GENERATION_BUDGET:-90}"
 
 cd "$REPO" || exit 1
 mkdir -p "$OUT"
@@ -77,7 +83,7 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch
 print('transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__)
 "
 
-left=$((BUDGET - SECONDS - 10 - SHARDED_BUDGET))  # 10 s for the end: the kill grace below and printing
+left=$((BUDGET - SECONDS - 10 - SHARDED_BUDGET - GENERATION_BUDGET))  # 10 s for the end: the kill grace below and printing
 [ "$left" -ge 1 ] || left=1
 echo "== benchmarks/gpu_throughput.py ($left s at most)"
 rm -f "$RESULTS"
@@ -88,7 +94,7 @@ if [ "$status" -ne 0 ]; then
     cat "$RESULTS" 2>/dev/null || echo "(no results written)"
 fi
 
-left=$((BUDGET - SECONDS - 10))
+left=$((BUDGET - SECONDS - 10 - GENERATION_BUDGET))
 [ "$left" -ge 1 ] || left=1
 echo "== benchmarks/gpu_throughput.py --variant sharded ($left s at most)"
 rm -f "$SHARDED_RESULTS"
@@ -100,5 +106,16 @@ if [ "$sharded_status" -ne 0 ]; then
     cat "$SHARDED_RESULTS" 2>/dev/null || echo "(no results written)"
     [ "$status" -ne 0 ] || status=$sharded_status
 fi
-echo "== results in $RESULTS and $SHARDED_RESULTS (${SECONDS}s in all)"
+left=$((BUDGET - SECONDS - 10))
+[ "$left" -ge 1 ] || left=1
+echo "== benchmarks/generation_paths.py ($left s at most)"
+rm -f "$GENERATION_RESULTS"
+timeout --kill-after=5 "$left" "$PYTHON" benchmarks/generation_paths.py --device cuda --size qwen0.5b --dtype bfloat16 --rounds 2 --force \
+    --json "$GENERATION_RESULTS"
+generation_status=$?
+if [ "$generation_status" -ne 0 ]; then
+    echo "the generation paths run exited with $generation_status (its lines above are what it measured)"
+    [ "$status" -ne 0 ] || status=$generation_status
+fi
+echo "== results in $RESULTS, $SHARDED_RESULTS and $GENERATION_RESULTS (${SECONDS}s in all)"
 exit "$status"

@@ -41,6 +41,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PROMPTS_PER_STEP, GENERATIONS, MAX_NEW_TOKENS, LEARNING_RATE, SEED = 8, 8, 128, 1e-5, 0
+# posttrain's own timers of a step's parts (metrics.jsonl), reported beside its step time
+PARTS = {"generation": "time/generation", "rewards": "time/rewards", "experience": "time/experience", "training": "time/training"}
 
 
 def length_reward(completions, **kwargs):
@@ -64,7 +66,8 @@ def run_posttrain(model_dir: str, prompts: list[dict], steps: int, output_dir: s
     trainer = GRPOTrainer(model_dir, config, train_dataset=prompts, reward_funcs=[length_reward], callbacks=[lambda *_: times.append(time.perf_counter())])
     trainer.train()
     records = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return {"step_ends": times, "mean_completion_length": [r["completions/mean_length"] for r in records if "completions/mean_length" in r]}
+    parts = {part: [r[key] for r in records if key in r] for part, key in PARTS.items()}
+    return {"step_ends": times, "mean_completion_length": [r["completions/mean_length"] for r in records if "completions/mean_length" in r], "parts": parts}
 
 
 def run_trl(model_dir: str, prompts: list[dict], steps: int, output_dir: str) -> dict:
@@ -164,9 +167,11 @@ def main(argv=None) -> int:
             result = json.loads(out.read_text())
             seconds = step_seconds(result, arguments.warmup)
             tokens = [length * PROMPTS_PER_STEP * GENERATIONS for length in result["mean_completion_length"][arguments.warmup :]]
-            runs[name].append({"step_seconds": seconds, "completion_tokens": tokens})
+            parts = {part: values[arguments.warmup :] for part, values in result.get("parts", {}).items()}
+            runs[name].append({"step_seconds": seconds, "completion_tokens": tokens, "parts": parts})
+            split = "; parts (median): " + ", ".join(f"{part} {statistics.median(v):.2f}" for part, v in parts.items() if v) if parts else ""
             print(f"round {round_index} {name:>9}: steps {', '.join(f'{s:.2f}' for s in seconds)} s; "
-                  f"completion tokens per step {', '.join(f'{t:.0f}' for t in tokens)}", flush=True)
+                  f"completion tokens per step {', '.join(f'{t:.0f}' for t in tokens)}{split}", flush=True)
     summary = {}
     for name, measured in runs.items():
         seconds = [s for run in measured for s in run["step_seconds"]]

@@ -92,6 +92,7 @@ class DistillationTrainer(OnlineTrainer):
     from (it must equal the student's)."""
 
     config_class = DistillationConfig
+    prompt_groups_unsupported = "the loss runs the teacher on the same packed or padded rows"
 
     def __init__(self, model=None, config=None, *, teacher_model=None, teacher_tokenizer=None, **kwargs):
         self._teacher_source, self._teacher_tokenizer = teacher_model, teacher_tokenizer

@@ -22,6 +22,7 @@ import torch
 
 from posttrain.data.collate import collate_packed
 from posttrain.data.packing import best_fit_decreasing, make_packed_row
+from posttrain.models.prompt_groups import PromptGroups
 
 
 @dataclass
@@ -121,7 +122,9 @@ class MicroBatch:
     ``position_ids`` ``(R, T)``; ``completion_index`` ``(S, L)``; ``completion_positions`` ``(n,)``,
     the ascending flat positions of every completion token, the only ones the LM head scores
     (None: all); ``rows`` ``(S,)``, which experience rows; ``num_tokens`` (real input tokens);
-    and ``(S, L)`` slices of the experience's per-token tensors."""
+    and ``(S, L)`` slices of the experience's per-token tensors. ``groups``, when set, lays the
+    same sequences out with each prompt once (:class:`~posttrain.models.prompt_groups.PromptGroups`),
+    for a forward pass that gives ``(S, L)`` values directly."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
@@ -135,11 +138,13 @@ class MicroBatch:
     ref_logps: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    groups: PromptGroups | None = None
 
 
-def micro_batch(experience: Experience, rows: Sequence[int], pad_token_id: int, capacity: int = 0) -> MicroBatch:
+def micro_batch(experience: Experience, rows: Sequence[int], pad_token_id: int, capacity: int = 0, group_prompts: bool = False) -> MicroBatch:
     """Rows ``rows`` of ``experience`` as one :class:`MicroBatch` (see the module docstring);
-    ``capacity`` 0 puts each sequence in its own right-padded row."""
+    ``capacity`` 0 puts each sequence in its own right-padded row; ``group_prompts`` also lays
+    them out by prompt (``MicroBatch.groups``)."""
     if not rows:
         raise ValueError("cannot collate an empty list of rows")
     prompts = [experience.samples.items[i]["prompt_ids"] for i in rows]
@@ -172,6 +177,7 @@ def micro_batch(experience: Experience, rows: Sequence[int], pad_token_id: int, 
         rows=selected,
         num_tokens=packed["num_tokens"],
         **{name: None if value is None else value[selected, :longest] for name, value in values.items()},
+        groups=PromptGroups.from_lists(prompts, completions, pad_token_id) if group_prompts else None,
     )
 
 
@@ -200,12 +206,15 @@ def split_micro_batches(items: Sequence, size: int) -> list[list]:
 
 class ExperienceBuffer:
     """The experience in use and the optimizer steps it still serves, each a list of its rows
-    (the same rows ``num_iterations`` times for GRPO, a shuffled mini-batch per step for PPO).
-    In every checkpoint, so a run resumed between two of those steps continues on the same samples."""
+    (the same rows ``num_iterations`` times for GRPO, a shuffled mini-batch per step for PPO),
+    and the layout of the update's micro-batches once chosen (:mod:`~posttrain.algorithms.update_layout`).
+    In every checkpoint, so a run resumed between two of those steps continues on the same samples
+    in the same layout."""
 
     def __init__(self):
         self.experience: Experience | None = None
         self.steps: list[list[int]] = []
+        self.layout: str | None = None
 
     def fill(self, experience: Experience, steps: list[list[int]]) -> None:
         """Serve ``experience``'s rows ``steps[k]`` to the k-th optimizer step from now."""
@@ -219,9 +228,14 @@ class ExperienceBuffer:
         dropped, self.steps = len(self.steps), []
         return dropped
 
+    def peek(self) -> list[int] | None:
+        """The rows of the next step, left in place."""
+        return self.steps[0] if self.steps else None
+
     def state_dict(self) -> dict:
-        return {"experience": self.experience, "steps": self.steps}
+        return {"experience": self.experience, "steps": self.steps, "layout": self.layout}
 
     def load_state_dict(self, state: dict) -> None:
         self.experience, self.steps = state["experience"], list(state["steps"])
+        self.layout = state.get("layout")  # checkpoints written before layouts were chosen: choose again
 

@@ -30,6 +30,7 @@ from posttrain.algorithms.experience import (
 )
 from posttrain.algorithms.reference import ReferenceConfig, ReferencePolicy, load_policy
 from posttrain.algorithms.tool_use import EpisodeBatch, ToolUse
+from posttrain.algorithms.update_layout import UPDATE_LAYOUTS, LayoutChooser, measured_layout
 from posttrain.config import option
 from posttrain.data.prompt_only import prepare_prompts
 from posttrain.data.prompts import end_of_turn_ids
@@ -40,6 +41,7 @@ from posttrain.models.causal_lm import TokenLogProbs
 from posttrain.models.loading import set_chat_template
 from posttrain.models.packing_check import check_packing_isolation
 from posttrain.rollout import HFGenerationEngine, RewardFunctions, SamplingOptions
+from posttrain.rollout.decoding import GENERATION_PATHS, plan_generation
 from posttrain.rollout.reward_spec import check_reward_packages
 from posttrain.train.loop import BatchSource, Trainer, TrainingRun
 from posttrain.train.metrics import Metric, MetricAccumulator
@@ -66,7 +68,9 @@ class OnlineConfig(ReferenceConfig):
     stop_strings: list = option([], "Stop a completion once it ends with one of these strings.")
     stop_token_ids: list = option([], "Token ids that end a completion besides EOS.")
     generation_kwargs: dict = option({}, "Any other keyword for transformers' generate().")
-    generation_batch_size: int = option(64, "Sequences (prompts x generations) per generate() call: memory, not semantics.")
+    generation_batch_size: int = option(64, "Sequences (prompts x generations) per generate() call, and per log-prob pass without grad: memory, not semantics.")
+    generation_path: str = option("auto", "How the default engine runs transformers' generation: auto (the measured default of the device: static on CPU, static_compiled on GPUs), dynamic, static (a static KV cache), static_compiled (and a compiled decoding step), continuous_batching (paged attention).", choices=GENERATION_PATHS)
+    share_prompt_prefill: bool = option(True, "Run each prompt through the model once for all its num_generations completions (same completions, less prefill).")
     system_prompt: str | None = option(None, "Turn string prompts into conversations: this system message, then the prompt as the user's message (rendered by the chat template).")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")
     chat_template_kwargs: dict = option({}, "Extra variables for the chat template.")
@@ -74,7 +78,8 @@ class OnlineConfig(ReferenceConfig):
     reward_weights: list | None = option(None, "One weight per reward function (default 1 each); the reward is their weighted sum.")
     mask_truncated_completions: bool = option(False, "Give no loss to completions cut at max_completion_length (their reward judged an unfinished answer).")
     num_iterations: int = option(1, "Optimizer steps per generation batch (mu). With 1, no extra log-prob pass is run: the ratio is 1 by construction.", range="[1, inf)")
-    packing: bool = option(True, "Pack prompt+completion sequences into rows for the update (no padding waste; a start-up probe checks attention never crosses sequences).")
+    packing: bool = option(True, "Allow packing prompt+completion sequences into rows for the update (a start-up probe checks attention never crosses sequences); False: padded rows only.")
+    update_layout: str = option("auto", "How the update lays out sequences: auto (per micro-batch, the layout that applies with the fewest FLOPs counted from its shape), packed, padded, prompt_groups (each prompt run once for all its completions), measure (the fastest on the first micro-batch, timed).", choices=UPDATE_LAYOUTS)
     tools: list = option([], "Tools the model may call, for the CLI: 'module:function' or 'path/to/file.py:function' paths (type hints and a docstring describe each). Python callers pass tools=[callable, ...]. With tools, each rollout is a multi-turn episode.")
     environment_factory: Any = option(None, "For the CLI: 'module:Class' or 'path/to/file.py:Class', built once per episode; its public methods are that episode's tools, it can end the episode (done = True) and reward functions receive it (environments). Python callers pass environment_factory=Class.")
     max_tool_calling_iterations: int = option(5, "Rounds of tool calls an episode may run; the turn after the last round is its answer (calls it still makes are not run, counted in tools/hit_limit_ratio).", range="[1, inf)")
@@ -135,6 +140,9 @@ class OnlineTrainer(Trainer):
     config_class = OnlineConfig
     # the loss of posttrain.losses.policy.POLICY_LOSSES the update uses
     policy_loss_name: ClassVar[str] = "clipped"
+    # why the update cannot take the prompt_groups layout (None: it can): its loss reads more than
+    # the policy's per-token log-probs (PPO's values from the trunk, distillation's teacher)
+    prompt_groups_unsupported: ClassVar[str | None] = None
     reference: ReferencePolicy | None = None
 
     def __init__(self, model=None, config=None, *, reward_funcs=None, rollout_engine=None, tools=None, environment_factory=None, **kwargs):
@@ -150,6 +158,7 @@ class OnlineTrainer(Trainer):
         if self.rewards is not None:
             self.rewards.check_columns(self._columns, environments=self.tool_use is not None and self.tool_use.has_environments)
         self.buffer = ExperienceBuffer()
+        self.layouts = LayoutChooser(self)
 
     # ------------------------------------------------------------------ what an algorithm defines
 
@@ -223,9 +232,16 @@ class OnlineTrainer(Trainer):
     def engine(self):
         """The generation engine (the default one is built at first use)."""
         if self._engine is None:
+            cfg = self.config
+            try:  # a path asked for by name that cannot run here is a config error, said before the first rollout
+                plan = plan_generation(cfg.generation_path, self.unwrapped_model(), self.accelerator.device, self.sampling_options(), cfg.share_prompt_prefill)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            self.reporter.print_verbatim(plan.describe() + (f" ({cfg.generation_path})" if cfg.generation_path == "auto" else ""))
             self._engine = HFGenerationEngine(
-                self.model, self.tokenizer, batch_size=self.config.generation_batch_size, accelerator=self.accelerator,
-                weights=self.gathered_weights,
+                self.model, self.tokenizer, batch_size=cfg.generation_batch_size, accelerator=self.accelerator,
+                weights=self.gathered_weights, path=cfg.generation_path, share_prompt_prefill=cfg.share_prompt_prefill,
+                notify=self.reporter.print_verbatim,
             )
         return self._engine
 
@@ -303,6 +319,8 @@ class OnlineTrainer(Trainer):
     def next_window(self, module, stream: Iterator, state: TrainState) -> list[MicroBatch]:
         if not self.buffer.steps:
             self.prepare_experience(self.sample(stream), state)
+        if self.config.update_layout == "measure" and self.buffer.layout is None:  # once per run, kept in checkpoints
+            self.buffer.layout = measured_layout(self, module, self.buffer.experience, self.buffer.peek(), self.layouts.applicable())
         return self.take_window()
 
     def prepare_experience(self, samples: Samples, state: TrainState) -> None:
@@ -337,9 +355,15 @@ class OnlineTrainer(Trainer):
         rows = self.buffer.take()
         return None if rows is None else self.micro_batches(self.buffer.experience, rows)
 
-    def micro_batches(self, experience: Experience, rows: list[int]) -> list[MicroBatch]:
-        chunks = split_micro_batches(rows, self.config.per_device_train_batch_size)
-        return [micro_batch(experience, chunk, self.tokenizer.pad_token_id, self._row_capacity()) for chunk in chunks]
+    def micro_batches(self, experience: Experience, rows: list[int], layout: str | None = None) -> list[MicroBatch]:
+        """``rows`` in micro-batches of ``per_device_train_batch_size``, each laid out as
+        ``layout`` or, by default, as the config's ``update_layout`` chooses for it
+        (:mod:`~posttrain.algorithms.update_layout`)."""
+        batches, capacity = [], self._row_capacity()
+        for chunk in split_micro_batches(rows, self.config.per_device_train_batch_size):
+            chosen = layout or self.layouts.layout_of(experience, chunk, capacity)
+            batches.append(micro_batch(experience, chunk, self.tokenizer.pad_token_id, capacity if chosen != "padded" else 0, chosen == "prompt_groups"))
+        return batches
 
     def _row_capacity(self) -> int:
         cfg = self.config
@@ -352,10 +376,10 @@ class OnlineTrainer(Trainer):
         """Per-token values of every completion token, ``{name: (N, L)}`` (0 after each
         completion's end): ``forward(input_ids, position_ids, completion_positions)`` maps packed
         ``(R, T)`` inputs to ``{name: (R, T)}`` aligned with the input tokens. Runs in chunks of
-        ``per_device_eval_batch_size`` sequences."""
+        ``generation_batch_size`` sequences (the batch the rollout produced)."""
         device, out = self.accelerator.device, {}
         lengths = torch.tensor([len(c.token_ids) for c in experience.samples.completions])
-        for chunk in split_micro_batches(range(len(experience)), self.config.per_device_eval_batch_size):
+        for chunk in split_micro_batches(range(len(experience)), self.config.generation_batch_size):
             batch = micro_batch(experience, chunk, self.tokenizer.pad_token_id, self._row_capacity())
             scored = None if batch.completion_positions is None else batch.completion_positions.to(device)
             values = forward(batch.input_ids.to(device), batch.position_ids.to(device), scored)
@@ -392,6 +416,9 @@ class OnlineTrainer(Trainer):
     def policy_forward(self, module, batch: MicroBatch, with_values: bool = False):
         """``(logps, entropy, values)``, each ``(S, L)`` on the batch's completion tokens, with
         grad (``values`` None unless asked for)."""
+        if batch.groups is not None and not with_values:  # (S, L) directly, each prompt run once
+            out = module(groups=batch.groups.to(self.accelerator.device), temperature=self.config.temperature, with_stats=True)
+            return out.logps, out.entropy, None
         extra = {"with_values": True} if with_values else {}
         out = module(batch.input_ids, batch.position_ids, temperature=self.config.temperature, with_stats=True, positions=batch.completion_positions, **extra)
         index = batch.completion_index

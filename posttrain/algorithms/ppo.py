@@ -141,6 +141,7 @@ class PPOTrainer(StepAPI, OnlineTrainer):
     :meth:`generate` and :meth:`step`. ``value_model=`` (a path or model) initialises the critic."""
 
     config_class = PPOConfig
+    prompt_groups_unsupported = "the update reads values from the policy's trunk"
 
     def __init__(self, *args, value_model=None, **kwargs):
         model, config, kwargs = split_positional(args, kwargs)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from posttrain.models.attention import varlen_kwargs
+from posttrain.models.prompt_groups import PromptGroups, prompt_group_states
 from posttrain.ops import TokenStats, auto_chunk_size, token_logps
 
 
@@ -56,14 +57,17 @@ class TokenLogProbs(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
         temperature: float = 1.0,
         with_stats: bool = False,
         positions: torch.Tensor | None = None,
+        groups: PromptGroups | None = None,
     ) -> TokenStats:
+        if groups is not None:
+            return self.grouped_stats(groups, temperature=temperature, with_stats=with_stats)
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
         stats, _ = self.stats_and_hidden(inputs, temperature=temperature, with_stats=with_stats, positions=positions)
         return stats
@@ -91,6 +95,26 @@ class TokenLogProbs(nn.Module):
             chunk = self._chunk(labels.numel(), _vocab_size(head)) if not isinstance(head, nn.Identity) else None
             stats = _pad_first_column(token_logps(states[:, :-1], head, labels, chunk_size=chunk, **options))
         return stats, (full_hidden if keep_hidden else None)
+
+    def grouped_stats(self, groups: PromptGroups, *, temperature: float = 1.0, with_stats: bool = False) -> TokenStats:
+        """Stats ``(S, L)`` of the completion tokens of ``groups``, each prompt run once
+        (:mod:`posttrain.models.prompt_groups`); 0 / False after each completion's end. Needs the
+        split head (a model whose logits are ``lm_head(decoder(x))``)."""
+        if self._split_head_ok is None:
+            probe = {"input_ids": groups.prompt_ids[:1, -8:], "position_ids": None, "attention_mask": None}
+            self._split_head_ok = self._head_is_plain_linear(probe)
+        if not self._split_head_ok:
+            raise ValueError(f"{type(self.model).__name__} post-processes its logits: prompt groups need lm_head(decoder(x))")
+        states = prompt_group_states(self.model.get_decoder(), groups, self.model.config)
+        head, labels = self.model.get_output_embeddings(), groups.completion_ids
+        chunk = self._chunk(labels.numel(), _vocab_size(head))
+        stats = token_logps(states, head, labels, chunk_size=chunk, temperature=temperature, with_stats=with_stats, stats_fn=self.stats_fn)
+        inside = torch.arange(labels.shape[1], device=labels.device) < groups.completion_lengths.unsqueeze(1)
+
+        def keep(values, fill):
+            return None if values is None else torch.where(inside, values, fill)
+
+        return TokenStats(logps=keep(stats.logps, 0.0), entropy=keep(stats.entropy, 0.0), argmax_correct=keep(stats.argmax_correct, False))
 
     def scored_states(self, inputs: dict, positions: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
         """``(states, head)``: the states ``(n, D)`` that predict the tokens at flat ``positions``

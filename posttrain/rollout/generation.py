@@ -26,17 +26,29 @@ here, so the project has one generation path.
   from a model that generated pad tokens.
 - **Sampling** draws from torch's global RNG (no private generator), so accelerate's
   checkpoint of the RNG states makes a resumed run sample the same completions.
+- **Paths.** The cache (dynamic or static), a compiled decoding step, continuous batching, and a
+  prompt prefill shared by a group's completions are chosen per device
+  (:mod:`posttrain.rollout.decoding`); what does not apply is noted once, in one line.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
+from posttrain.rollout.decoding import (
+    GENERATION_PATHS,
+    GenerationPlan,
+    compile_config,
+    continuous_batching_problem,
+    plan_generation,
+    prefilled_cache,
+)
 from posttrain.rollout.engine import GenerationStats, check_prompt_ids
 from posttrain.rollout.sampling import Completion, SamplingOptions
 
@@ -150,14 +162,21 @@ class HFGenerationEngine:
         weights: ``() -> context manager`` entered around each ``generate`` call (by every
             process together); it gives the module to generate with (whole weights gathered
             from a sharded model), or None for ``model`` itself.
+        path: one of :data:`~posttrain.rollout.decoding.GENERATION_PATHS` (``auto``: the
+            measured default of the model's device).
+        share_prompt_prefill: run each prompt once through the model for all its generations.
+        notify: ``(line) -> None``, told once per distinct note on a path that did not apply
+            (default: :func:`warnings.warn`).
 
-    ``last_stats`` holds the :class:`GenerationStats` of the latest :meth:`generate` call.
+    ``last_stats`` holds the :class:`GenerationStats` of the latest :meth:`generate` call and
+    ``plan`` its :class:`~posttrain.rollout.decoding.GenerationPlan`.
     """
 
     holds_weights = False  # it generates with the live module (or, sharded, whole weights gathered from it)
 
     def __init__(
-        self, model: nn.Module, tokenizer, batch_size: int = 64, unwrap: Callable | None = None, accelerator=None, weights: Callable | None = None
+        self, model: nn.Module, tokenizer, batch_size: int = 64, unwrap: Callable | None = None, accelerator=None, weights: Callable | None = None,
+        path: str = "auto", share_prompt_prefill: bool = True, notify: Callable[[str], None] | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -170,6 +189,12 @@ class HFGenerationEngine:
         self.last_stats = GenerationStats()
         self._recorders: dict[tuple[str, ...], StopStringRecorder] = {}
         self.weights = weights
+        if path not in GENERATION_PATHS:  # a bad name fails here, not at the first rollout
+            raise ValueError(f"path must be one of {GENERATION_PATHS}, got {path!r}")
+        self.path, self.share_prompt_prefill = path, share_prompt_prefill
+        self.notify = notify or (lambda line: warnings.warn(line, stacklevel=3))
+        self.plan: GenerationPlan | None = None
+        self._noted: set[str] = set()
 
     def update_weights(self, model: nn.Module | None = None) -> None:
         """Nothing to copy: generation uses the live module. Passing another model object (e.g.
@@ -191,17 +216,29 @@ class HFGenerationEngine:
             stop_ids = stop_token_ids(self.tokenizer, model, options.stop_token_ids)
             pad_id = self._pad_id(stop_ids)
             recorder = self._recorder(options.stop_strings)
+            plan = self._plan(model, options)
             completions: list[Completion] = []
             with generation_mode(self.model if gathered is None else gathered):
-                for start in range(0, len(rows), self.batch_size):
+                if plan.path == "continuous_batching":
+                    completions = self._generate_continuous(model, rows, options, stop_ids, pad_id, num_generations)
+                for start in range(0, len(rows) if plan.path != "continuous_batching" else 0, self.batch_size):
                     batch = rows[start : start + self.batch_size]
-                    completions += self._generate_batch(model, batch, options, stop_ids, pad_id, recorder)
+                    completions += self._generate_batch(model, batch, options, stop_ids, pad_id, recorder, plan)
         self.last_stats = GenerationStats(
             sequences=len(completions),
             tokens=sum(len(c.token_ids) for c in completions),
             seconds=time.perf_counter() - started,
         )
         return completions
+
+    def _plan(self, model, options: SamplingOptions) -> GenerationPlan:
+        """The plan of this call; its notes go to ``notify``, each once."""
+        self.plan = plan_generation(self.path, model, _device_of(model), options, self.share_prompt_prefill)
+        for note in self.plan.notes:
+            if note not in self._noted:
+                self._noted.add(note)
+                self.notify(note)
+        return self.plan
 
     def _pad_id(self, stop_ids: list[int]) -> int:
         if self.tokenizer.pad_token_id is not None:
@@ -218,25 +255,65 @@ class HFGenerationEngine:
             self._recorders[stop_strings] = StopStringRecorder(self.tokenizer, stop_strings)
         return self._recorders[stop_strings]
 
-    def _generate_batch(self, model, batch, options: SamplingOptions, stop_ids, pad_id, recorder) -> list[Completion]:
-        input_ids, attention_mask = left_pad(batch, pad_id)
+    def _generate_batch(self, model, batch, options: SamplingOptions, stop_ids, pad_id, recorder, plan: GenerationPlan) -> list[Completion]:
         device = _device_of(model)
+        input_ids, attention_mask = (t.to(device) for t in left_pad(batch, pad_id))
         kwargs = generate_kwargs(model, options, stop_ids, pad_id)
         if recorder is not None:
             from transformers import StoppingCriteriaList
 
             recorder.start(input_ids.shape[1])
             kwargs["stopping_criteria"] = StoppingCriteriaList([recorder])
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
+        if plan.path == "static_compiled":
+            kwargs["compile_config"] = compile_config(device)
+        cache = prefilled_cache(model, plan, input_ids, attention_mask, options.max_completion_length)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences  # (B, T + new)
         new_rows = sequences[:, input_ids.shape[1] :].tolist()
         hits = [-1] * len(new_rows) if recorder is None or recorder.first_hit is None else recorder.first_hit.tolist()
-        stop_set = set(stop_ids)
-        completions = []
-        for new_ids, hit in zip(new_rows, hits):
-            token_ids, reason = split_completion(new_ids, stop_set, hit)
-            completions.append(Completion(token_ids, self.tokenizer.decode(token_ids, skip_special_tokens=True), reason))
-        return completions
+        return [self._completion(new_ids, set(stop_ids), hit) for new_ids, hit in zip(new_rows, hits)]
+
+    def _completion(self, new_ids: list[int], stop_set: set[int], stop_string_at: int = -1) -> Completion:
+        token_ids, reason = split_completion(new_ids, stop_set, stop_string_at)
+        return Completion(token_ids, self.tokenizer.decode(token_ids, skip_special_tokens=True), reason)
+
+    def _generate_continuous(self, model, rows, options: SamplingOptions, stop_ids, pad_id, num_generations: int) -> list[Completion]:
+        """Every row through transformers' continuous batching (``generate_batch``), each prompt
+        once with ``num_generations`` forks; ``batch_size`` does not apply (the paged cache
+        schedules the sequences)."""
+        from transformers import GenerationConfig
+
+        problem = continuous_batching_problem(model, options)
+        if problem is not None:  # options differ from the ones the plan was made for
+            raise ValueError(f"generation_path='continuous_batching' cannot run: {problem}")
+        # greedy completions of one prompt are all the same: each prompt is generated once, repeated
+        forks = num_generations if options.do_sample else 1
+        sampling = {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k or 0} if options.do_sample else {}
+        config = GenerationConfig(
+            max_new_tokens=options.max_completion_length, do_sample=options.do_sample, eos_token_id=stop_ids or None,
+            pad_token_id=pad_id, num_return_sequences=forks, **sampling,
+        )
+        prompts = rows[::num_generations]
+        results = list(model.generate_batch(prompts, generation_config=config, continuous_batching_config=paged_cache_config(rows, options), progress_bar=False, warmup=False).values())
+        if len(results) != len(prompts) * forks or any(r.error for r in results):
+            errors = [r.error for r in results if r.error]
+            raise RuntimeError(f"continuous batching returned {len(results)} of {len(prompts) * forks} completions; errors: {errors[:3]}")
+        # generate_batch lists a prompt's forks first and the prompt's own request last; any order
+        # of a group's completions is the same sample, and the group stays contiguous
+        completions = [self._completion(list(result.generated_tokens), set(stop_ids)) for result in results]
+        return [c for c in completions for _ in range(num_generations // forks)]
+
+
+def paged_cache_config(rows: list[list[int]], options: SamplingOptions):
+    """A ``ContinuousBatchingConfig`` whose paged cache holds every row at once and no more
+    (sized from free device memory otherwise: gigabytes allocated per call on a CPU)."""
+    from transformers import ContinuousBatchingConfig
+
+    page = 256
+    longest = max(len(ids) for ids in rows) + options.max_completion_length
+    return ContinuousBatchingConfig(
+        page_size=page, num_blocks=len(rows) * -(-longest // page) + 1, max_batch_tokens=max(sum(len(ids) for ids in rows), len(rows)),
+    )
 
 
 def generate_kwargs(model, options: SamplingOptions, stop_ids: list[int], pad_id: int) -> dict:

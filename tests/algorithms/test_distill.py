@@ -207,3 +207,16 @@ def test_evaluation_scores_the_eval_rows_completions(model_path, tmp_path):
     assert same["eval/loss"] == 0.0 and same["eval/agreement"] == 1.0
     prompts = _trainer(model_path, _config(tmp_path, "greedy", lmbda=1.0), rows=PROMPTS, eval_dataset=PROMPTS[:4]).evaluate()
     assert prompts["eval/loss"] > 0  # on the student's greedy completions
+
+
+def test_update_layouts_leave_out_prompt_groups(model_path, tmp_path):
+    # the loss runs the teacher on the micro-batch's packed or padded rows, so a layout that
+    # gives only the student's per-token values cannot serve it; asked for by name, it is refused
+    from posttrain.algorithms.update_layout import applicable_layouts
+
+    layouts, notes = applicable_layouts(_trainer(model_path, _config(tmp_path, "auto", lmbda=1.0, num_generations=2), rows=PROMPTS))
+    assert layouts == ["packed", "padded"]
+    assert notes == ["update layout prompt_groups does not apply (the loss runs the teacher on the same packed or padded rows)"]
+    named = _trainer(model_path, _config(tmp_path, "named", lmbda=1.0, num_generations=2, update_layout="prompt_groups"), rows=PROMPTS)
+    with pytest.raises(ConfigError, match="update_layout='prompt_groups' cannot be used: the loss runs the teacher"):
+        applicable_layouts(named)

@@ -61,10 +61,17 @@ def test_accumulation_splits_give_the_same_gradients(model_path, tmp_path, first
     assert_tensors_close_to_scale(actual, expected)
 
 
-def test_packed_and_padded_updates_agree(model_path, tmp_path, first_step_gradients):
-    packed = first_step_gradients(_trainer(model_path, _config(tmp_path, "packed")).train)
+def test_packed_padded_and_prompt_group_updates_agree(model_path, tmp_path, first_step_gradients):
+    packed = first_step_gradients(_trainer(model_path, _config(tmp_path, "packed", update_layout="packed")).train)
     padded = first_step_gradients(_trainer(model_path, _config(tmp_path, "padded", packing=False)).train)
     assert_tensors_close_to_scale(packed, padded)
+    # each prompt run once for its 4 completions (PROMPTS have different lengths: left-padded prompts)
+    grouped = _trainer(model_path, _config(tmp_path, "grouped", update_layout="prompt_groups"))
+    assert_tensors_close_to_scale(first_step_gradients(grouped.train), packed)
+    assert grouped.micro_batches(grouped.buffer.experience, list(range(8)))[0].groups.prompt_ids.shape[0] == 2  # 2 prompts x 4
+    # split over micro-batches that cut groups (2 completions of a prompt per micro-batch)
+    split = _trainer(model_path, _config(tmp_path, "split", update_layout="prompt_groups", per_device_train_batch_size=2, gradient_accumulation_steps=4))
+    assert_tensors_close_to_scale(first_step_gradients(split.train), packed)
 
 
 def test_first_of_several_iterations_equals_a_single_pass(model_path, tmp_path, first_step_gradients):

@@ -93,7 +93,8 @@ def test_checkpointed_experience_holds_no_metrics(model_path, tmp_path):
     trainer = GRPOTrainer(model_path("llama"), config, train_dataset=PROMPTS, reward_funcs=[length_reward])
     trainer.train()
     state = trainer.buffer.state_dict()
-    assert set(state) == {"experience", "steps"} and state["steps"] == [list(range(8))]  # the second pass is still to come
+    assert set(state) == {"experience", "steps", "layout"} and state["steps"] == [list(range(8))]  # the second pass is still to come
+    assert state["layout"] is None  # only update_layout="measure" records one (chosen at the first step)
     experience = state["experience"]
     assert experience.old_logps is not None and experience.advantages.shape == experience.completion_mask.shape
     assert not any(isinstance(value, dict) for value in vars(experience).values())
