@@ -173,7 +173,8 @@ class StepAPI:
             self.optimizer_step(run, window, sink)
             self.end_step(run, scheduled_log=False)
         self._calls += 1
-        if self.config.logging_steps and self._calls % self.config.logging_steps == 0:
+        # (nothing to log when a callback had every step logged already)
+        if self.config.logging_steps and self._calls % self.config.logging_steps == 0 and run.metrics:
             self.log_metrics(run)
             run.last_log = (time.perf_counter(), state.tokens_seen)
         self._generated.clear()

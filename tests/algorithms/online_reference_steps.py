@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 SCRIPTED_TEXTS = [" 1", " 22", " 7 7 7", " 333", " 4"]
 # parameters whose gradients are recorded (those present in a case's module)
@@ -121,7 +122,9 @@ def cases(root: Path) -> dict:
         # generate() then step() with per-token and scalar rewards
         config = PPOConfig(**_common(root / "ppo_step_api", batch_size=4, per_device_train_batch_size=2, ppo_epochs=1, kl_coef=0.1,
                                      max_completion_length=5, temperature=1.5, logging_steps=1))
-        trainer = PPOTrainer(config, model)
+        # step() logs once per call; the recorded numbers are per optimizer step, so a callback
+        # asks for a line after each (TrainerCallback control, obeyed by the loop)
+        trainer = PPOTrainer(config, model, callbacks=[_LogEveryStep()])
         queries = [row["prompt"] for row in prompts[:4]]
         responses = trainer.generate(queries, return_ids=True)
         rewards = [1.0, -0.5, [0.25] * len(responses[2]), 2.0]
@@ -129,6 +132,11 @@ def cases(root: Path) -> dict:
 
     return {"grpo_scripted": grpo_scripted, "grpo_sampled": grpo_sampled, "ppo_scripted": ppo_scripted,
             "ppo_sampled": ppo_sampled, "ppo_step_api": ppo_step_api}
+
+
+class _LogEveryStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_log = True
 
 
 def run_case(name: str, root: Path) -> dict:
