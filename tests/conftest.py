@@ -163,7 +163,8 @@ LEARNING_FIXTURES = frozenset({"demo_run", "noisy_start", "echo_reward_model", "
 @pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by marker (-m)
 def pytest_collection_modifyitems(items):
     for item in items:
-        if LEARNING_FIXTURES & set(getattr(item, "fixturenames", ())):
+        # a learning test marked slow (a recipe not yet robust enough for CI) stays in the slow tier
+        if LEARNING_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.learning)
 
 

@@ -14,11 +14,17 @@ but its learning has not been swept yet, so it has no learning test here.
 
 from __future__ import annotations
 
+import pytest
+
 from posttrain.demo_tools import TOOLS_PROMISE_GAIN, tool_stage
 
 QUIET = dict(progress_bar=False, save_final_model=False, logging_steps=0)
 
 
+# Not robust yet, so not in the learning tier CI runs: with 2 threads (training seed 0) the start
+# answered 0.7% right (it miscopies the tool's result) and GRPO left accuracy at 0.7% while tool
+# use rose 44% -> 68% (README, "Measured results"; issue 18 open).
+@pytest.mark.slow
 def test_grpo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
     path, start = tool_start
     _, after = tool_stage("grpo", path, str(tmp_path), seed=learning_seed, **QUIET)
