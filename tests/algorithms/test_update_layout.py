@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_grpo import _config  # GRPO's small test configuration
 
-from posttrain.algorithms.grpo import GRPOConfig, GRPOTrainer
+from posttrain.algorithms.grpo import GRPOTrainer
 from posttrain.algorithms.update_layout import ModelShape, applicable_layouts, layout_costs
 from posttrain.errors import ConfigError
 
@@ -37,15 +38,6 @@ def test_model_shape_counts_the_matmul_weights(model_path):
     config = model.config
     per_layer = sum(p.numel() for p in model.model.layers[0].parameters() if p.dim() >= 2)
     assert shape == ModelShape(per_layer * config.num_hidden_layers, config.num_attention_heads * config.head_dim, config.num_hidden_layers)
-
-
-def _config(tmp_path, name="run", **values) -> GRPOConfig:
-    base = dict(
-        output_dir=str(tmp_path / name), num_generations=4, per_device_train_batch_size=8, max_completion_length=8,
-        learning_rate=1e-3, lr_scheduler="constant", max_steps=2, logging_steps=1, progress_bar=False,
-        save_final_model=False, mixed_precision="no", seed=3,
-    )
-    return GRPOConfig(**{**base, **values})
 
 
 def _trainer(model_path, config):
