@@ -50,11 +50,12 @@ def default_path(device: torch.device) -> str:
 
     CPU: ``static``, measured fastest without a compile (the static cache avoids the dynamic
     cache's per-step copy; ``static_compiled`` gains ~10% more but pays tens of seconds of compile
-    per new shape; continuous batching ran several times slower). Other devices: ``static_compiled``,
-    transformers' fast path for GPUs (compiled step with CUDA graphs); not measured here, see
-    ``benchmarks/gpu_check.sh``.
+    per new shape; continuous batching ran several times slower). Other devices: ``static`` too,
+    until ``benchmarks/gpu_check.sh`` has measured the paths on a GPU: ``static_compiled``
+    (transformers' fast path there, CUDA graphs) pays a compile per new shape that a default
+    should not impose unmeasured; ask for it by name.
     """
-    return "static" if torch.device(device).type == "cpu" else "static_compiled"
+    return "static"
 
 
 @dataclass(frozen=True)

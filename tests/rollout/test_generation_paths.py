@@ -99,9 +99,10 @@ def test_a_path_that_does_not_apply_is_refused_by_name_and_noted_once_under_auto
     assert engine.plan.path == "dynamic" and len(notes) == 1 and "using dynamic" in notes[0]
 
 
-def test_auto_is_the_static_cache_on_cpu_and_the_compiled_step_elsewhere(llama):
+def test_auto_is_the_static_cache_on_every_device(llama):
     model, _ = llama
-    assert default_path(torch.device("cpu")) == "static" and default_path(torch.device("cuda", 0)) == "static_compiled"
+    # static everywhere until a GPU measurement says otherwise (static_compiled compiles per shape)
+    assert default_path(torch.device("cpu")) == "static" and default_path(torch.device("cuda", 0)) == "static"
     plan = plan_generation("auto", model, "cpu", _greedy(4), True)
     assert (plan.path, plan.share_prompt_prefill, plan.notes) == ("static", True, ())
     assert plan_generation("continuous_batching", model, "cpu", _greedy(4), True).share_prompt_prefill is False
