@@ -5,8 +5,10 @@ Paths (``generation_path``), all transformers' own:
 
 - ``dynamic``: ``generate`` with a ``DynamicCache`` (transformers' default). Every decoding step
   concatenates the new keys and values onto the cache, copying all of it.
-- ``static``: ``generate`` with a ``StaticCache`` sized once (prompt width + new tokens); each
-  step writes its keys and values in place.
+- ``static``: ``generate`` with a static cache sized once (prompt width + new tokens); each
+  step writes its keys and values in place, and attention reads only the filled slots
+  (:class:`~posttrain.rollout.filled_cache.FilledStaticCache`; transformers' ``StaticCache``
+  hands it every slot, the empty ones masked). Not compiled.
 - ``static_compiled``: the static cache and the decoding step compiled by ``torch.compile``
   (transformers' ``CompileConfig``; on a GPU with CUDA graphs). Shapes must stay put for the
   compiled step to be reused, so the cache length is rounded up to a multiple of
@@ -179,10 +181,13 @@ def prefilled_cache(model, plan: GenerationPlan, input_ids: torch.Tensor, attent
     """
     from transformers import DynamicCache, StaticCache
 
+    from posttrain.rollout.filled_cache import FilledStaticCache
+
     width = input_ids.shape[1]
     cache = None
-    if plan.path != "dynamic":
-        cache = StaticCache(config=model.config, max_cache_len=cache_length(width, max_new_tokens, plan.path == "static_compiled"))
+    if plan.path in ("static", "static_compiled"):
+        compiled = plan.path == "static_compiled"
+        cache = (StaticCache if compiled else FilledStaticCache)(config=model.config, max_cache_len=cache_length(width, max_new_tokens, compiled))
     runs = prompt_runs(input_ids.tolist()) if plan.share_prompt_prefill and width > 1 else []
     if len(runs) == len(input_ids) or not runs:  # nothing repeats
         return cache if cache is not None else DynamicCache(config=model.config)
