@@ -3,6 +3,7 @@
     python benchmarks/grpo_race.py                       # 2 rounds, 1 warm-up + 3 timed steps each
     python benchmarks/grpo_race.py --rounds 3 --steps 4 --force
     python benchmarks/grpo_race.py --trl-python /path/to/venv/bin/python
+    python benchmarks/grpo_race.py --set torch_compile=true   # posttrain with options beyond its defaults
 
 TRL is not a dependency of posttrain: it lives in its own virtual environment, by default
 ``.venv-trl`` at the repository root (or ``$POSTTRAIN_TRL_PYTHON``), made with
@@ -53,16 +54,17 @@ def length_reward(completions, **kwargs):
 # ---------------------------------------------------------------------- children (one library each)
 
 
-def run_posttrain(model_dir: str, prompts: list[dict], steps: int, output_dir: str) -> dict:
+def run_posttrain(model_dir: str, prompts: list[dict], steps: int, output_dir: str, options: dict | None = None) -> dict:
     from posttrain.algorithms.grpo import GRPOConfig, GRPOTrainer
 
     times = []
-    config = GRPOConfig(
+    values = dict(
         output_dir=output_dir, learning_rate=LEARNING_RATE, seed=SEED, num_generations=GENERATIONS,
         per_device_train_batch_size=PROMPTS_PER_STEP * GENERATIONS, generation_batch_size=PROMPTS_PER_STEP * GENERATIONS,
         max_completion_length=MAX_NEW_TOKENS, beta=0.0, max_steps=steps, logging_steps=1, progress_bar=False,
         save_final_model=False, mixed_precision="no", gradient_checkpointing=False,
     )
+    config = GRPOConfig(**{**values, **(options or {})})
     trainer = GRPOTrainer(model_dir, config, train_dataset=prompts, reward_funcs=[length_reward], callbacks=[lambda *_: times.append(time.perf_counter())])
     trainer.train()
     records = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -70,7 +72,7 @@ def run_posttrain(model_dir: str, prompts: list[dict], steps: int, output_dir: s
     return {"step_ends": times, "mean_completion_length": [r["completions/mean_length"] for r in records if "completions/mean_length" in r], "parts": parts}
 
 
-def run_trl(model_dir: str, prompts: list[dict], steps: int, output_dir: str) -> dict:
+def run_trl(model_dir: str, prompts: list[dict], steps: int, output_dir: str, options: dict | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -102,13 +104,27 @@ def child(arguments) -> int:
     runner = run_posttrain if arguments.child == "posttrain" else run_trl
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as output_dir:
-        result = runner(arguments.model, prompts, arguments.total_steps, output_dir)
+        result = runner(arguments.model, prompts, arguments.total_steps, output_dir, json.loads(arguments.options))
     result["start"] = start
     Path(arguments.out).write_text(json.dumps(result))
     return 0
 
 
 # ---------------------------------------------------------------------- parent
+
+
+def posttrain_options(pairs: list[str], parser) -> dict:
+    """``{"torch_compile": True}`` from ``["torch_compile=true"]`` (values read as JSON, else kept as strings)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def trl_python(given: str | None) -> str | None:
@@ -133,7 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--trl-python", default=None, help="python of the environment with TRL (default: .venv-trl/bin/python or $POSTTRAIN_TRL_PYTHON)")
     parser.add_argument("--force", action="store_true", help="run even when the machine is busy")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a GRPOConfig option for posttrain's runs (VALUE as JSON, else a string); repeatable")
     arguments = parser.parse_args(argv)
+    options = posttrain_options(arguments.set, parser)
     if arguments.warmup < 1:
         parser.error("--warmup must be >= 1")
     busy = busy_message()
@@ -158,7 +176,7 @@ def main(argv=None) -> int:
         for name, python in libraries.items():
             out = work / f"{name}-{round_index}.json"
             command = [python, str(Path(__file__).resolve()), "--child", name, "--model", model_dir, "--prompts", str(work / "prompts.json"),
-                       "--total-steps", str(total), "--out", str(out)]
+                       "--total-steps", str(total), "--out", str(out), "--options", json.dumps(options if name == "posttrain" else {})]
             env = {**os.environ, "PYTHONPATH": str(REPO) if name == "posttrain" else "", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             if done.returncode != 0:
@@ -195,6 +213,7 @@ if __name__ == "__main__":
         parser = argparse.ArgumentParser()
         for flag in ("--child", "--model", "--prompts", "--out"):
             parser.add_argument(flag, required=True)
+        parser.add_argument("--options", default="{}")
         parser.add_argument("--total-steps", type=int, required=True)
         sys.exit(child(parser.parse_args()))
     sys.exit(main())
