@@ -69,7 +69,7 @@ class OnlineConfig(ReferenceConfig):
     stop_token_ids: list = option([], "Token ids that end a completion besides EOS.")
     generation_kwargs: dict = option({}, "Any other keyword for transformers' generate().")
     generation_batch_size: int = option(64, "Sequences (prompts x generations) per generate() call, and per log-prob pass without grad: memory, not semantics.")
-    generation_path: str = option("auto", "How the default engine runs transformers' generation: auto (static: measured fastest on CPU; GPUs not measured yet), dynamic, static (a static KV cache), static_compiled (and a compiled decoding step), continuous_batching (paged attention).", choices=GENERATION_PATHS)
+    generation_path: str = option("auto", "How the default engine runs transformers' generation: auto (static: measured fastest on CPU; GPUs not measured yet), dynamic, static (a static KV cache written in place, attention over its filled slots), static_compiled (transformers' StaticCache, every slot read, and a compiled decoding step), continuous_batching (paged attention).", choices=GENERATION_PATHS)
     share_prompt_prefill: bool = option(True, "Run each prompt through the model once for all its num_generations completions (same completions, less prefill).")
     system_prompt: str | None = option(None, "Turn string prompts into conversations: this system message, then the prompt as the user's message (rendered by the chat template).")
     chat_template: str | None = option(None, "A Jinja chat template (or a path to one) replacing the tokenizer's.")

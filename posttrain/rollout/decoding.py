@@ -50,12 +50,13 @@ COMPILED_CACHE_MULTIPLE = 64
 def default_path(device: torch.device) -> str:
     """The path ``auto`` means on ``device``'s type (README, "Online RL at speed").
 
-    CPU: ``static``, measured fastest without a compile (the static cache avoids the dynamic
-    cache's per-step copy; ``static_compiled`` gains ~10% more but pays tens of seconds of compile
-    per new shape; continuous batching ran several times slower). Other devices: ``static`` too,
-    until ``benchmarks/gpu_check.sh`` has measured the paths on a GPU: ``static_compiled``
-    (transformers' fast path there, CUDA graphs) pays a compile per new shape that a default
-    should not impose unmeasured; ask for it by name.
+    CPU: ``static``, measured fastest: decoding a small model there is bound by memory traffic,
+    and the static path neither copies the cache every step (as ``dynamic`` does) nor reads its
+    empty slots (as transformers' ``StaticCache`` does); ``static_compiled`` pays tens of seconds
+    of compile per new shape; continuous batching ran several times slower. Other devices:
+    ``static`` too, until ``benchmarks/gpu_check.sh`` has measured the paths on a GPU:
+    ``static_compiled`` (transformers' fast path there, CUDA graphs) pays a compile per new shape
+    that a default should not impose unmeasured; ask for it by name.
     """
     return "static"
 
