@@ -5,14 +5,19 @@ multiply in its head, but it can call ``multiply`` with the question's numbers a
 result. The recipe:
 
 1. **A base that can copy**: the demo's randomly initialised model (the ``llama-demo`` fixture)
-   first learns to repeat a number from its context (:func:`~posttrain.tasks.tool_use.copy_demonstrations`,
-   :data:`TOOLS_COPY_STEPS` short steps), standing in for what a pretrained model brings. From
-   the raw fixture, ~10k tool-use demonstrations taught the format but not the copying (it
-   called ``multiply`` with constant numbers); after this stage the arguments were copied exactly.
+   first learns to repeat a number from a sentence (:func:`~posttrain.tasks.tool_use.copy_demonstrations`,
+   :data:`TOOLS_COPY_STEPS` short steps), then from a tool message in the chat template's format
+   (:func:`~posttrain.tasks.tool_use.result_copy_demonstrations`, :data:`TOOLS_RESULT_COPY_STEPS`),
+   standing in for what a pretrained model brings. Numbers to copy have three or four digits
+   equally often (products have both). From the raw fixture, ~10k tool-use demonstrations taught
+   the format but not the copying (it called ``multiply`` with constant numbers).
 2. **The start**: SFT (the ``tools`` chat template of :mod:`posttrain.testing`) on
    demonstrations of which :data:`TOOLS_DIRECT_RATE` answer directly and the rest call the tool,
-   read its result and answer. The model calls the tool in about that share of its sampled
-   episodes; its direct answers are wrong.
+   read its result and answer, with :data:`TOOLS_RESULT_COPY_SHARE` of the rows repeating a
+   random tool result instead (:func:`~posttrain.tasks.tool_use.with_result_copies`): without
+   them, answering directly (guessing a product from the question) wore away the copying, and
+   the start miscopied most three-digit results. The model calls the tool in about
+   :data:`TOOLS_DIRECT_RATE` of its sampled episodes; its direct answers are wrong.
 3. **GRPO** (or PPO) with ``tools=[multiply]``, rewarded 1 for the exact answer: episodes that
    call the tool are right more often, so the policy learns to call it.
 
@@ -31,13 +36,17 @@ from rich.table import Table
 from posttrain import registry
 from posttrain.demo import DEMO_FIXTURE, DEMO_SEED, shares_table
 
-# The copying stage: steps of TOOLS_COPY_BATCH short rows.
+# The copying stages: steps of TOOLS_COPY_BATCH short rows, copying from a sentence, then from a
+# tool message.
 TOOLS_COPY_STEPS = 120
+TOOLS_RESULT_COPY_STEPS = 100
 TOOLS_COPY_BATCH = 128
 # The start: SFT steps of TOOLS_SFT_BATCH rows, over that many distinct demonstrations (one pass).
 TOOLS_SFT_STEPS = 400
 TOOLS_SFT_BATCH = 32
 TOOLS_DIRECT_RATE = 0.5
+# Share of the start's SFT rows that repeat a random tool result instead of a demonstration.
+TOOLS_RESULT_COPY_SHARE = 1 / 3
 TOOLS_SFT_LEARNING_RATE = 3e-3
 # The online stage: optimizer steps of 8 prompts x 8 episodes.
 TOOLS_STEPS = {"grpo": 30, "ppo": 60}
@@ -97,28 +106,38 @@ def evaluate_saved(path: str):
 
 
 def copying_base(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None, **overrides) -> str:
-    """The demo fixture trained to repeat a number from its context; returns the saved path."""
+    """The demo fixture trained to repeat a number from a sentence, then from a tool message;
+    returns the saved path. ``steps`` caps both stages."""
     from posttrain.algorithms.sft import SFTTrainer
     from posttrain.demo import demo_config
-    from posttrain.tasks.tool_use import copy_demonstrations
+    from posttrain.tasks.tool_use import copy_demonstrations, result_copy_demonstrations
     from posttrain.testing import fixture_path
 
-    config = demo_config(output_dir, steps or TOOLS_COPY_STEPS, seed=seed, per_device_train_batch_size=TOOLS_COPY_BATCH, **{**overrides, "save_final_model": True})
+    settings = {**overrides, "save_final_model": True, "seed": seed, "per_device_train_batch_size": TOOLS_COPY_BATCH}
+    config = demo_config(str(Path(output_dir) / "sentence"), _capped(TOOLS_COPY_STEPS, steps), **settings)
     rows = copy_demonstrations(config.max_steps * config.per_device_train_batch_size, seed)
     SFTTrainer(str(fixture_path(DEMO_FIXTURE)), config, train_dataset=rows).train()
-    return str(Path(output_dir) / "final")
+    config = tools_sft_config(str(Path(output_dir) / "tool-result"), _capped(TOOLS_RESULT_COPY_STEPS, steps), **settings)
+    rows = result_copy_demonstrations(config.max_steps * config.per_device_train_batch_size, seed)
+    SFTTrainer(str(Path(output_dir) / "sentence" / "final"), config, train_dataset=rows).train()
+    return str(Path(output_dir) / "tool-result" / "final")
+
+
+def _capped(default: int, cap: int | None) -> int:
+    return default if cap is None else min(default, cap)
 
 
 def tool_start(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None, **overrides):
-    """The copying base, then SFT on tool-use demonstrations; returns the saved model's path and
-    its :class:`~posttrain.tasks.tool_use.ToolEvalResult`. ``steps`` caps both stages."""
+    """The copying base, then SFT on tool-use demonstrations (a :data:`TOOLS_RESULT_COPY_SHARE`
+    of the rows repeating a tool result instead); returns the saved model's path and its
+    :class:`~posttrain.tasks.tool_use.ToolEvalResult`. ``steps`` caps every stage."""
     from posttrain.algorithms.sft import SFTTrainer
-    from posttrain.tasks.tool_use import tool_demonstrations, tool_task
+    from posttrain.tasks.tool_use import tool_demonstrations, tool_task, with_result_copies
 
-    base = copying_base(str(Path(output_dir) / "copy"), seed, None if steps is None else min(steps, TOOLS_COPY_STEPS), **overrides)
+    base = copying_base(str(Path(output_dir) / "copy"), seed, steps, **overrides)
     config = tools_sft_config(output_dir, steps, seed=seed, **{**overrides, "save_final_model": True})
-    rows = tool_demonstrations(tool_task(), "train", config.max_steps * config.per_device_train_batch_size, TOOLS_DIRECT_RATE)
-    trainer = SFTTrainer(base, config, train_dataset=rows)
+    demonstrations = tool_demonstrations(tool_task(), "train", config.max_steps * config.per_device_train_batch_size, TOOLS_DIRECT_RATE)
+    trainer = SFTTrainer(base, config, train_dataset=with_result_copies(demonstrations, TOOLS_RESULT_COPY_SHARE, seed))
     trainer.train()
     return str(Path(output_dir) / "final"), evaluate_tool_use(trainer.model, trainer.tokenizer)
 
@@ -156,8 +175,9 @@ def run_tools_demo(
     console.rule(f"[bold]posttrain demo: SFT on tool-use demonstrations, then {algorithm.upper()} with a multiply tool")
     start_steps = None if steps is None else min(steps, TOOLS_SFT_STEPS)
     console.print(
-        f"SFT: {TOOLS_COPY_STEPS} steps repeating numbers (a base that can copy), then {start_steps or TOOLS_SFT_STEPS} steps on "
-        f"tool-use demonstrations, {TOOLS_DIRECT_RATE:.0%} answering without the tool"
+        f"SFT: {TOOLS_COPY_STEPS} + {TOOLS_RESULT_COPY_STEPS} steps repeating numbers from a sentence and from a tool message "
+        f"(a base that can copy), then {start_steps or TOOLS_SFT_STEPS} steps on tool-use demonstrations, {TOOLS_DIRECT_RATE:.0%} "
+        f"answering without the tool, {TOOLS_RESULT_COPY_SHARE:.0%} of the rows repeating a tool result"
     )
     start_path, start = tool_start(str(Path(output_dir) / "sft"), seed, start_steps, **overrides)
     stage_steps = None if steps is None else min(steps, TOOLS_STEPS[algorithm])

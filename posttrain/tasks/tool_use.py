@@ -83,14 +83,48 @@ def tool_demonstrations(task: ArithmeticTask, split: str, n: int | None = None, 
     return rows
 
 
+def copy_number(rng: random.Random) -> str:
+    """A number to copy: three or four digits, each length half the time. Products of two-digit
+    numbers have both lengths (a fifth of them three), and a model shown mostly four-digit numbers
+    learned to copy those only: it missed nearly every three-digit tool result."""
+    return str(rng.randint(100, 999) if rng.random() < 0.5 else rng.randint(1000, 9999))
+
+
 def copy_demonstrations(n: int, seed: int = 0) -> list[dict]:
-    """Rows ``{"prompt": "Note 4721. Say it again:", "completion": " 4721"}`` with numbers from
-    100 to 9999: copying a number from the context, which a pretrained model brings and a randomly
-    initialised one must learn first (the tool-use demo's first stage; without it the demo's model
-    did not learn to copy the question's numbers and the tool's result from ~10k tool-use
-    demonstrations)."""
+    """Rows ``{"prompt": "Note 4721. Say it again:", "completion": " 4721"}`` (:func:`copy_number`):
+    copying a number from the context, which a pretrained model brings and a randomly initialised
+    one must learn first (the tool-use demo's first stage; without it the demo's model did not
+    learn to copy the question's numbers and the tool's result from ~10k tool-use demonstrations)."""
     rng = random.Random(seed)
-    return [{"prompt": f"Note {number}. Say it again:", "completion": f" {number}"} for number in (rng.randint(100, 9999) for _ in range(n))]
+    return [{"prompt": f"Note {number}. Say it again:", "completion": f" {number}"} for number in (copy_number(rng) for _ in range(n))]
+
+
+def result_copy_demonstrations(n: int, seed: int = 0) -> list[dict]:
+    """Conversations ``{"messages": [tool: "4721", assistant: "4721"]}`` (:func:`copy_number`): repeating a tool's result in the chat template's own format, the step from copying a
+    number out of a sentence (:func:`copy_demonstrations`) to copying it out of a tool message.
+    The numbers are random, not products, so the only way to the answer is to copy it."""
+    rng = random.Random(seed)
+    rows = []
+    for number in (copy_number(rng) for _ in range(n)):
+        rows.append({"messages": [{"role": "tool", "name": "multiply", "content": number}, {"role": "assistant", "content": number}]})
+    return rows
+
+
+def with_result_copies(demonstrations: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """As many rows as ``demonstrations``: a ``share`` of the slots (spread evenly) hold a
+    :func:`result_copy_demonstrations` row, the others the demonstrations in order (those that no
+    longer fit are left out). The tool-use start trains on these, so that learning when to call
+    the tool and what to answer directly does not wear away the copying of the tool's result
+    (without them, three-digit results were miscopied in most runs)."""
+    _check_share(share)
+    copies = iter(result_copy_demonstrations(len(demonstrations), seed))
+    demos = iter(demonstrations)
+    return [next(copies) if _is_picked(i, share) else next(demos) for i in range(len(demonstrations))]
+
+
+def _check_share(share: float) -> None:
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"share must be in [0, 1), got {share}")
 
 
 def used_tool(messages: Sequence[Mapping]) -> bool:
