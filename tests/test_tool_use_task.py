@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.tasks.tool_use import multiply, tool_demonstrations, tool_prompts, tool_task, tool_use_accuracy, used_tool
+from posttrain.tasks.tool_use import (
+    copy_demonstrations,
+    multiply,
+    result_copy_demonstrations,
+    tool_demonstrations,
+    tool_prompts,
+    tool_task,
+    tool_use_accuracy,
+    used_tool,
+    with_result_copies,
+)
 
 
 def test_prompts_ask_for_products_of_two_digit_numbers_held_out_by_hash():
@@ -50,6 +60,33 @@ def test_sft_trains_on_the_call_and_the_answer_not_on_the_tool_result():
     assert trained == f'<tool_call>{{"name": "multiply", "arguments": {{"a": {call["a"]}, "b": {call["b"]}}}}}</tool_call><|im_end|>{answer}<|im_end|>'
     untrained = tokenizer.decode([t for t, w in zip(example["input_ids"], example["loss_weights"]) if w == 0], skip_special_tokens=True)
     assert f"tool\n{result}" in untrained and "- multiply(a, b): Multiply two integers." in untrained
+
+
+def test_copy_rows_repeat_numbers_of_three_and_four_digits_about_equally():
+    sentences, results = copy_demonstrations(400, seed=3), result_copy_demonstrations(400, seed=3)
+    for row in sentences:
+        number = row["prompt"].removeprefix("Note ").removesuffix(". Say it again:")
+        assert row["completion"] == f" {number}"
+    for row in results:
+        tool, answer = row["messages"]
+        assert tool["role"] == "tool" and answer == {"role": "assistant", "content": tool["content"]}
+    numbers = [r["messages"][1]["content"] for r in results]
+    assert all(len(n) in (3, 4) and n[0] != "0" for n in numbers)
+    three = sum(len(n) == 3 for n in numbers)
+    assert 160 <= three <= 240, three  # binomial(400, 1/2): mean 200, sd 10
+    assert copy_demonstrations(5, seed=3) == sentences[:5]  # seeded
+
+
+def test_result_copies_take_the_asked_share_of_slots_spread_evenly():
+    demos = tool_demonstrations(tool_task(), "train", 30, direct_rate=0.5)
+    rows = with_result_copies(demos, 1 / 3, seed=0)
+    assert len(rows) == 30
+    copies = [i for i, r in enumerate(rows) if r["messages"][0]["role"] == "tool"]
+    assert copies == list(range(2, 30, 3))  # every third slot
+    assert [r for r in rows if r["messages"][0]["role"] != "tool"] == demos[:20]  # the rest, in order
+    assert with_result_copies(demos, 0.0) == demos
+    with pytest.raises(ValueError, match="share"):
+        with_result_copies(demos, 1.0)
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.5])
