@@ -119,7 +119,8 @@ def _tag(rows: list[dict], seed: int) -> list[dict]:
 def tool_rows(recipes: list[str], quiet: dict, start_path: str | None = None) -> list[dict]:
     """The tool-use demo's start (or the one saved at ``start_path``), then each asked stage
     (GRPO, PPO) from it; "before" is the start's accuracy of sampled episodes, the EOS-rate column
-    the share calling the tool."""
+    the share calling the tool; ``start_copying`` / ``after_copying`` where tool-calling episodes
+    went wrong (:meth:`~posttrain.tasks.tool_use.ToolEvalResult.copying`)."""
     from posttrain import demo_tools
 
     rows = []
@@ -135,6 +136,7 @@ def tool_rows(recipes: list[str], quiet: dict, start_path: str | None = None) ->
         for name in recipes:
             _, after = demo_tools.tool_stage(TOOL_RECIPES[name], path, f"{output_dir}/{name}", **quiet, save_final_model=False)
             row = _row(name, start.accuracy, after.accuracy, after.tool_use, 0.0, clock.split())
+            row.update(start_copying=start.copying(), after_copying=after.copying())
             row.update(tool_use_before=start.tool_use, learned=after.accuracy - start.accuracy >= demo_tools.TOOLS_PROMISE_GAIN and after.tool_use > start.tool_use)
             rows.append(row)
     return rows

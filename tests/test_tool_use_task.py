@@ -115,3 +115,23 @@ def test_accuracy_scores_the_final_answer_and_counts_tool_use():
     even = sum(int(r["prompt"][0]["content"].split()[2].split("*")[0]) % 2 == 0 for r in rows) / len(rows)
     assert 0 < even < 1
     assert result.accuracy == pytest.approx(even) and result.tool_use == pytest.approx(even)
+
+
+def test_copying_says_where_tool_calling_episodes_went_wrong():
+    from posttrain.tasks.tool_use import ToolEvalResult
+
+    def episode(result: str, answer: str, called: bool = True) -> list[dict]:
+        call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "multiply", "arguments": {}}}]}
+        turns = [call, {"role": "tool", "name": "multiply", "content": result}] if called else []
+        return [{"role": "user", "content": "What is ?"}, *turns, {"role": "assistant", "content": answer}]
+
+    samples = [
+        ("q", episode("225", "225"), "225"),  # three digits, copied
+        ("q", episode("225", "525"), "225"),  # three digits, miscopied
+        ("q", episode("1786", "1786"), "1786"),  # four digits, copied
+        ("q", episode("1700", "1700"), "1786"),  # wrong arguments: the tool gave another number
+        ("q", episode("", "99", called=False), "1786"),  # answered directly: not counted
+    ]
+    shares = ToolEvalResult(accuracy=0.4, tool_use=0.8, samples=samples).copying()
+    assert shares == {"right_arguments": 3 / 4, "copied_3": 1 / 2, "copied_4": 1.0}
+    assert ToolEvalResult(0.0, 0.0, [("q", episode("", "9", called=False), "1")]).copying() == {"right_arguments": None, "copied_3": None, "copied_4": None}

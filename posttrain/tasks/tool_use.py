@@ -141,6 +141,25 @@ class ToolEvalResult:
     tool_use: float
     samples: list[tuple[str, list[dict], str]]
 
+    def copying(self) -> dict[str, float | None]:
+        """Where tool-calling episodes went wrong: ``right_arguments``, the share of them whose
+        last tool result is the right answer, and ``copied_3`` / ``copied_4``, the share of
+        those whose final answer repeats it, for three- and four-digit answers (None where there
+        were none)."""
+        calling = [(messages, answer) for _, messages, answer in self.samples if used_tool(messages)]
+        results = [(m, a) for m, a in calling if _last_tool_result(m) == a]
+        shares: dict[str, float | None] = {"right_arguments": len(results) / len(calling) if calling else None}
+        for digits in (3, 4):
+            these = [m for m, a in results if len(a) == digits]
+            repeated = sum(m[-1].get("role") == "assistant" and str(m[-1].get("content", "")).strip() == _last_tool_result(m) for m in these)
+            shares[f"copied_{digits}"] = repeated / len(these) if these else None
+        return shares
+
+
+def _last_tool_result(messages: Sequence[Mapping]) -> str | None:
+    results = [m for m in messages if m.get("role") == "tool"]
+    return str(results[-1].get("content", "")).strip() if results else None
+
 
 def tool_use_accuracy(
     model, tokenizer, rows: Sequence[Mapping], tools: Sequence = (multiply,), max_new_tokens: int = 96, batch_size: int = 64,
