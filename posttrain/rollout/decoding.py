@@ -8,8 +8,7 @@ Paths (``generation_path``), all through transformers' ``generate``:
 - ``static``: ``generate`` with a static cache sized once (prompt width + new tokens); each
   step writes its keys and values in place, and attention reads only the filled slots
   (:class:`~posttrain.rollout.filled_cache.FilledStaticCache`; transformers' ``StaticCache``
-  hands it every slot, the empty ones masked). Not compiled. On CPU the decoding steps attend
-  with :mod:`posttrain.rollout.decode_attention` (batched matmuls instead of SDPA's CPU kernel).
+  hands it every slot, the empty ones masked). Not compiled.
 - ``static_compiled``: the static cache and the decoding step compiled by ``torch.compile``
   (transformers' ``CompileConfig``; on a GPU with CUDA graphs). Shapes must stay put for the
   compiled step to be reused, so the cache length is rounded up to a multiple of

@@ -41,7 +41,6 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from posttrain.rollout.decode_attention import decoding_attention
 from posttrain.rollout.decoding import (
     GENERATION_PATHS,
     GenerationPlan,
@@ -268,8 +267,7 @@ class HFGenerationEngine:
         if plan.path == "static_compiled":
             kwargs["compile_config"] = compile_config(device)
         cache = prefilled_cache(model, plan, input_ids, attention_mask, options.max_completion_length)
-        with decoding_attention(model) if plan.path == "static" else nullcontext():
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences  # (B, T + new)
         new_rows = sequences[:, input_ids.shape[1] :].tolist()
         hits = [-1] * len(new_rows) if recorder is None or recorder.first_hit is None else recorder.first_hit.tolist()
