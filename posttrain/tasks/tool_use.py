@@ -127,6 +127,34 @@ def _check_share(share: float) -> None:
         raise ValueError(f"share must be in [0, 1), got {share}")
 
 
+COPY_KINDS = ("sentence", "tool_result")
+
+
+def copy_accuracy(model, tokenizer, kind: str, n: int = 64, seed: int = 10_000) -> float:
+    """Share of ``n`` held-out numbers (:func:`copy_number`, seeded by ``seed``) that ``model``
+    repeats exactly with greedy decoding: after "Note 4721. Say it again:" (``kind="sentence"``,
+    the format of :func:`copy_demonstrations`) or after a tool message in the chat template's
+    format (``kind="tool_result"``, :func:`result_copy_demonstrations`)."""
+    if kind not in COPY_KINDS:
+        raise ValueError(f"kind must be one of {COPY_KINDS}, got {kind!r}")
+    rng = random.Random(seed)
+    numbers = [copy_number(rng) for _ in range(n)]
+    if kind == "sentence":
+        prompts = [tokenizer(f"Note {number}. Say it again:", add_special_tokens=False)["input_ids"] for number in numbers]
+    else:
+        prompts = [_tool_message_prompt(tokenizer, number) for number in numbers]
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    stops = (end_of_turn,) if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id else ()
+    options = SamplingOptions(max_completion_length=8, do_sample=False, stop_token_ids=stops)
+    completions = HFGenerationEngine(model, tokenizer, batch_size=n).generate(prompts, options)
+    return sum(c.text.strip() == number for c, number in zip(completions, numbers)) / n
+
+
+def _tool_message_prompt(tokenizer, number: str) -> list[int]:
+    text = tokenizer.apply_chat_template([{"role": "tool", "name": "multiply", "content": number}], tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def used_tool(messages: Sequence[Mapping]) -> bool:
     """True when an assistant turn of ``messages`` called a tool."""
     return any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages)
