@@ -135,3 +135,35 @@ def test_copying_says_where_tool_calling_episodes_went_wrong():
     shares = ToolEvalResult(accuracy=0.4, tool_use=0.8, samples=samples).copying()
     assert shares == {"right_arguments": 3 / 4, "copied_3": 1 / 2, "copied_4": 1.0}
     assert ToolEvalResult(0.0, 0.0, [("q", episode("", "9", called=False), "1")]).copying() == {"right_arguments": None, "copied_3": None, "copied_4": None}
+
+
+@pytest.mark.parametrize("kind", ["sentence", "tool_result"])
+def test_copy_accuracy_asks_in_each_format_and_scores_exact_repeats(kind, monkeypatch):
+    import re
+
+    from posttrain.rollout.sampling import Completion
+    from posttrain.tasks import tool_use
+    from posttrain.testing import build_tokenizer
+
+    tokenizer = build_tokenizer("tools")
+    seen = []
+
+    class EchoEveryOther:  # repeats the prompt's number for even rows, a wrong one for odd rows
+        def __init__(self, model, tokenizer, batch_size):
+            pass
+
+        def generate(self, prompts, options):
+            assert not options.do_sample and options.stop_token_ids == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+            texts = [tokenizer.decode(ids) for ids in prompts]
+            seen.extend(texts)
+            numbers = [re.findall(r"\d+", text)[-1] for text in texts]
+            return [Completion([], number if i % 2 == 0 else number + "1", "eos") for i, number in enumerate(numbers)]
+
+    monkeypatch.setattr(tool_use, "HFGenerationEngine", EchoEveryOther)
+    assert tool_use.copy_accuracy(None, tokenizer, kind, n=10) == 0.5
+    if kind == "sentence":
+        assert all(re.fullmatch(r"Note \d{3,4}\. Say it again:", text) for text in seen)
+    else:
+        assert all(re.fullmatch(r"<\|im_start\|>tool\n\d{3,4}<\|im_end\|>\n<\|im_start\|>assistant\n", text) for text in seen)
+    with pytest.raises(ValueError, match="kind"):
+        tool_use.copy_accuracy(None, tokenizer, "question")
