@@ -9,7 +9,9 @@ result. The recipe:
    :data:`TOOLS_COPY_STEPS` short steps), then from a tool message in the chat template's format
    (:func:`~posttrain.tasks.tool_use.result_copy_demonstrations`, :data:`TOOLS_RESULT_COPY_STEPS`),
    standing in for what a pretrained model brings. Numbers to copy have three or four digits
-   equally often (products have both). From the raw fixture, ~10k tool-use demonstrations taught
+   equally often (products have both). Each stage runs in rounds of fresh rows until greedy
+   copies of held-out numbers are :data:`TOOLS_COPY_TARGET` right (at most
+   :data:`TOOLS_COPY_MAX_ROUNDS`): when copying forms differs from seed to seed. From the raw fixture, ~10k tool-use demonstrations taught
    the format but not the copying (it called ``multiply`` with constant numbers).
 2. **The start**: SFT (the ``tools`` chat template of :mod:`posttrain.testing`) on
    demonstrations of which :data:`TOOLS_DIRECT_RATE` answer directly and the rest call the tool,
@@ -201,8 +203,8 @@ def run_tools_demo(
     console.rule(f"[bold]posttrain demo: SFT on tool-use demonstrations, then {algorithm.upper()} with a multiply tool")
     start_steps = None if steps is None else min(steps, TOOLS_SFT_STEPS)
     console.print(
-        f"SFT: {TOOLS_COPY_STEPS} + {TOOLS_RESULT_COPY_STEPS} steps repeating numbers from a sentence and from a tool message "
-        f"(a base that can copy), then {start_steps or TOOLS_SFT_STEPS} steps on tool-use demonstrations, {TOOLS_DIRECT_RATE:.0%} "
+        f"SFT: {TOOLS_COPY_STEPS} + {TOOLS_RESULT_COPY_STEPS} steps repeating numbers from a sentence and from a tool message, "
+        f"each repeated until it copies {TOOLS_COPY_TARGET:.0%} (a base that can copy), then {start_steps or TOOLS_SFT_STEPS} steps on tool-use demonstrations, {TOOLS_DIRECT_RATE:.0%} "
         f"answering without the tool, {TOOLS_RESULT_COPY_SHARE:.0%} of the rows repeating a tool result"
     )
     start_path, start = tool_start(str(Path(output_dir) / "sft"), seed, start_steps, **overrides)
