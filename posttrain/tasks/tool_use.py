@@ -100,9 +100,10 @@ def copy_demonstrations(n: int, seed: int = 0) -> list[dict]:
 
 
 def result_copy_demonstrations(n: int, seed: int = 0) -> list[dict]:
-    """Conversations ``{"messages": [tool: "4721", assistant: "4721"]}`` (:func:`copy_number`): repeating a tool's result in the chat template's own format, the step from copying a
-    number out of a sentence (:func:`copy_demonstrations`) to copying it out of a tool message.
-    The numbers are random, not products, so the only way to the answer is to copy it."""
+    """Conversations ``{"messages": [tool: "4721", assistant: "4721"]}`` (:func:`copy_number`):
+    repeating a tool's result in the chat template's own format, the step from copying a number
+    out of a sentence (:func:`copy_demonstrations`) to copying it out of a tool message. The
+    numbers are random, not products, so the only way to the answer is to copy it."""
     rng = random.Random(seed)
     rows = []
     for number in (copy_number(rng) for _ in range(n)):
@@ -116,15 +117,11 @@ def with_result_copies(demonstrations: list[dict], share: float, seed: int = 0) 
     longer fit are left out). The tool-use start trains on these, so that learning when to call
     the tool and what to answer directly does not wear away the copying of the tool's result
     (without them, three-digit results were miscopied in most runs)."""
-    _check_share(share)
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"share must be in [0, 1), got {share}")
     copies = iter(result_copy_demonstrations(len(demonstrations), seed))
     demos = iter(demonstrations)
     return [next(copies) if _is_picked(i, share) else next(demos) for i in range(len(demonstrations))]
-
-
-def _check_share(share: float) -> None:
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"share must be in [0, 1), got {share}")
 
 
 COPY_KINDS = ("sentence", "tool_result")
