@@ -72,7 +72,7 @@ def run_posttrain(model_dir: str, prompts: list[dict], steps: int, output_dir: s
     return {"step_ends": times, "mean_completion_length": [r["completions/mean_length"] for r in records if "completions/mean_length" in r], "parts": parts}
 
 
-def run_trl(model_dir: str, prompts: list[dict], steps: int, output_dir: str, options: dict | None = None) -> dict:
+def run_trl(model_dir: str, prompts: list[dict], steps: int, output_dir: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -101,10 +101,12 @@ def run_trl(model_dir: str, prompts: list[dict], steps: int, output_dir: str, op
 
 def child(arguments) -> int:
     prompts = json.loads(Path(arguments.prompts).read_text())
-    runner = run_posttrain if arguments.child == "posttrain" else run_trl
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as output_dir:
-        result = runner(arguments.model, prompts, arguments.total_steps, output_dir, json.loads(arguments.options))
+        if arguments.child == "posttrain":
+            result = run_posttrain(arguments.model, prompts, arguments.total_steps, output_dir, json.loads(arguments.options))
+        else:
+            result = run_trl(arguments.model, prompts, arguments.total_steps, output_dir)
     result["start"] = start
     Path(arguments.out).write_text(json.dumps(result))
     return 0
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
         for name, python in libraries.items():
             out = work / f"{name}-{round_index}.json"
             command = [python, str(Path(__file__).resolve()), "--child", name, "--model", model_dir, "--prompts", str(work / "prompts.json"),
-                       "--total-steps", str(total), "--out", str(out), "--options", json.dumps(options if name == "posttrain" else {})]
+                       "--total-steps", str(total), "--out", str(out), "--options", json.dumps(options)]
             env = {**os.environ, "PYTHONPATH": str(REPO) if name == "posttrain" else "", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             if done.returncode != 0:

@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 ALGORITHMS = ("sft", "noisy", "dpo", "kto", "grpo", "ppo", "distill", "tools", "tools_ppo")
 TOOL_RECIPES = {"tools": "grpo", "tools_ppo": "ppo"}
@@ -130,23 +129,17 @@ def tool_rows(recipes: list[str], quiet: dict, start_path: str | None = None) ->
     with tempfile.TemporaryDirectory(prefix="sweep-tools-") as output_dir:
         clock = _Clock()
         if start_path is None:
-            path, start = demo_tools.tool_start(output_dir + "/sft", **quiet)
+            path, start, copy_rounds = demo_tools.tool_start(output_dir + "/sft", **quiet)
         else:
-            path, start = start_path, demo_tools.evaluate_saved(start_path)
+            path, start, copy_rounds = start_path, demo_tools.evaluate_saved(start_path), None
         clock.split()  # the start's time is in no row: every stage's own follows
         for name in recipes:
             _, after = demo_tools.tool_stage(TOOL_RECIPES[name], path, f"{output_dir}/{name}", **quiet, save_final_model=False)
             row = _row(name, start.accuracy, after.accuracy, after.tool_use, 0.0, clock.split())
-            row.update(start_copying=start.copying(), after_copying=after.copying(), copy_rounds=_copy_rounds(output_dir))
+            row.update(start_copying=start.copying(), after_copying=after.copying(), copy_rounds=copy_rounds)
             row.update(tool_use_before=start.tool_use, learned=after.accuracy - start.accuracy >= demo_tools.TOOLS_PROMISE_GAIN and after.tool_use > start.tool_use)
             rows.append(row)
     return rows
-
-
-def _copy_rounds(output_dir: str) -> dict | None:
-    """The copying stages' accuracy after each round of the start built in ``output_dir`` (None for a saved start)."""
-    saved = Path(output_dir) / "sft" / "copy" / "accuracies.json"
-    return json.loads(saved.read_text()) if saved.exists() else None
 
 
 def _quiet_console():

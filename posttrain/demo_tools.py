@@ -10,9 +10,10 @@ result. The recipe:
    (:func:`~posttrain.tasks.tool_use.result_copy_demonstrations`, :data:`TOOLS_RESULT_COPY_STEPS`),
    standing in for what a pretrained model brings. Numbers to copy have three or four digits
    equally often (products have both). Each stage runs in rounds of fresh rows until greedy
-   copies of held-out numbers are :data:`TOOLS_COPY_TARGET` right (at most
-   :data:`TOOLS_COPY_MAX_ROUNDS`): when copying forms differs from seed to seed. From the raw fixture, ~10k tool-use demonstrations taught
-   the format but not the copying (it called ``multiply`` with constant numbers).
+   copies of 64 freshly drawn numbers are :data:`TOOLS_COPY_TARGET` right (at most
+   :data:`TOOLS_COPY_MAX_ROUNDS` rounds), because when copying forms differs from seed to seed.
+   From the raw fixture, ~10k tool-use demonstrations taught the format but not the copying (it
+   called ``multiply`` with constant numbers).
 2. **The start**: SFT (the ``tools`` chat template of :mod:`posttrain.testing`) on
    demonstrations of which :data:`TOOLS_DIRECT_RATE` answer directly and the rest call the tool,
    read its result and answer, with :data:`TOOLS_RESULT_COPY_SHARE` of the rows repeating a
@@ -30,7 +31,6 @@ mix of calling and not calling, since one token (``<`` of ``<tool_call>``) decid
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -44,8 +44,8 @@ from posttrain.demo import DEMO_FIXTURE, DEMO_SEED, shares_table
 TOOLS_COPY_STEPS = 120
 TOOLS_RESULT_COPY_STEPS = 100
 TOOLS_COPY_BATCH = 128
-# Each copying stage repeats (fresh rows, from where it stopped) until greedy copies of 64 held-out
-# numbers are TOOLS_COPY_TARGET right, at most TOOLS_COPY_MAX_ROUNDS times: when the copying forms
+# Each copying stage repeats (fresh rows, from where it stopped) until greedy copies of 64 freshly
+# drawn numbers are TOOLS_COPY_TARGET right, at most TOOLS_COPY_MAX_ROUNDS times: when the copying forms
 # differs from seed to seed (after 120 steps one seed copied 59% of the numbers, another 100%).
 TOOLS_COPY_TARGET = 0.95
 TOOLS_COPY_MAX_ROUNDS = 4
@@ -155,18 +155,17 @@ def _capped(default: int, cap: int | None) -> int:
 def tool_start(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None, **overrides):
     """The copying base, then SFT on tool-use demonstrations (a :data:`TOOLS_RESULT_COPY_SHARE`
     of the rows repeating a tool result instead); returns the saved model's path and its
-    :class:`~posttrain.tasks.tool_use.ToolEvalResult`. ``steps`` caps every stage. The copying
-    stages' accuracies after each round are written to ``<output_dir>/copy/accuracies.json``."""
+    :class:`~posttrain.tasks.tool_use.ToolEvalResult`, and the copying stages' accuracy after
+    each round (:func:`copying_base`). ``steps`` caps every stage."""
     from posttrain.algorithms.sft import SFTTrainer
     from posttrain.tasks.tool_use import tool_demonstrations, tool_task, with_result_copies
 
-    base, copying = copying_base(str(Path(output_dir) / "copy"), seed, steps, **overrides)
-    (Path(output_dir) / "copy" / "accuracies.json").write_text(json.dumps(copying))  # read by benchmarks/learning_sweep.py
+    base, copy_rounds = copying_base(str(Path(output_dir) / "copy"), seed, steps, **overrides)
     config = tools_sft_config(output_dir, steps, seed=seed, **{**overrides, "save_final_model": True})
     demonstrations = tool_demonstrations(tool_task(), "train", config.max_steps * config.per_device_train_batch_size, TOOLS_DIRECT_RATE)
     trainer = SFTTrainer(base, config, train_dataset=with_result_copies(demonstrations, TOOLS_RESULT_COPY_SHARE, seed))
     trainer.train()
-    return str(Path(output_dir) / "final"), evaluate_tool_use(trainer.model, trainer.tokenizer)
+    return str(Path(output_dir) / "final"), evaluate_tool_use(trainer.model, trainer.tokenizer), copy_rounds
 
 
 def tool_stage(algorithm: str, start_path: str, output_dir: str, steps: int | None = None, seed: int = DEMO_SEED, **overrides):
@@ -203,10 +202,13 @@ def run_tools_demo(
     start_steps = None if steps is None else min(steps, TOOLS_SFT_STEPS)
     console.print(
         f"SFT: {TOOLS_COPY_STEPS} + {TOOLS_RESULT_COPY_STEPS} steps repeating numbers from a sentence and from a tool message, "
-        f"each repeated until it copies {TOOLS_COPY_TARGET:.0%} (a base that can copy), then {start_steps or TOOLS_SFT_STEPS} steps on tool-use demonstrations, {TOOLS_DIRECT_RATE:.0%} "
-        f"answering without the tool, {TOOLS_RESULT_COPY_SHARE:.0%} of the rows repeating a tool result"
+        f"each repeated until it copies {TOOLS_COPY_TARGET:.0%} (a base that can copy), then {start_steps or TOOLS_SFT_STEPS} "
+        f"steps on tool-use demonstrations, {TOOLS_DIRECT_RATE:.0%} answering without the tool, {TOOLS_RESULT_COPY_SHARE:.0%} "
+        "of the rows repeating a tool result"
     )
-    start_path, start = tool_start(str(Path(output_dir) / "sft"), seed, start_steps, **overrides)
+    start_path, start, copy_rounds = tool_start(str(Path(output_dir) / "sft"), seed, start_steps, **overrides)
+    rounds = "; ".join(f"{kind}: " + " -> ".join(f"{accuracy:.0%}" for accuracy in accuracies) for kind, accuracies in copy_rounds.items())
+    console.print(f"copying after each round ({rounds})", markup=False)
     stage_steps = None if steps is None else min(steps, TOOLS_STEPS[algorithm])
     console.print(f"{algorithm.upper()}: tools=[multiply], reward 1 for the exact answer", markup=False)
     trainer, after = tool_stage(algorithm, start_path, str(Path(output_dir) / algorithm), stage_steps, seed, **overrides)

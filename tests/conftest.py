@@ -216,7 +216,8 @@ def tool_start(tmp_path_factory, learning_seed):
     directly), the start of the GRPO and PPO tool-use learning tests."""
     from posttrain.demo_tools import tool_start as make_start
 
-    return make_start(str(tmp_path_factory.mktemp("tool-sft")), seed=learning_seed, progress_bar=False, logging_steps=0)
+    path, result, _ = make_start(str(tmp_path_factory.mktemp("tool-sft")), seed=learning_seed, progress_bar=False, logging_steps=0)
+    return path, result
 
 
 @pytest.fixture(scope="session")

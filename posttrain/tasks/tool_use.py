@@ -128,8 +128,8 @@ COPY_KINDS = ("sentence", "tool_result")
 
 
 def copy_accuracy(model, tokenizer, kind: str, n: int = 64, seed: int = 10_000) -> float:
-    """Share of ``n`` held-out numbers (:func:`copy_number`, seeded by ``seed``) that ``model``
-    repeats exactly with greedy decoding: after "Note 4721. Say it again:" (``kind="sentence"``,
+    """Share of ``n`` freshly drawn numbers (:func:`copy_number`, seeded by ``seed``; not held out:
+    training draws cover most of the 9,900) that ``model`` repeats exactly with greedy decoding: after "Note 4721. Say it again:" (``kind="sentence"``,
     the format of :func:`copy_demonstrations`) or after a tool message in the chat template's
     format (``kind="tool_result"``, :func:`result_copy_demonstrations`)."""
     if kind not in COPY_KINDS:
@@ -172,11 +172,11 @@ class ToolEvalResult:
         those whose final answer repeats it, for three- and four-digit answers (None where there
         were none)."""
         calling = [(messages, answer) for _, messages, answer in self.samples if used_tool(messages)]
-        results = [(m, a) for m, a in calling if _last_tool_result(m) == a]
-        shares: dict[str, float | None] = {"right_arguments": len(results) / len(calling) if calling else None}
+        right = [(m, a) for m, a in calling if _last_tool_result(m) == a]  # the tool gave the answer
+        shares: dict[str, float | None] = {"right_arguments": len(right) / len(calling) if calling else None}
         for digits in (3, 4):
-            these = [m for m, a in results if len(a) == digits]
-            repeated = sum(m[-1].get("role") == "assistant" and str(m[-1].get("content", "")).strip() == _last_tool_result(m) for m in these)
+            these = [(m, a) for m, a in right if len(a) == digits]
+            repeated = sum(m[-1].get("role") == "assistant" and str(m[-1].get("content", "")).strip() == a for m, a in these)
             shares[f"copied_{digits}"] = repeated / len(these) if these else None
         return shares
 
