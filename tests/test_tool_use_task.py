@@ -83,6 +83,7 @@ def test_result_copies_take_the_asked_share_of_slots_spread_evenly():
     assert len(rows) == 30
     copies = [i for i, r in enumerate(rows) if r["messages"][0]["role"] == "tool"]
     assert copies == list(range(2, 30, 3))  # every third slot
+    assert [rows[i] for i in copies] == result_copy_demonstrations(10, seed=0)
     assert [r for r in rows if r["messages"][0]["role"] != "tool"] == demos[:20]  # the rest, in order
     assert with_result_copies(demos, 0.0) == demos
     with pytest.raises(ValueError, match="share"):
@@ -137,7 +138,7 @@ def test_copying_says_where_tool_calling_episodes_went_wrong():
     assert ToolEvalResult(0.0, 0.0, [("q", episode("", "9", called=False), "1")]).copying() == {"right_arguments": None, "copied_3": None, "copied_4": None}
 
 
-@pytest.mark.parametrize("kind", ["sentence", "tool_result"])
+@pytest.mark.parametrize("kind", ["sentence", "tool_result", "episode"])
 def test_copy_accuracy_asks_in_each_format_and_scores_exact_repeats(kind, monkeypatch):
     import re
 
@@ -163,7 +164,14 @@ def test_copy_accuracy_asks_in_each_format_and_scores_exact_repeats(kind, monkey
     assert tool_use.copy_accuracy(None, tokenizer, kind, n=10) == 0.5
     if kind == "sentence":
         assert all(re.fullmatch(r"Note \d{3,4}\. Say it again:", text) for text in seen)
-    else:
+    elif kind == "tool_result":
         assert all(re.fullmatch(r"<\|im_start\|>tool\n\d{3,4}<\|im_end\|>\n<\|im_start\|>assistant\n", text) for text in seen)
+    else:  # the first held-out questions, each call with its numbers, the product as the result
+        questions = tool_prompts(tool_task(), "test", 10)
+        for text, row in zip(seen, questions):
+            a, b = re.search(r"What is (\d+)\*(\d+)\?", text).groups()
+            assert row["prompt"][0]["content"] == f"What is {a}*{b}?" and "- multiply(a, b): Multiply two integers." in text
+            ending = rf'"arguments": {{"a": {a}, "b": {b}}}}}</tool_call><\|im_end\|>\n<\|im_start\|>tool\n{row["answer"]}<\|im_end\|>\n<\|im_start\|>assistant\n$'
+            assert re.search(ending, text), text
     with pytest.raises(ValueError, match="kind"):
         tool_use.copy_accuracy(None, tokenizer, "question")

@@ -78,7 +78,7 @@ def tool_demonstrations(task: ArithmeticTask, split: str, n: int | None = None, 
         if _is_picked(i, direct_rate):
             messages = [*_question(p), answer]
         else:
-            messages = [*_question(p), tool_call_message(p), {"role": "tool", "name": "multiply", "content": str(p.answer)}, answer]
+            messages = [*_question(p), tool_call_message(p), _tool_result(p.answer), answer]
         rows.append({"messages": messages, "tools": schema})
     return rows
 
@@ -107,16 +107,19 @@ def result_copy_demonstrations(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for number in (copy_number(rng) for _ in range(n)):
-        rows.append({"messages": [{"role": "tool", "name": "multiply", "content": number}, {"role": "assistant", "content": number}]})
+        rows.append({"messages": [_tool_result(number), {"role": "assistant", "content": number}]})
     return rows
 
 
 def with_result_copies(demonstrations: list[dict], share: float, seed: int = 0) -> list[dict]:
     """As many rows as ``demonstrations``: a ``share`` of the slots (spread evenly) hold a
-    :func:`result_copy_demonstrations` row, the others the demonstrations in order (those that no
-    longer fit are left out). The tool-use start trains on these, so that learning when to call
+    :func:`result_copy_demonstrations` row, the others the demonstrations in order (those that
+    no longer fit are left out). The tool-use start trains on these, so that learning when to call
     the tool and what to answer directly does not wear away the copying of the tool's result
-    (without them, three-digit results were miscopied in most runs)."""
+    (without them, three-digit results were miscopied in most runs). Copy rows in the whole
+    episode's context with a random result (the question's numbers in the call, the answer
+    repeating a number that is not their product) did worse: the starts of two seeds then copied
+    5-19% of tool results (against 50-99% with these)."""
     if not 0.0 <= share < 1.0:
         raise ValueError(f"share must be in [0, 1), got {share}")
     copies = iter(result_copy_demonstrations(len(demonstrations), seed))
@@ -124,22 +127,31 @@ def with_result_copies(demonstrations: list[dict], share: float, seed: int = 0) 
     return [next(copies) if _is_picked(i, share) else next(demos) for i in range(len(demonstrations))]
 
 
-COPY_KINDS = ("sentence", "tool_result")
+COPY_KINDS = ("sentence", "tool_result", "episode")
 
 
 def copy_accuracy(model, tokenizer, kind: str, n: int = 64, seed: int = 10_000) -> float:
-    """Share of ``n`` freshly drawn numbers (:func:`copy_number`, seeded by ``seed``; not held out:
-    training draws cover most of the 9,900) that ``model`` repeats exactly with greedy decoding: after "Note 4721. Say it again:" (``kind="sentence"``,
-    the format of :func:`copy_demonstrations`) or after a tool message in the chat template's
-    format (``kind="tool_result"``, :func:`result_copy_demonstrations`)."""
+    """Share of ``n`` numbers that ``model`` repeats exactly with greedy decoding: after
+    "Note 4721. Say it again:" (``kind="sentence"``, the format of :func:`copy_demonstrations`) or
+    after a tool message in the chat template's format (``kind="tool_result"``,
+    :func:`result_copy_demonstrations`), numbers freshly drawn by :func:`copy_number` seeded with
+    ``seed`` (not held out: training draws cover most of the 9,900); or the tool's result in a
+    whole episode (``kind="episode"``: one of the first ``n`` held-out questions, the call with
+    its numbers, the product as the result), what the policy must do after a right call, where
+    the question cannot give the answer away (the model never saw it answered)."""
     if kind not in COPY_KINDS:
         raise ValueError(f"kind must be one of {COPY_KINDS}, got {kind!r}")
-    rng = random.Random(seed)
-    numbers = [copy_number(rng) for _ in range(n)]
-    if kind == "sentence":
-        prompts = [tokenizer(f"Note {number}. Say it again:", add_special_tokens=False)["input_ids"] for number in numbers]
+    if kind == "episode":
+        problems = tool_task().problems("test", n)
+        numbers = [str(p.answer) for p in problems]
+        prompts = [encode_tool_prompt(tokenizer, [*_question(p), tool_call_message(p), _tool_result(p.answer)], [tool_schema(multiply)]) for p in problems]
     else:
-        prompts = [_tool_message_prompt(tokenizer, number) for number in numbers]
+        rng = random.Random(seed)
+        numbers = [copy_number(rng) for _ in range(n)]
+        if kind == "sentence":
+            prompts = [tokenizer(f"Note {number}. Say it again:", add_special_tokens=False)["input_ids"] for number in numbers]
+        else:
+            prompts = [_tool_message_prompt(tokenizer, number) for number in numbers]
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     stops = (end_of_turn,) if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id else ()
     options = SamplingOptions(max_completion_length=8, do_sample=False, stop_token_ids=stops)
@@ -147,8 +159,12 @@ def copy_accuracy(model, tokenizer, kind: str, n: int = 64, seed: int = 10_000) 
     return sum(c.text.strip() == number for c, number in zip(completions, numbers)) / n
 
 
+def _tool_result(content) -> dict:
+    return {"role": "tool", "name": "multiply", "content": str(content)}
+
+
 def _tool_message_prompt(tokenizer, number: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "tool", "name": "multiply", "content": number}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([_tool_result(number)], tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
