@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--algorithm", choices=tuple(ALGORITHMS), default="sft", help="whose data options to use")
     demo = commands.add_parser("demo", help="train a tiny model on the built-in arithmetic task; show before/after accuracy")
     demo.add_argument(
-        "--algorithm", choices=(*(name for name, entry in ALGORITHMS.items() if entry.demo), "pipeline", "tools"), default="sft",
+        "--algorithm", choices=(*(name for name, entry in ALGORITHMS.items() if entry.demo), "pipeline", "tools", "tools-ppo"), default="sft",
         help="sft: SFT from scratch; dpo, kto, grpo, ppo: SFT, then SFT on noisy demonstrations (greedy answers often one "
         "too high), then that algorithm; pipeline: SFT -> reward model -> DPO, GRPO, PPO and distillation, one table (~5 minutes); "
-        "tools: SFT on tool-use demonstrations, then GRPO with a multiply tool (multi-turn episodes)",
+        "tools: SFT on tool-use demonstrations, then GRPO with a multiply tool (multi-turn episodes); tools-ppo: the same with PPO",
     )
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (sft) or outputs/demo-<algorithm>")
     demo.add_argument("--steps", type=int, default=None, help="SFT optimizer steps, also capping every later stage's (default: the demo's tuned values)")
@@ -101,10 +101,11 @@ def _run(args) -> int:
 
         if args.algorithm == "pipeline":
             result = run_pipeline_demo(output_dir=args.output_dir or "outputs/demo-pipeline", steps=args.steps)
-        elif args.algorithm == "tools":
+        elif args.algorithm in ("tools", "tools-ppo"):
             from posttrain.demo_tools import run_tools_demo
 
-            result = run_tools_demo(output_dir=args.output_dir or "outputs/demo-tools", steps=args.steps)
+            online = "ppo" if args.algorithm == "tools-ppo" else "grpo"
+            result = run_tools_demo(output_dir=args.output_dir or f"outputs/demo-{args.algorithm}", steps=args.steps, algorithm=online)
         elif args.algorithm == "sft":
             result = run_demo(output_dir=args.output_dir or "outputs/demo", steps=args.steps)
         else:

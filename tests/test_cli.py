@@ -117,16 +117,17 @@ def test_inspect_reads_a_directory_of_shards_and_marks_trained_tokens_without_co
     assert "[[trained]]" in shown  # the legend says so
 
 
-def test_tools_demo_runs_every_stage_and_reports_each_copying_round(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("demo, online", [("tools", "grpo"), ("tools-ppo", "ppo")])
+def test_tools_demo_runs_every_stage_and_reports_each_copying_round(demo, online, tmp_path, capsys, monkeypatch):
     # wiring only (--steps 1 caps every stage and allows one round each; 4 held-out problems x 1
     # episode); tests/algorithms/test_tools_learns.py checks that the recipe learns
     from posttrain import demo_tools
 
     monkeypatch.setattr(demo_tools, "TOOLS_EVAL_ROWS", 4)
     monkeypatch.setattr(demo_tools, "TOOLS_EVAL_SAMPLES", 1)
-    assert main(["demo", "--algorithm", "tools", "--steps", "1", "--output-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--algorithm", demo, "--steps", "1", "--output-dir", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert re.search(r"copying after each round \(sentence: \d+%; tool_result: \d+%; episode: \d+%\)", shown), shown
-    assert "after SFT" in shown and "after GRPO" in shown and "promise" in shown
-    for stage in ("sft/copy/sentence-0/final", "sft/copy/tool_result-0/final", "sft/final", "grpo/final"):
+    assert "after SFT" in shown and f"after {online.upper()}" in shown and "promise" in shown
+    for stage in ("sft/copy/sentence-0/final", "sft/copy/tool_result-0/final", "sft/final", f"{online}/final"):
         assert (tmp_path / stage).is_dir(), stage

@@ -30,8 +30,8 @@ def test_the_cli_and_the_demo_offer_what_the_registry_lists():
     assert set(registry.ALGORITHMS) <= set(commands)
     assert set(commands) - set(registry.ALGORITHMS) == {"inspect", "demo", "report"}
     assert _choices(parser, "inspect", "algorithm") == tuple(registry.ALGORITHMS)
-    # besides the algorithms' demos: the pipeline of several, and tools (GRPO with a tool, not an algorithm of its own)
-    assert _choices(parser, "demo", "algorithm") == (*(n for n, e in registry.ALGORITHMS.items() if e.demo), "pipeline", "tools")
+    # besides the algorithms' demos: the pipeline of several, and tools (GRPO or PPO with a tool, not an algorithm of its own)
+    assert _choices(parser, "demo", "algorithm") == (*(n for n, e in registry.ALGORITHMS.items() if e.demo), "pipeline", "tools", "tools-ppo")
 
 
 def test_report_columns_are_the_headline_metrics(tmp_path):
