@@ -14,21 +14,32 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.demo_tools import TOOLS_PROMISE_GAIN, tool_stage
+from posttrain.demo_tools import tool_stage
 
 QUIET = dict(progress_bar=False, save_final_model=False, logging_steps=0)
 
 
-# Not in the learning tier CI runs yet: over seeds 0-4 at 1 thread and seed 0 at 2 (+22.25 to
-# +47.25 points) the worst run cleared the threshold by 2.25 points only (README, "Measured
-# results"; issue 18).
-@pytest.mark.slow
-def test_grpo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
+def _learns(algorithm, tool_start, tmp_path, learning_seed):
     path, start = tool_start
-    _, after = tool_stage("grpo", path, str(tmp_path), seed=learning_seed, **QUIET)
-    print(f"grpo with tools: accuracy {start.accuracy:.3f} -> {after.accuracy:.3f}, tool use {start.tool_use:.3f} -> {after.tool_use:.3f}")
-    # measured +22.25 to +47.25 points (seeds 0-4 x 1 thread, seed 0 x 2); the demo's promise
-    assert after.accuracy >= start.accuracy + TOOLS_PROMISE_GAIN, (start.accuracy, after.accuracy)
-    # measured ~47% -> 91.75-95% of episodes calling multiply (+44.5 to +49 points), same runs
+    _, after = tool_stage(algorithm, path, str(tmp_path), seed=learning_seed, **QUIET)
+    print(f"{algorithm} with tools: accuracy {start.accuracy:.3f} -> {after.accuracy:.3f}, tool use {start.tool_use:.3f} -> {after.tool_use:.3f}")
+    return start, after
+
+
+def test_grpo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
+    start, after = _learns("grpo", tool_start, tmp_path, learning_seed)
+    # measured +35.75 to +47.25 points (seeds 0-4 x 1 thread, seeds 0, 1 x 2); the demo promises +30
+    assert after.accuracy >= start.accuracy + 0.25, (start.accuracy, after.accuracy)
+    # measured ~47% -> 91.75-95.5% of episodes calling multiply (+43.5 to +49), same runs
     assert after.tool_use >= start.tool_use + 0.3, (start.tool_use, after.tool_use)
 
+
+# Learns as robustly as GRPO (below), but its 120 steps of 64 episodes take ~3-4 minutes: over the
+# learning tier's budget per test (tests/README.md), so it runs in the slow tier.
+@pytest.mark.slow
+def test_ppo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
+    start, after = _learns("ppo", tool_start, tmp_path, learning_seed)
+    # measured +34.5 to +47.5 points (seeds 0-4 x 1 thread, seeds 0, 1 x 2); the demo promises +30
+    assert after.accuracy >= start.accuracy + 0.25, (start.accuracy, after.accuracy)
+    # measured ~47% -> 88-96.75% of episodes calling multiply (+41.25 to +48.5), same runs
+    assert after.tool_use >= start.tool_use + 0.3, (start.tool_use, after.tool_use)
