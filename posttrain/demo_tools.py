@@ -84,8 +84,8 @@ TOOLS_EVAL_ROWS = 100
 TOOLS_EVAL_SAMPLES = 4
 # What the demo promises (GRPO and PPO alike): the rise of held-out accuracy, issue 18's +30 points.
 # Measured (benchmarks/learning_sweep.py --algorithms tools tools_ppo; README, "Measured results"):
-# GRPO +35.75 to +47.25 points over training seeds 0-4 at 1 thread and seeds 0, 1 at 2; PPO +34.5 to
-# +47.5 over the same runs.
+# GRPO +35.75 to +47.25 points over training seeds 0-4 at 1 thread and seeds 0, 1, 4 at 2; PPO +34.5
+# to +47.5 over seeds 0-4 at 1 thread and 0, 1 at 2.
 TOOLS_PROMISE_GAIN = 0.3
 
 
