@@ -7,7 +7,7 @@ The recipe is the demo's (``posttrain demo --algorithm tools``: :mod:`posttrain.
 Accuracy is that of sampled episodes (``posttrain.demo_tools.evaluate_tool_use``: 100 held-out
 problems x 4 episodes at temperature 1). Thresholds follow tests/README.md (seed via
 ``POSTTRAIN_TEST_SEED``); the measurements beside them are whole-recipe runs over training seeds
-0-4 at 1 and 2 threads (README, "Measured results"; the command is there).
+0-4 at 1 thread and three of them at 2 (README, "Measured results"; the command is there).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_grpo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
     assert after.tool_use >= start.tool_use + 0.3, (start.tool_use, after.tool_use)
 
 
-# Learns as robustly as GRPO (below), but its 120 steps of 64 episodes take ~3-4 minutes: over the
+# Learns as robustly as GRPO (above), but its 120 steps of 64 episodes take ~3-4 minutes: over the
 # learning tier's budget per test (tests/README.md), so it runs in the slow tier.
 @pytest.mark.slow
 def test_ppo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
