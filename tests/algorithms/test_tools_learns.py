@@ -7,7 +7,7 @@ The recipe is the demo's (``posttrain demo --algorithm tools``: :mod:`posttrain.
 Accuracy is that of sampled episodes (``posttrain.demo_tools.evaluate_tool_use``: 100 held-out
 problems x 4 episodes at temperature 1). Thresholds follow tests/README.md (seed via
 ``POSTTRAIN_TEST_SEED``); the measurements beside them are whole-recipe runs over training seeds
-0-4 at 1 thread and three of them at 2 (README, "Measured results"; the command is there).
+0-4 at 1 thread and four of them at 2 (README, "Measured results"; the command is there).
 """
 
 from __future__ import annotations
@@ -26,16 +26,18 @@ def _learns(algorithm, tool_start, tmp_path, learning_seed):
     return start, after
 
 
+# Not in the learning tier yet: one run of nine failed (seed 2 at 2 threads: its start called the
+# tool with the wrong numbers in 70% of episodes, 13% -> 27%, +14; README, "Measured results").
+@pytest.mark.slow
 def test_grpo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
     start, after = _learns("grpo", tool_start, tmp_path, learning_seed)
-    # measured +35.75 to +47.25 points (seeds 0-4 x 1 thread, seeds 0, 1, 4 x 2); the demo promises +30
+    # measured +35.75 to +47.25 points in 8 runs (seeds 0-4 x 1 thread, seeds 0, 1, 4 x 2); the demo promises +30
     assert after.accuracy >= start.accuracy + 0.25, (start.accuracy, after.accuracy)
     # measured ~47% -> 91.75-95.5% of episodes calling multiply (+43.5 to +50.25), same runs
     assert after.tool_use >= start.tool_use + 0.3, (start.tool_use, after.tool_use)
 
 
-# Learns as robustly as GRPO (above), but its 120 steps of 64 episodes take ~3-4 minutes: over the
-# learning tier's budget per test (tests/README.md), so it runs in the slow tier.
+# Also over the learning tier's time per test (tests/README.md): 120 steps of 64 episodes, minutes.
 @pytest.mark.slow
 def test_ppo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
     start, after = _learns("ppo", tool_start, tmp_path, learning_seed)
