@@ -7,7 +7,7 @@ The recipe is the demo's (``posttrain demo --algorithm tools``: :mod:`posttrain.
 Accuracy is that of sampled episodes (``posttrain.demo_tools.evaluate_tool_use``: 100 held-out
 problems x 4 episodes at temperature 1). Thresholds follow tests/README.md (seed via
 ``POSTTRAIN_TEST_SEED``); the measurements beside them are whole-recipe runs over training seeds
-0-4 at 1 thread and four of them at 2 (README, "Measured results"; the command is there).
+0-4 at 1 and 2 threads (README, "Measured results"; the command is there).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def _learns(algorithm, tool_start, tmp_path, learning_seed):
     return start, after
 
 
-# Not in the learning tier yet: one run of nine failed (seed 2 at 2 threads: its start called the
-# tool with the wrong numbers in 70% of episodes, 13% -> 27%, +14; README, "Measured results").
+# Not in the learning tier yet: two runs of ten failed (2 threads: seed 2's start called the tool
+# with the wrong numbers in 70% of episodes, +14; seed 3's copied no tool result, +0.25; README,
+# "Measured results").
 @pytest.mark.slow
 def test_grpo_learns_to_call_the_tool(tool_start, tmp_path, learning_seed):
     start, after = _learns("grpo", tool_start, tmp_path, learning_seed)
