@@ -20,7 +20,7 @@ result. The recipe:
    random tool result instead (:func:`~posttrain.tasks.tool_use.with_result_copies`): without
    them, answering directly (guessing a product from the question) wore away the copying, and
    the start miscopied most three-digit results. Even with them the start's copying differed from
-   seed to seed (greedy episodes repeated 58% to ~100% of held-out products), and GRPO does not
+   seed to seed (greedy episodes repeated 0% to 100% of held-out products), and GRPO does not
    repair copying, so the SFT goes on in rounds of :data:`TOOLS_START_REPAIR_STEPS` fresh steps
    until greedy episodes repeat :data:`TOOLS_START_COPY_TARGET` of the tool's results
    (:func:`~posttrain.tasks.tool_use.copy_accuracy`, ``"episode"``). The model calls the tool in
@@ -74,7 +74,8 @@ TOOLS_START_MAX_ROUNDS = 3
 TOOLS_STEPS = {"grpo": 30, "ppo": 120}
 # PPO's settings beyond the arithmetic demo's: Monte Carlo returns (lam 1; the reward comes once,
 # at the end of an episode of up to 96 tokens, and the decision to call the tool is its first
-# token) and a lower learning rate (the demo's 5e-4 wore away copying). Seed 0 at 1 thread: +21
+# token) and a lower learning rate (with the demo's settings, 60 steps, seed 1's right arguments fell from
+# 94% to 81% and its three-digit copying from 81% to 59%). Seed 0 at 1 thread: +21
 # points with the demo's settings and 60 steps, +29.75 with 120, +31 with lam 1, +34.5 with both
 # and lr 2e-4 (seed 1: +12.75 -> +37.75).
 TOOLS_PPO_SETTINGS = {"learning_rate": 2e-4, "lam": 1.0}
@@ -182,8 +183,7 @@ def tool_start(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None,
     Returns the saved model's path, its :class:`~posttrain.tasks.tool_use.ToolEvalResult`, and
     each copying stage's accuracy after every round (:func:`copying_base`, and ``"episode"``:
     the start's). ``steps`` caps every stage and allows one round."""
-    from posttrain.algorithms.sft import SFTTrainer
-    from posttrain.tasks.tool_use import copy_accuracy, tool_demonstrations, tool_task, with_result_copies
+    from posttrain.tasks.tool_use import tool_demonstrations, tool_task, with_result_copies
 
     path, copy_rounds = copying_base(str(Path(output_dir) / "copy"), seed, steps, **overrides)
     copy_rounds["episode"] = []
@@ -192,15 +192,13 @@ def tool_start(output_dir: str, seed: int = DEMO_SEED, steps: int | None = None,
         round_steps = steps or (TOOLS_SFT_STEPS if round_index == 0 else TOOLS_START_REPAIR_STEPS)
         round_dir = output_dir if round_index == 0 else str(Path(output_dir) / f"repair-{round_index}")
         config = tools_sft_config(round_dir, round_steps, seed=round_seed, **{**overrides, "save_final_model": True})
-        n = config.max_steps * config.per_device_train_batch_size
-        demonstrations = tool_demonstrations(tool_task(round_index), "train", n, TOOLS_DIRECT_RATE)
-        trainer = SFTTrainer(path, config, train_dataset=with_result_copies(demonstrations, TOOLS_RESULT_COPY_SHARE, round_seed))
-        trainer.train()
-        path = str(Path(round_dir) / "final")
-        copy_rounds["episode"].append(copy_accuracy(trainer.model, trainer.tokenizer, "episode"))
-        if copy_rounds["episode"][-1] >= TOOLS_START_COPY_TARGET:
+        demonstrations = tool_demonstrations(tool_task(round_index), "train", config.max_steps * config.per_device_train_batch_size, TOOLS_DIRECT_RATE)
+        rows = with_result_copies(demonstrations, TOOLS_RESULT_COPY_SHARE, round_seed)
+        path, accuracy = _copying_round(path, config, rows, "episode")
+        copy_rounds["episode"].append(accuracy)
+        if accuracy >= TOOLS_START_COPY_TARGET:
             break
-    return path, evaluate_tool_use(trainer.model, trainer.tokenizer), copy_rounds
+    return path, evaluate_saved(path), copy_rounds
 
 
 def tool_stage(algorithm: str, start_path: str, output_dir: str, steps: int | None = None, seed: int = DEMO_SEED, **overrides):
